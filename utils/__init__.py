@@ -1,0 +1,1 @@
+"""Shared helpers: atomic file writes, seeding, logging."""
