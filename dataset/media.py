@@ -1,0 +1,75 @@
+"""Reading frames and audio windows from the SoP layout; every failure names the file it came from."""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import soundfile as sf
+from PIL import Image
+from scipy.signal import resample_poly
+
+from dataset.index import DataError
+
+# Extra source samples read on each side of a window that gets resampled, so the polyphase
+# filter sees real signal rather than an edge.
+_RESAMPLE_PAD = 64
+
+
+def load_frame(path: str) -> Image.Image:
+    """An RGB frame; a missing, truncated or undecodable file raises DataError naming it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"frame {path}: file not found") from None
+    except OSError as err:
+        raise DataError(f"frame {path}: cannot decode ({err})") from None
+
+
+def _read_circular(path: str, start: int, count: int, total: int) -> np.ndarray:
+    """Samples ``start .. start+count`` of the file, indices taken modulo its length (tiling short clips)."""
+    if 0 <= start and start + count <= total:
+        data, _ = sf.read(path, start=start, frames=count, dtype="float32", always_2d=True)
+    else:
+        whole, _ = sf.read(path, dtype="float32", always_2d=True)
+        data = whole[np.arange(start, start + count) % whole.shape[0]]
+    if data.shape[0] != count:
+        raise DataError(f"audio {path}: read {data.shape[0]} samples where {count} were expected "
+                        "(file shorter than its header says)")
+    return data
+
+
+def load_audio_window(path: str, center_time: float, length: int, rate: int) -> np.ndarray:
+    """``length`` mono samples at ``rate`` Hz centred on ``center_time`` seconds.
+
+    Stereo is averaged to mono, other sample rates are resampled (polyphase), and a window that runs
+    past either end of the clip wraps around, so audio shorter than the window is tiled.
+    """
+    try:
+        info = sf.info(path)
+    except Exception as err:  # soundfile raises RuntimeError / LibsndfileError / FileNotFoundError
+        raise DataError(f"audio {path}: cannot open ({err})") from None
+    if info.frames <= 0:
+        raise DataError(f"audio {path}: no samples")
+    src_rate = info.samplerate
+    ratio = Fraction(rate, src_rate)
+    try:
+        if ratio == 1:
+            start = round(center_time * rate) - length // 2
+            data = _read_circular(path, start, length, info.frames)
+            mono = data.mean(axis=1)
+        else:
+            src_len = math.ceil(length / ratio) + 2 * _RESAMPLE_PAD
+            src_start = round(center_time * src_rate) - src_len // 2
+            data = _read_circular(path, src_start, src_len, info.frames)
+            res = resample_poly(data.mean(axis=1), ratio.numerator, ratio.denominator)
+            mid = len(res) // 2
+            mono = res[mid - length // 2: mid - length // 2 + length]
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"audio {path}: cannot read ({err})") from None
+    if not np.all(np.isfinite(mono)):
+        raise DataError(f"audio {path}: contains NaN or infinite samples")
+    return mono.astype(np.float32)

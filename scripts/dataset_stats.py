@@ -1,0 +1,58 @@
+"""Print a dataset's statistics: samples per class and split, clip lengths, and one loaded batch.
+
+    python scripts/dataset_stats.py --dataset MUSIC [--data_root ROOT] [--skip_bad]
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import os
+
+import numpy as np
+import soundfile as sf
+from torch.utils.data import DataLoader
+
+from arguments import ArgParser
+from dataset.av_dataset import AVDataset
+from dataset.index import DataError
+
+
+def main() -> None:
+    args = ArgParser(__doc__).add_data_arguments().parse()
+    splits = {"train": args.list_train, "val": args.list_val, "test": args.list_test}
+    datasets = {}
+    try:
+        for split, csv_path in splits.items():
+            datasets[split] = AVDataset(
+                csv_path, args.audio_path, args.frame_path, args.categories,
+                num_frames=args.num_frames, stride_frames=args.stride_frames, frame_rate=args.frameRate,
+                img_size=args.imgSize, aud_len=args.audLen, aud_rate=args.audRate,
+                train=split == "train", seed=args.seed, skip_bad=args.skip_bad)
+    except DataError as err:
+        sys.exit(f"error: {err}")
+
+    print(f"dataset {args.dataset} at {args.data_root}: {args.cls_num} classes")
+    width = max(len(c) for c in args.categories)
+    print(f"{'class':<{width}} " + " ".join(f"{s:>6}" for s in splits))
+    for label, name in enumerate(args.categories):
+        counts = [sum(1 for r in datasets[s].rows if r.label == label) for s in splits]
+        print(f"{name:<{width}} " + " ".join(f"{c:>6}" for c in counts))
+    print(f"{'total':<{width}} " + " ".join(f"{len(datasets[s]):>6}" for s in splits))
+
+    rows = [r for d in datasets.values() for r in d.rows]
+    frames = np.array([r.num_frames for r in rows])
+    seconds = np.array([sf.info(os.path.join(args.audio_path, r.audio_rel.lstrip("/"))).duration for r in rows])
+    print(f"frames per clip: min {frames.min()}, mean {frames.mean():.1f}, max {frames.max()} "
+          f"({args.frameRate:g} fps -> {frames.mean() / args.frameRate:.1f} s)")
+    print(f"audio per clip: min {seconds.min():.2f} s, mean {seconds.mean():.2f} s, max {seconds.max():.2f} s")
+
+    loader = DataLoader(datasets["train"], batch_size=min(8, len(datasets["train"])), shuffle=False)
+    batch = next(iter(loader))
+    f, a = batch["frames"], batch["audio"]
+    print(f"one train batch: frames {tuple(f.shape)} in [{f.min():.2f}, {f.max():.2f}], "
+          f"audio {tuple(a.shape)} in [{a.min():.2f}, {a.max():.2f}], labels {batch['label'].tolist()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Flag parsing: dataset presets, explicit flags winning, environment roots, one-line errors."""
+from __future__ import annotations
+
+import pytest
+
+from arguments import ArgParser
+from dataset.presets import AVE_CATEGORIES, KINETICS_SOUNDS_CATEGORIES, MUSIC_CATEGORIES
+
+
+def parse(argv):
+    return ArgParser("test").add_data_arguments().parse(argv)
+
+
+def test_presets_fill_categories_counts_and_paths(monkeypatch):
+    monkeypatch.delenv("MUSIC_ROOT", raising=False)
+    args = parse(["--dataset", "MUSIC"])
+    assert args.categories == MUSIC_CATEGORIES and args.cls_num == 11
+    assert args.list_train == "data/MUSIC/train.csv" and args.frame_path == "data/MUSIC/frames"
+    assert len(AVE_CATEGORIES) == 28 and parse(["--dataset", "AVE"]).cls_num == 28
+    assert len(KINETICS_SOUNDS_CATEGORIES) == 27 and parse(["--dataset", "Kinetics"]).cls_num == 27
+
+
+def test_environment_root_and_explicit_flags_win(monkeypatch, tmp_path):
+    monkeypatch.setenv("KINETICS_ROOT", str(tmp_path))
+    args = parse(["--dataset", "Kinetics", "--list_val", "/elsewhere/val.csv", "--categories", "a,b", "c"])
+    assert args.list_train == str(tmp_path / "train.csv")
+    assert args.audio_path == str(tmp_path / "audio")
+    assert args.list_val == "/elsewhere/val.csv"
+    assert args.categories == ["a", "b", "c"] and args.cls_num == 3
+    args = parse(["--dataset", "Kinetics", "--data_root", "/data/ks"])
+    assert args.list_test == "/data/ks/test.csv"
+
+
+def test_synthetic_reads_categories_file(tmp_path):
+    (tmp_path / "categories.txt").write_text("zeta\nalpha\n\nbeta\n")
+    args = parse(["--dataset", "synthetic", "--data_root", str(tmp_path)])
+    assert args.categories == ["zeta", "alpha", "beta"] and args.cls_num == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "MUSIC", "--cls_num", "5"], "--cls_num 5 does not match the 11 --categories"),
+    (["--dataset", "imagenet"], "argument --dataset: invalid choice"),
+    (["--num_frames", "0"], "argument --num_frames"),
+    (["--frameRate", "-8"], "argument --frameRate"),
+    (["--bogus_flag", "1"], "unrecognized arguments: --bogus_flag"),
+    (["--categories", "a,a"], "--categories: duplicate class names"),
+    (["--dataset", "synthetic", "--data_root", "/nonexistent/root"], "categories file not found"),
+])
+def test_bad_values_are_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.strip().splitlines()[-1].startswith("test: error:") or "error:" in err.strip().splitlines()[-1]
