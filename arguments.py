@@ -76,11 +76,95 @@ class ArgParser:
         g.add_argument("--seed", type=int, default=1234, help="seed for data order, augmentation and init")
         return self
 
+    def add_model_arguments(self) -> ArgParser:
+        from models import FRAME_NETS, FUSION_HEADS, SOUND_NETS
+
+        g = self.parser.add_argument_group("model")
+        g.add_argument("--arch_frame", choices=FRAME_NETS.names(), default="resnet18", help="visual encoder")
+        g.add_argument("--arch_sound", choices=SOUND_NETS.names(), default="anet", help="audio encoder")
+        g.add_argument("--arch_classifier", choices=FUSION_HEADS.names(), default="concat",
+                       help="fusion head: audio / visual are the unimodal models")
+        g.add_argument("--img_pool", choices=["max", "avg"], default="max", help="spatial pooling of the visual map")
+        g.add_argument("--frame_dim", type=_positive_int, default=None,
+                       help="visual feature width of encoders that take one (smallcnn)")
+        g.add_argument("--sound_dim", type=_positive_int, default=None,
+                       help="audio feature width (anet / stft / mel; default 512)")
+        g.add_argument("--stft_frame", type=_positive_int, default=1022, help="STFT window of stft / mel encoders")
+        g.add_argument("--stft_hop", type=_positive_int, default=256, help="STFT hop of stft / mel encoders")
+        g.add_argument("--weights_frame", default="",
+                       help="initial visual weights: 'imagenet' (torchvision download) or a checkpoint path")
+        g.add_argument("--weights_sound", default="", help="initial audio encoder weights (checkpoint path)")
+        g.add_argument("--weights_classifier", default="", help="initial fusion head weights (checkpoint path)")
+        return self
+
+    def add_run_arguments(self, modes: list[str]) -> ArgParser:
+        g = self.parser.add_argument_group("run")
+        g.add_argument("--mode", choices=modes, default=modes[0])
+        g.add_argument("--id", default="", help="run id prefix; the flags that define the model are appended")
+        g.add_argument("--ckpt", default="./ckpt", help="folder of run folders")
+        g.add_argument("--num_gpus", type=_positive_int, default=1,
+                       help="GPUs to use; the scripts start one torchrun process per GPU when > 1")
+        g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="auto: CUDA when present, else CPU")
+        g.add_argument("--amp", action="store_true", help="mixed precision (CUDA only; ignored on the CPU)")
+        g.add_argument("--disp_iter", type=_positive_int, default=20, help="batches between progress lines")
+        return self
+
+    def add_train_arguments(self) -> ArgParser:
+        g = self.parser.add_argument_group("optimisation")
+        g.add_argument("--num_epoch", type=_positive_int, default=None, help="epochs (default: preset)")
+        g.add_argument("--lr_frame", type=_positive_float, default=1e-4, help="learning rate of the visual net")
+        g.add_argument("--lr_sound", type=_positive_float, default=1e-3, help="learning rate of the audio net")
+        g.add_argument("--lr_classifier", type=_positive_float, default=1e-3, help="learning rate of the head")
+        g.add_argument("--lr_steps", type=_positive_int, nargs="+", default=None,
+                       help="epochs at which every learning rate is multiplied by 0.1 (default: preset)")
+        g.add_argument("--beta1", type=float, default=0.9, help="SGD momentum")
+        g.add_argument("--weight_decay", type=float, default=1e-4, help="SGD weight decay")
+        g.add_argument("--freeze_bn", action="store_true",
+                       help="keep BatchNorm statistics fixed while training (small per-GPU batches)")
+        g.add_argument("--eval_epoch", type=_positive_int, default=1, help="validate every N epochs")
+        g.add_argument("--resume", action="store_true",
+                       help="continue the run from its 'latest' checkpoint (same run id)")
+        return self
+
     def parse(self, argv: list[str] | None = None) -> argparse.Namespace:
         args = self.parser.parse_args(argv)
         if hasattr(args, "dataset"):
             apply_dataset_preset(args, self.parser)
+        if hasattr(args, "num_epoch"):
+            _apply_schedule(args, self.parser)
+        if hasattr(args, "arch_classifier"):
+            args.id = run_id(args)
         return args
+
+
+def _apply_schedule(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    preset = PRESETS[args.dataset]
+    if args.num_epoch is None:
+        args.num_epoch = preset.num_epoch
+    if args.lr_steps is None:
+        args.lr_steps = list(preset.lr_steps)
+    if sorted(args.lr_steps) != args.lr_steps:
+        parser.error(f"--lr_steps must increase, got {args.lr_steps}")
+    if not 0 <= args.beta1 < 1:
+        parser.error(f"--beta1 must be in [0, 1), got {args.beta1}")
+    if args.weight_decay < 0:
+        parser.error(f"--weight_decay must be >= 0, got {args.weight_decay}")
+
+
+def run_id(args: argparse.Namespace) -> str:
+    """The run folder name: the user's ``--id`` prefix plus the flags that define the model, as the
+    original code built it, so the train and eval scripts of one model meet in one folder."""
+    parts = [args.id] if args.id else []
+    parts += [args.dataset, args.arch_classifier]
+    if args.arch_classifier != "audio":
+        parts.append(f"{args.arch_frame}{args.frame_dim or ''}-{args.img_pool}")
+    if args.arch_classifier != "visual":
+        parts.append(f"{args.arch_sound}{args.sound_dim or ''}")
+    parts.append(f"frames{args.num_frames}stride{args.stride_frames}")
+    if hasattr(args, "num_epoch"):
+        parts.append(f"epoch{args.num_epoch}")
+    return "-".join(parts)
 
 
 def apply_dataset_preset(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

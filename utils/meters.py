@@ -1,0 +1,46 @@
+"""Running averages and accuracy counts for training and evaluation."""
+from __future__ import annotations
+
+import torch
+
+
+class AverageMeter:
+    """Weighted running average of a scalar (loss, accuracy, time per batch)."""
+
+    def __init__(self) -> None:
+        self.sum = 0.0
+        self.count = 0
+        self.last = 0.0
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.last = value
+        self.sum += value * n
+        self.count += n
+
+    @property
+    def avg(self) -> float:
+        return self.sum / max(self.count, 1)
+
+
+class ConfusionCounter:
+    """Correct / total counts per class, summed over batches (and over processes by the caller)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.correct = torch.zeros(num_classes, dtype=torch.long)
+        self.total = torch.zeros(num_classes, dtype=torch.long)
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        pred = logits.argmax(dim=1).cpu()
+        labels = labels.cpu()
+        n = self.total.numel()
+        self.total += torch.bincount(labels, minlength=n)
+        self.correct += torch.bincount(labels[pred == labels], minlength=n)
+
+    @property
+    def accuracy(self) -> float:
+        """Overall accuracy in percent."""
+        return 100.0 * self.correct.sum().item() / max(self.total.sum().item(), 1)
+
+    def per_class(self) -> list[float | None]:
+        """Accuracy in percent per class; None for a class with no test sample."""
+        return [100.0 * c / t if t else None for c, t in zip(self.correct.tolist(), self.total.tolist())]
