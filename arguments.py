@@ -32,6 +32,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _eps_pair(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected EPS_VISUAL,EPS_AUDIO, got {text!r}")
+    return _non_negative_float(parts[0]), _non_negative_float(parts[1])
+
+
 def _category_list(text: str) -> list[str]:
     return [name for name in text.replace(",", " ").split() if name]
 
@@ -107,6 +121,8 @@ class ArgParser:
         g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="auto: CUDA when present, else CPU")
         g.add_argument("--amp", action="store_true", help="mixed precision (CUDA only; ignored on the CPU)")
+        g.add_argument("--print_run_dir", action="store_true",
+                       help="print the run folder these flags select (--ckpt/<run id>) and exit")
         g.add_argument("--disp_iter", type=_positive_int, default=20, help="batches between progress lines")
         return self
 
@@ -127,12 +143,41 @@ class ArgParser:
                        help="continue the run from its 'latest' checkpoint (same run id)")
         return self
 
+    def add_attack_arguments(self) -> ArgParser:
+        g = self.parser.add_argument_group("attacks (--mode eval)")
+        g.add_argument("--attack_type", nargs="+", type=str.lower, default=["fgsm", "pgd", "mim"],
+                       choices=["fgsm", "fsgm", "pgd", "mim", "apgd", "none"],
+                       help="attacks to run ('fsgm' is the original code's spelling of fgsm; 'none': clean only)")
+        g.add_argument("--eps_units", choices=["normalized", "pixel"], default="normalized",
+                       help="visual budget units: ImageNet-normalised (the paper's; eps*std_c in pixels) "
+                            "or [0, 1] pixels; the audio budget is always in waveform amplitude")
+        g.add_argument("--epsilons", type=_eps_pair, nargs="+", default=None, metavar="EV,EA",
+                       help="budgets as visual,audio pairs, replacing the paper's protocol "
+                            "(A: 0,0.012  V: 0.012,0  A+V: 0.006,0.006)")
+        g.add_argument("--eps_grid", type=_non_negative_float, nargs="+", default=None,
+                       help="extra budgets swept for the accuracy-vs-eps figure")
+        g.add_argument("--eps_grid_modality", nargs="+", choices=["audio", "visual", "both"],
+                       default=["audio", "visual", "both"], help="modalities the --eps_grid sweep attacks")
+        g.add_argument("--attack_steps", type=_positive_int, default=10, help="iterations of PGD / MIM / APGD")
+        g.add_argument("--attack_alpha", type=_positive_float, default=None,
+                       help="step size in the budget's units (default eps/8, the paper's)")
+        g.add_argument("--attack_loss", choices=["ce", "ce+cos", "dlr"], default="ce",
+                       help="objective: cross-entropy, the released adaptive CE + cos(feat_v, feat_a), or DLR")
+        g.add_argument("--random_start", action="store_true", help="PGD random start (off in the paper)")
+        g.add_argument("--restarts", type=_positive_int, default=1, help="PGD restarts (worst case kept)")
+        g.add_argument("--num_vis", type=_non_negative_int, default=8,
+                       help="samples shown on the HTML page of adversarial examples")
+        return self
+
     def parse(self, argv: list[str] | None = None) -> argparse.Namespace:
         args = self.parser.parse_args(argv)
         if hasattr(args, "dataset"):
             apply_dataset_preset(args, self.parser)
         if hasattr(args, "num_epoch"):
             _apply_schedule(args, self.parser)
+        if hasattr(args, "attack_type"):
+            names = ("fgsm" if a == "fsgm" else a for a in args.attack_type)
+            args.attack_type = [a for a in dict.fromkeys(names) if a != "none"]
         if hasattr(args, "arch_classifier"):
             args.id = run_id(args)
         return args

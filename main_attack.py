@@ -1,7 +1,10 @@
-"""Train and evaluate audio-only, visual-only and audio-visual event classifiers.
+"""Train audio-only, visual-only and audio-visual event classifiers; evaluate them clean and under attack.
 
     python main_attack.py --mode train --dataset MUSIC --arch_classifier concat ...
     python main_attack.py --mode eval  --dataset MUSIC --arch_classifier concat ...   (same flags)
+
+Eval writes into the run folder: metrics.json (clean), attack_results.json, attack_table.md,
+acc_vs_eps.png, cos_sim.png and visualization/index.html.
 
 Runs on CUDA when present, else on the CPU; one process per GPU under torchrun (scripts/_launch.sh).
 """
@@ -26,37 +29,41 @@ from arguments import ArgParser
 from dataset.index import DataError
 from dataset.loaders import build_dataset, build_loader, set_epoch, to_device
 from models import AVModel, build_model
+from utils.attack_eval import budgets_from_args, evaluate_attacks, write_outputs
 from utils.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_module,
     load_train_state,
     model_meta,
+    module_meta,
     save_checkpoint,
     train_state_path,
 )
 from utils.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from utils.fileio import write_json_atomic
 from utils.meters import AverageMeter, ConfusionCounter
+from utils.report import attack_table_markdown
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return (ArgParser(__doc__).add_run_arguments(["train", "eval"]).add_data_arguments()
-            .add_model_arguments().add_train_arguments().parse(argv))
+            .add_model_arguments().add_train_arguments().add_attack_arguments().parse(argv))
 
 
-def create_model(args: argparse.Namespace, info: DistInfo) -> AVModel:
-    """The model of the flags, with the ``--weights_*`` initialisations, on the run's device."""
+def create_model(args: argparse.Namespace, info: DistInfo, init_weights: bool = True) -> AVModel:
+    """The model of the flags on the run's device; with ``init_weights`` the ``--weights_*`` initialisations
+    are loaded (training), without them the caller loads a checkpoint (evaluation needs no download)."""
     torch.manual_seed(args.seed)
-    weights_frame = args.weights_frame if args.weights_frame == "imagenet" else None
+    weights_frame = args.weights_frame if init_weights and args.weights_frame == "imagenet" else None
     model = build_model(args.arch_frame, args.arch_sound, args.arch_classifier, args.cls_num, args.img_pool,
                         weights_frame, args.audRate, args.stft_frame, args.stft_hop, args.frame_dim, args.sound_dim)
     meta = model_meta(args)
     for module, path in (("frame", args.weights_frame), ("sound", args.weights_sound),
                          ("classifier", args.weights_classifier)):
         net = getattr(model, f"net_{module}")
-        if path and path != "imagenet" and net is not None:
-            load_module(net, path, meta)
+        if init_weights and path and path != "imagenet" and net is not None:
+            load_module(net, path, module_meta(meta, module, model))
     model = model.to(info.device)
     if info.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -214,12 +221,8 @@ def log_epoch(record: dict, writer: SummaryWriter | None, optimizer: torch.optim
         writer.add_scalar(f"lr/group{i}", group["lr"], epoch)
 
 
-def evaluate_clean(args: argparse.Namespace, info: DistInfo) -> dict:
-    """Clean test accuracy of the run's best checkpoint, overall and per class, into metrics.json."""
-    run_dir = run_dir_of(args)
-    model = create_model(args, info)
-    epoch = load_checkpoint(run_dir, model, "best", model_meta(args))
-    loader = build_loader(build_dataset(args, "test"), args, info, train=False)
+def evaluate_clean(model: AVModel, loader, args: argparse.Namespace, info: DistInfo, epoch: int) -> dict:
+    """Clean test accuracy, overall and per class, printed and written to metrics.json."""
     counter, loss = evaluate(model, loader, args, info, desc="test")
     metrics = {"run": args.id, "epoch": epoch, "test_loss": loss, "test_acc": counter.accuracy,
                "num_samples": int(counter.total.sum()),
@@ -230,12 +233,37 @@ def evaluate_clean(args: argparse.Namespace, info: DistInfo) -> dict:
         width = max(len(c) for c in args.categories)
         for name, acc in metrics["per_class_acc"].items():
             print(f"  {name:<{width}} {'n/a' if acc is None else f'{acc:6.2f}'}")
-        write_json_atomic(run_dir / "metrics.json", metrics)
+        write_json_atomic(run_dir_of(args) / "metrics.json", metrics)
     return metrics
+
+
+def evaluate_robustness(model: AVModel, loader, args: argparse.Namespace, info: DistInfo) -> dict:
+    """Every --attack_type under the paper's protocol (or --epsilons) and the --eps_grid sweep."""
+    budgets = budgets_from_args(args)
+    results, vis = evaluate_attacks(model, loader, args, info, budgets, args.attack_type, args.num_vis)
+    if info.is_main:
+        run_dir = run_dir_of(args)
+        written = write_outputs(run_dir, results, vis, args)
+        print(attack_table_markdown(results))
+        print("wrote " + ", ".join(str(p) for p in written))
+    return results
+
+
+def evaluate_run(args: argparse.Namespace, info: DistInfo) -> None:
+    """--mode eval: the run's best checkpoint on the test split, clean and under attack."""
+    model = create_model(args, info, init_weights=False)
+    epoch = load_checkpoint(run_dir_of(args), model, "best", model_meta(args))
+    loader = build_loader(build_dataset(args, "test"), args, info, train=False)
+    evaluate_clean(model, loader, args, info, epoch)
+    if args.attack_type:
+        evaluate_robustness(model, loader, args, info)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.print_run_dir:
+        print(run_dir_of(args))
+        return
     info = init_distributed(args.device)
     if args.amp and info.device.type != "cuda" and info.is_main:
         print("note: --amp applies on CUDA only; running in float32 on the CPU")
@@ -243,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.mode == "train":
             train(args, info)
         else:
-            evaluate_clean(args, info)
+            evaluate_run(args, info)
     except (DataError, CheckpointError) as err:
         sys.exit(f"error: {err}")
     finally:

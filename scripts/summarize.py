@@ -1,0 +1,54 @@
+"""Print the paper-style robustness table of several evaluated runs, as Markdown and CSV.
+
+    python scripts/summarize.py RUN_DIR [RUN_DIR ...] [--csv table.csv] [--markdown table.md]
+
+Rows are models (each run's fusion head, or its folder name when two runs share a head); columns are
+clean accuracy and the A / V / A+V attacks of each attack type. Each RUN_DIR must hold the
+attack_results.json that ``main_attack.py --mode eval`` (or main_defense.py) writes.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import json
+from collections import Counter
+
+from utils.fileio import write_text_atomic
+from utils.report import summary_table, to_csv, to_markdown
+
+
+def load_runs(run_dirs: list[Path]) -> list[tuple[str, dict]]:
+    runs = []
+    for run_dir in run_dirs:
+        path = run_dir / "attack_results.json"
+        if not path.is_file():
+            sys.exit(f"error: {path} not found (run main_attack.py --mode eval for this run first)")
+        try:
+            runs.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as err:
+            sys.exit(f"error: {path}: not valid JSON ({err})")
+    heads = Counter(r.get("label") or r["arch_classifier"] for r in runs)
+    return [((r.get("label") or r["arch_classifier"]) if heads[r.get("label") or r["arch_classifier"]] == 1
+             else d.name, r) for d, r in zip(run_dirs, runs)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders with attack_results.json")
+    parser.add_argument("--csv", type=Path, default=None, help="also write the table as CSV here")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the Markdown table here")
+    args = parser.parse_args()
+    header, rows = summary_table(load_runs(args.run_dirs))
+    markdown, csv_text = to_markdown(header, rows), to_csv(header, rows)
+    print(markdown)
+    print(csv_text)
+    if args.csv:
+        write_text_atomic(args.csv, csv_text)
+    if args.markdown:
+        write_text_atomic(args.markdown, markdown)
+
+
+if __name__ == "__main__":
+    main()
