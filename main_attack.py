@@ -182,7 +182,6 @@ def train(args: argparse.Namespace, info: DistInfo) -> None:
         start = time.time()
         record = {"epoch": epoch, "lr_classifier": optimizer.param_groups[-1]["lr"]}
         record.update(train_one_epoch(ddp_model, train_loader, optimizer, scaler, epoch, args, info, writer))
-        scheduler.step()
         is_best = False
         if (epoch + 1) % args.eval_epoch == 0 or epoch + 1 == args.num_epoch:
             counter, val_loss = evaluate(model, val_loader, args, info, desc=f"epoch {epoch} val")
@@ -192,7 +191,9 @@ def train(args: argparse.Namespace, info: DistInfo) -> None:
         record["seconds"] = time.time() - start
         history.append(record)
         if info.is_main:
-            log_epoch(record, writer, optimizer)
+            log_epoch(record, writer, optimizer)  # with the lrs this epoch trained with
+        scheduler.step()
+        if info.is_main:
             if is_best:
                 save_checkpoint(run_dir, model, "best", meta, epoch)
             train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -4,14 +4,17 @@
     RUN_DIR/train_state_latest.pth                       optimizer, scheduler, AMP scaler, epoch, history
     RUN_DIR/history.json                                 per-epoch figures for people and plots
 
-Every file is written to a temporary name and renamed, so a kill mid-write leaves the previous one
-whole, and every load uses ``weights_only=True``. ``meta`` records the architecture and class count;
-loading a checkpoint into a different model fails with a message naming both.
+The files of one save are all written to temporary names first and then renamed, so a failure or a kill
+mid-write leaves the previous set whole, and every load uses ``weights_only=True``. ``meta`` records the
+architecture and class count; loading a checkpoint into a different model fails with a message naming both
+(an encoder is checked against its own architecture only, so a unimodal run's encoder can initialise an
+audio-visual model).
 """
 from __future__ import annotations
 
 import os
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +39,35 @@ def train_state_path(run_dir: str | os.PathLike, tag: str = "latest") -> Path:
     return Path(run_dir) / f"train_state_{tag}.pth"
 
 
+MODULE_META_KEYS = {"frame": ("arch_frame", "frame_dim"), "sound": ("arch_sound", "sound_dim"),
+                    "classifier": ("arch_classifier", "cls_num")}
+
+
 def model_meta(args: Any) -> dict[str, Any]:
     """The fields of ``args`` that must match between a checkpoint and the model it is loaded into."""
     return {key: getattr(args, key, None) for key in META_KEYS}
 
 
-def _save(obj: Any, path: Path) -> None:
-    with atomic_path(path, suffix=".pth") as tmp:
-        torch.save(obj, tmp)
+def module_meta(meta: dict[str, Any], module: str, model: nn.Module | None = None) -> dict[str, Any]:
+    """The part of ``meta`` that must match to load ``module``: an encoder's own architecture and width (so
+    the encoder of a unimodal run can initialise an audio-visual model); for the fusion head its name, its
+    class count and the encoders of ``model`` that feed it (all of them when ``model`` is None)."""
+    keys = list(MODULE_META_KEYS[module])
+    if module == "classifier":
+        for encoder in ("frame", "sound"):
+            if model is None or getattr(_unwrap(model), f"net_{encoder}", None) is not None:
+                keys += MODULE_META_KEYS[encoder]
+    return {key: meta[key] for key in keys if key in meta}
+
+
+def _save_all(items: list[tuple[Any, Path]]) -> None:
+    """Write every ``(obj, path)`` to a temporary file first, then rename them in order: a failure or a kill
+    while writing leaves every previous file in place (no mix of old and new files from one save)."""
+    with ExitStack() as stack:
+        # atomic_path renames on exit and ExitStack exits last-in first-out: enter in reverse order.
+        tmps = [stack.enter_context(atomic_path(path, suffix=".pth")) for _, path in reversed(items)]
+        for (obj, _), tmp in zip(reversed(items), tmps):
+            torch.save(obj, tmp)
 
 
 def _load(path: Path) -> Any:
@@ -61,18 +85,21 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, tag: str, meta: dict[str, Any], epoch: int,
                     train_state: dict[str, Any] | None = None) -> None:
-    """Write each present module under ``tag`` ('latest' / 'best'), then the train state (written last,
-    so a resume never sees a train state newer than the weights)."""
+    """Write each present module under ``tag`` ('latest' / 'best') and the train state, all or nothing (the
+    train state is renamed last, so a resume never sees a train state newer than the weights)."""
     model = _unwrap(model)
+    items = []
     for module in MODULES:
         net = getattr(model, f"net_{module}", None)
         if net is not None:
-            _save({"state_dict": net.state_dict(), "meta": meta, "epoch": epoch}, module_path(run_dir, module, tag))
+            items.append(({"state_dict": net.state_dict(), "meta": meta, "epoch": epoch},
+                          module_path(run_dir, module, tag)))
     if train_state is not None:
         state = dict(train_state)
         if "scheduler" in state:
             state["scheduler"] = _plain_scheduler_state(state["scheduler"])
-        _save(state, train_state_path(run_dir, tag))
+        items.append((state, train_state_path(run_dir, tag)))
+    _save_all(items)
 
 
 def _plain_scheduler_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +145,7 @@ def load_checkpoint(run_dir: str | os.PathLike, model: nn.Module, tag: str,
     for module in MODULES:
         net = getattr(model, f"net_{module}", None)
         if net is not None:
-            epochs.add(load_module(net, module_path(run_dir, module, tag), expected_meta))
+            epochs.add(load_module(net, module_path(run_dir, module, tag), module_meta(expected_meta, module, model)))
     if len(epochs) != 1:
         raise CheckpointError(f"{run_dir}: the '{tag}' module checkpoints come from different epochs {sorted(epochs)}")
     return epochs.pop()
