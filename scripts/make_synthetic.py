@@ -1,0 +1,55 @@
+"""Generate the embedded synthetic audio-visual dataset (see dataset/synthetic.py).
+
+    python scripts/make_synthetic.py --out DIR [--num_classes 6] [--per_class 40] [--seed 0] [--size 112]
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import os  # noqa: E402
+
+from dataset.synthetic import ConfigError, SynthConfig, generate  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = SynthConfig()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder (videos/, categories.txt, boxes.json)")
+    parser.add_argument("--num_classes", type=int, default=defaults.num_classes)
+    parser.add_argument("--per_class", type=int, default=defaults.per_class, help="videos per class")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--size", type=int, default=defaults.size, help="frame height and width in pixels")
+    parser.add_argument("--duration", type=float, default=defaults.duration, help="clip length in seconds")
+    parser.add_argument("--fps", type=int, default=defaults.fps, help="frame rate of the videos")
+    parser.add_argument("--audio_rate", type=int, default=defaults.audio_rate, help="audio sample rate in Hz")
+    parser.add_argument("--p_distractor", type=float, default=defaults.p_distractor,
+                        help="probability of a silent object of another class in the picture")
+    parser.add_argument("--p_occlusion", type=float, default=defaults.p_occlusion,
+                        help="probability that a patch hides 50-70%% of the sounding object")
+    parser.add_argument("--p_noise_burst", type=float, default=defaults.p_noise_burst,
+                        help="probability of loud broadband noise over most of the clip")
+    parser.add_argument("--p_audio_distractor", type=float, default=defaults.p_audio_distractor,
+                        help="probability of an off-screen sound of another class")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    params = {f.name: getattr(args, f.name) for f in dataclasses.fields(SynthConfig)}
+    try:
+        SynthConfig(**params)
+        if args.workers < 1:
+            raise ConfigError("workers", f"must be >= 1, got {args.workers}")
+    except ConfigError as err:
+        parser.error(f"argument --{err.field}: {err}")
+    boxes = generate(args.out, workers=args.workers, **params)
+    print(f"wrote {len(boxes['videos'])} videos of {len(boxes['classes'])} classes to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
