@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import soundfile as sf
+import torch
 from torch.utils.data import DataLoader
 
 from arguments import ArgParser
@@ -47,7 +48,8 @@ def main() -> None:
           f"({args.frameRate:g} fps -> {frames.mean() / args.frameRate:.1f} s)")
     print(f"audio per clip: min {seconds.min():.2f} s, mean {seconds.mean():.2f} s, max {seconds.max():.2f} s")
 
-    loader = DataLoader(datasets["train"], batch_size=min(8, len(datasets["train"])), shuffle=False)
+    loader = DataLoader(datasets["train"], batch_size=min(8, len(datasets["train"])), shuffle=True,
+                        generator=torch.Generator().manual_seed(args.seed))
     batch = next(iter(loader))
     f, a = batch["frames"], batch["audio"]
     print(f"one train batch: frames {tuple(f.shape)} in [{f.min():.2f}, {f.max():.2f}], "

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole study on the embedded synthetic dataset, on the CPU of a laptop:
-# generate videos -> preprocess (8 fps, 11025 Hz) -> index -> dataset statistics.
-# DEMO_DIR (default data/) says where the data go; DEMO_SEED the generator's seed.
+# generate videos -> preprocess (8 fps, 11025 Hz) -> index -> dataset statistics -> train audio-only,
+# visual-only and two audio-visual models -> attack them (FGSM, PGD, MIM; the paper's budgets) ->
+# summary table. Rerunning skips what is done (finished videos, finished training runs).
+# DEMO_DIR (default data/) holds the data, DEMO_CKPT (default ckpt/demo) the runs; DEMO_SEED seeds all.
 source "$(dirname "${BASH_SOURCE[0]}")/_bootstrap.sh"
 ensure_venv requirements.txt
 cd "$REPO_ROOT"
@@ -12,20 +14,47 @@ SOURCE="$DEMO_DIR/synthetic_videos"     # generated videos, boxes.json, categori
 ROOT="$DEMO_DIR/synthetic"              # SoP layout: audio/, frames/, train/val/test.csv
 export SYNTHETIC_ROOT="$ROOT"
 
-echo "== 1/4 generating the embedded dataset into $SOURCE"
+echo "== 1/6 generating the embedded dataset into $SOURCE"
 if [ ! -f "$SOURCE/boxes.json" ]; then
-    "$PYTHON" scripts/make_synthetic.py --out "$SOURCE" --seed "$DEMO_SEED"
+    "$PYTHON" scripts/make_synthetic.py --out "$SOURCE" --seed "$DEMO_SEED" --num_classes 6 --per_class 80
 else
     echo "already there (delete $SOURCE to regenerate)"
 fi
 
-echo "== 2/4 preprocessing videos into $ROOT (frames at 8 fps, audio at 11025 Hz)"
+echo "== 2/6 preprocessing videos into $ROOT (frames at 8 fps, audio at 11025 Hz)"
 "$PYTHON" scripts/preprocess.py --videos "$SOURCE/videos" --out "$ROOT" --fps 8 --audio_rate 11025
 
-echo "== 3/4 building the index"
+echo "== 3/6 building the index"
 mkdir -p "$ROOT"
 cp "$SOURCE/categories.txt" "$ROOT/categories.txt"
 "$PYTHON" scripts/create_index.py --root "$ROOT" --split 0.6 0.2 0.2 --seed "$DEMO_SEED"
 
-echo "== 4/4 dataset statistics"
+echo "== 4/6 dataset statistics"
 "$PYTHON" scripts/dataset_stats.py --dataset synthetic --data_root "$ROOT" --imgSize 112 --audLen 16384
+
+# CPU-sized models: a small CNN on 112 px frames, a narrow anet on 1.5 s of audio.
+CKPT="${DEMO_CKPT:-ckpt/demo}"
+MODEL_FLAGS=(--dataset synthetic --data_root "$ROOT" --ckpt "$CKPT" --seed "$DEMO_SEED"
+    --arch_frame smallcnn --frame_dim 64 --arch_sound anet --sound_dim 128 --imgSize 112 --audLen 16384
+    --num_epoch 15 --lr_steps 11 --batch_size_per_gpu 16 --workers 2)
+HEADS=(audio visual concat film)
+
+echo "== 5/6 training ${HEADS[*]} on the CPU"
+runs=()
+for head in "${HEADS[@]}"; do
+    run="$("$PYTHON" main_attack.py --print_run_dir --arch_classifier "$head" "${MODEL_FLAGS[@]}")"
+    resume=()
+    [ -f "$run/train_state_latest.pth" ] && resume=(--resume)
+    "$PYTHON" main_attack.py --mode train --arch_classifier "$head" "${MODEL_FLAGS[@]}" \
+        --lr_frame 0.01 --lr_sound 0.01 --lr_classifier 0.01 "${resume[@]}"
+    runs+=("$run")
+done
+
+echo "== 6/6 attacking them: FGSM, PGD, MIM; A eps_a=0.012, V eps_v=0.012, A+V 0.006 each"
+for head in "${HEADS[@]}"; do
+    "$PYTHON" main_attack.py --mode eval --arch_classifier "$head" "${MODEL_FLAGS[@]}" \
+        --attack_type fgsm pgd mim --num_vis 8 | grep -v "^  "
+done
+
+echo "== summary (accuracy %, test split; adversarial examples: <run>/visualization/index.html)"
+"$PYTHON" scripts/summarize.py "${runs[@]}" --markdown "$CKPT/summary.md" --csv "$CKPT/summary.csv" --findings

@@ -1,6 +1,6 @@
 """Print the paper-style robustness table of several evaluated runs, as Markdown and CSV.
 
-    python scripts/summarize.py RUN_DIR [RUN_DIR ...] [--csv table.csv] [--markdown table.md]
+    python scripts/summarize.py RUN_DIR [RUN_DIR ...] [--csv table.csv] [--markdown table.md] [--findings]
 
 Rows are models (each run's fusion head, or its folder name when two runs share a head); columns are
 clean accuracy and the A / V / A+V attacks of each attack type. Each RUN_DIR must hold the
@@ -16,7 +16,7 @@ import json
 from collections import Counter
 
 from utils.fileio import write_text_atomic
-from utils.report import summary_table, to_csv, to_markdown
+from utils.report import findings, summary_table, to_csv, to_markdown
 
 
 def load_runs(run_dirs: list[Path]) -> list[tuple[str, dict]]:
@@ -39,11 +39,16 @@ def main() -> None:
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders with attack_results.json")
     parser.add_argument("--csv", type=Path, default=None, help="also write the table as CSV here")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the Markdown table here")
+    parser.add_argument("--findings", action="store_true",
+                        help="also answer the paper's questions: does audio-visual beat unimodal, clean and attacked?")
     args = parser.parse_args()
-    header, rows = summary_table(load_runs(args.run_dirs))
+    runs = load_runs(args.run_dirs)
+    header, rows = summary_table(runs)
     markdown, csv_text = to_markdown(header, rows), to_csv(header, rows)
     print(markdown)
     print(csv_text)
+    if args.findings:
+        print("\n".join(findings(runs)))
     if args.csv:
         write_text_atomic(args.csv, csv_text)
     if args.markdown:

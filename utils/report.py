@@ -76,3 +76,38 @@ def to_csv(header: list[str], rows: list[list[str]]) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def findings(runs: list[tuple[str, dict]]) -> list[str]:
+    """The paper's questions answered on these runs, as sentences: does audio-visual beat unimodal
+    clean, and does it under each attack (each unimodal model under the attack on its own modality,
+    each audio-visual model under its worst attack)?"""
+    unimodal = {r["arch_classifier"]: (name, r) for name, r in runs if r["arch_classifier"] in ("audio", "visual")}
+    fused = [(name, r) for name, r in runs if r["arch_classifier"] not in ("audio", "visual")]
+    if not unimodal or not fused:
+        return ["(findings need at least one unimodal and one audio-visual run)"]
+    best_uni_name, best_uni = max(unimodal.values(), key=lambda nr: nr[1]["clean"]["acc"])
+    lines = []
+    for name, r in fused:
+        gain = r["clean"]["acc"] - best_uni["clean"]["acc"]
+        lines.append(f"clean: {name} {r['clean']['acc']:.2f} vs best unimodal ({best_uni_name}) "
+                     f"{best_uni['clean']['acc']:.2f}: {gain:+.2f} points")
+    attacks = list(dict.fromkeys(e["attack"] for _, r in runs for e in _protocol_entries(r)))
+    own_budget = {"audio": "A", "visual": "V"}
+    for attack in attacks:
+        uni = []
+        for head, (name, r) in unimodal.items():
+            acc = next((e["adv_acc"] for e in _protocol_entries(r)
+                        if e["attack"] == attack and e["budget"] == own_budget[head]), None)
+            if acc is not None:
+                uni.append((acc, f"{name} under {own_budget[head]} {acc:.2f}"))
+        for name, r in fused:
+            worst = min(((e["adv_acc"], e["budget"]) for e in _protocol_entries(r) if e["attack"] == attack),
+                        default=None)
+            if worst is None or not uni:
+                continue
+            best_acc = max(a for a, _ in uni)
+            verdict = "more" if worst[0] > best_acc else "less"
+            lines.append(f"{attack.upper()}: {name} worst case {worst[0]:.2f} (under {worst[1]}) vs "
+                         f"{', '.join(t for _, t in uni)}: audio-visual is {verdict} robust than the best unimodal")
+    return lines
