@@ -158,7 +158,8 @@ class ArgParser:
                        help="extra budgets swept for the accuracy-vs-eps figure")
         g.add_argument("--eps_grid_modality", nargs="+", choices=["audio", "visual", "both"],
                        default=["audio", "visual", "both"], help="modalities the --eps_grid sweep attacks")
-        g.add_argument("--attack_steps", type=_positive_int, default=10, help="iterations of PGD / MIM / APGD")
+        g.add_argument("--attack_steps", type=_positive_int, default=None,
+                       help="iterations (default: 10 for PGD and MIM as in the paper, 100 for APGD)")
         g.add_argument("--attack_alpha", type=_positive_float, default=None,
                        help="step size in the budget's units (default eps/8, the paper's)")
         g.add_argument("--attack_loss", choices=["ce", "ce+cos", "dlr"], default="ce",

@@ -30,7 +30,7 @@ def attack_table_markdown(results: dict) -> str:
     labels = list(dict.fromkeys(budget_label(e) for e in entries))
     lines = [f"# {results['run']}", "",
              f"{results['num_samples']} test samples; visual eps in {results['eps_units']} units, audio eps in "
-             f"waveform amplitude; {results['attack_steps']} steps, loss {results['attack_loss']}.", "",
+             f"waveform amplitude; {results['attack_steps'] or 'default'} steps, loss {results['attack_loss']}.", "",
              "| attack | clean | " + " | ".join(labels) + " |", "|---" * (len(labels) + 2) + "|"]
     for attack in attacks:
         accs = {budget_label(e): e["adv_acc"] for e in entries if e["attack"] == attack}

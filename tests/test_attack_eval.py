@@ -1,0 +1,144 @@
+"""main_attack.py --mode eval end to end: budgets, results file, table, figures, HTML page, summary."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import main_attack
+from tests.sop_fixture import make_root, write_clip, write_index
+from utils.attack_eval import PAPER_PROTOCOL, Budget, budgets_from_args
+from utils.report import findings, summary_table
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["cat_a", "cat_b", "cat_c"]
+ODD_ID = "odd&'<b>id"  # a sample id that must be escaped in HTML and sanitised in file names
+
+
+def flags(root: Path, ckpt: Path, head: str) -> list[str]:
+    return ["--dataset", "synthetic", "--data_root", str(root), "--ckpt", str(ckpt), "--arch_classifier", head,
+            "--arch_frame", "smallcnn", "--frame_dim", "16", "--arch_sound", "anet", "--sound_dim", "16",
+            "--imgSize", "32", "--audLen", "2048", "--batch_size_per_gpu", "4", "--workers", "0",
+            "--num_epoch", "1", "--lr_steps", "5", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A dataset with an oddly named sample, and trained concat and audio runs."""
+    root = tmp_path_factory.mktemp("data")
+    make_root(root, CLASSES, per_class=2, num_frames=24)
+    odd_row = write_clip(root, "cat_b", ODD_ID, 24)
+    test_rows = (root / "test.csv").read_text().splitlines() + [odd_row]
+    write_index(root, "test.csv", test_rows)
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    for head in ("concat", "audio"):
+        main_attack.main(["--mode", "train"] + flags(root, ckpt, head))
+    return root, ckpt
+
+
+def run_dir(root: Path, ckpt: Path, head: str) -> Path:
+    return Path(ckpt) / main_attack.parse_args(flags(root, ckpt, head)).id
+
+
+def test_budgets_default_to_the_paper_protocol_and_grid_adds_points():
+    args = main_attack.parse_args(["--dataset", "MUSIC"])
+    assert budgets_from_args(args) == list(PAPER_PROTOCOL)
+    assert [b.name for b in PAPER_PROTOCOL] == ["A", "V", "A+V"]
+    assert (PAPER_PROTOCOL[0].eps_audio, PAPER_PROTOCOL[1].eps_visual, PAPER_PROTOCOL[2].eps_audio) == (
+        0.012, 0.012, 0.006)
+    args = main_attack.parse_args(["--dataset", "MUSIC", "--epsilons", "0.01,0", "0.002,0.003",
+                                   "--eps_grid", "0.01", "0.02", "--eps_grid_modality", "visual"])
+    budgets = budgets_from_args(args)
+    assert budgets == [Budget(0.01, 0.0), Budget(0.002, 0.003), Budget(0.02, 0.0, grid=True)]
+
+
+def test_attack_flags_are_validated_and_fsgm_is_fgsm(capsys):
+    args = main_attack.parse_args(["--dataset", "MUSIC", "--attack_type", "fsgm", "FGSM", "pgd"])
+    assert args.attack_type == ["fgsm", "pgd"]
+    assert main_attack.parse_args(["--dataset", "MUSIC", "--attack_type", "none"]).attack_type == []
+    with pytest.raises(SystemExit):
+        main_attack.parse_args(["--dataset", "MUSIC", "--epsilons", "0.01"])
+    assert "expected EPS_VISUAL,EPS_AUDIO" in capsys.readouterr().err
+
+
+def test_eval_writes_results_table_figures_and_html(trained):
+    root, ckpt = trained
+    main_attack.main(["--mode", "eval", "--attack_type", "fgsm", "pgd", "--eps_grid", "0.05",
+                      "--eps_grid_modality", "both", "--num_vis", "7"] + flags(root, ckpt, "concat"))
+    out = run_dir(root, ckpt, "concat")
+    results = json.loads((out / "attack_results.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert results["num_samples"] == metrics["num_samples"] == 7
+    assert results["clean"]["acc"] == pytest.approx(metrics["test_acc"])
+    keys = [(e["attack"], e["budget"], e["grid"]) for e in results["attacks"]]
+    assert keys == [(a, b, g) for a in ("fgsm", "pgd") for b, g in (("A", False), ("V", False), ("A+V", False),
+                                                                     ("A+V", True))]
+    for entry in results["attacks"]:
+        assert 0 <= entry["adv_acc"] <= 100 and entry["seconds"] > 0
+        assert len(entry["cos_adv"]) == 7 and -1 <= entry["cos_adv_mean"] <= 1
+        assert set(entry["per_class_adv_acc"]) == set(CLASSES)
+    grid = next(e for e in results["attacks"] if e["grid"])
+    assert grid["eps_visual"] == grid["eps_audio"] == 0.05
+    table = (out / "attack_table.md").read_text()
+    assert "| FGSM |" in table and "| PGD |" in table and "A+V (εv=0.006, εa=0.006)" in table
+    for figure in ("acc_vs_eps.png", "cos_sim.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "visualization" / "index.html").read_text()
+    assert page.count("<tr>") == 1 + 7
+    assert "odd&amp;&#x27;&lt;b&gt;id" in page and ODD_ID not in page
+    assets = sorted(p.name for p in (out / "visualization" / "assets").iterdir())
+    assert all("<" not in name and "&" not in name and "'" not in name for name in assets)
+    assert sum(name.endswith(".wav") for name in assets) == 7 * 4  # clean + A, V, A+V per sample
+    clean_wav = next(p for p in (out / "visualization" / "assets").glob("000_*.wav") if "_A" not in p.name)
+    wave, rate = sf.read(clean_wav)
+    assert rate == 11025 and len(wave) == 2048 and np.abs(wave).max() <= 1
+
+
+def test_unattacked_modality_of_a_unimodal_model_leaves_accuracy_unchanged(trained):
+    root, ckpt = trained
+    main_attack.main(["--mode", "eval", "--attack_type", "pgd", "--num_vis", "0"] + flags(root, ckpt, "audio"))
+    out = run_dir(root, ckpt, "audio")
+    results = json.loads((out / "attack_results.json").read_text())
+    visual_only = next(e for e in results["attacks"] if e["budget"] == "V")
+    assert visual_only["adv_acc"] == results["clean"]["acc"]
+    assert results["clean"]["cos_mean"] is None and not (out / "cos_sim.png").exists()
+    assert not (out / "visualization").exists()
+
+
+def test_summarize_prints_the_paper_table_and_findings(trained):
+    root, ckpt = trained
+    for head in ("concat", "audio"):
+        if not (run_dir(root, ckpt, head) / "attack_results.json").exists():
+            main_attack.main(["--mode", "eval", "--attack_type", "pgd", "--num_vis", "0"] + flags(root, ckpt, head))
+    dirs = [str(run_dir(root, ckpt, h)) for h in ("audio", "concat")]
+    csv_path = Path(ckpt) / "table.csv"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), *dirs, "--csv", str(csv_path),
+                           "--findings"], capture_output=True, text=True, check=True)
+    assert "| model | clean |" in proc.stdout and "| audio |" in proc.stdout and "| concat |" in proc.stdout
+    assert "PGD A" in proc.stdout and "PGD A+V" in proc.stdout
+    assert "clean: concat" in proc.stdout and "best unimodal (audio)" in proc.stdout
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].startswith("model,clean,") and len(lines) == 3
+    missing = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(ckpt)],
+                             capture_output=True, text=True)
+    assert missing.returncode != 0 and "attack_results.json not found" in missing.stderr
+
+
+def test_summary_table_and_findings_on_hand_made_results():
+    def results(head, clean, accs):
+        return {"arch_classifier": head, "clean": {"acc": clean}, "attacks": [
+            {"attack": "pgd", "budget": b, "grid": False, "adv_acc": a} for b, a in accs.items()]}
+    runs = [("audio", results("audio", 80.0, {"A": 10.0, "V": 80.0, "A+V": 30.0})),
+            ("visual", results("visual", 60.0, {"A": 60.0, "V": 5.0, "A+V": 20.0})),
+            ("concat", results("concat", 90.0, {"A": 40.0, "V": 70.0, "A+V": 8.0}))]
+    header, rows = summary_table(runs)
+    assert header == ["model", "clean", "PGD A", "PGD V", "PGD A+V"]
+    assert rows[2] == ["concat", "90.00", "40.00", "70.00", "8.00"]
+    text = "\n".join(findings(runs))
+    assert "clean: concat 90.00 vs best unimodal (audio) 80.00: +10.00 points" in text
+    assert "PGD: concat worst case 8.00 (under A+V)" in text and "less robust" in text
