@@ -176,6 +176,8 @@ class ArgParser:
             apply_dataset_preset(args, self.parser)
         if hasattr(args, "num_epoch"):
             _apply_schedule(args, self.parser)
+        if hasattr(args, "restarts") and args.restarts > 1 and not args.random_start:
+            self.parser.error("--restarts > 1 needs --random_start (restarts from the clean input are identical)")
         if hasattr(args, "attack_type"):
             names = ("fgsm" if a == "fsgm" else a for a in args.attack_type)
             args.attack_type = [a for a in dict.fromkeys(names) if a != "none"]

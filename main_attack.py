@@ -43,6 +43,7 @@ from utils.checkpoint import (
 from utils.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from utils.fileio import write_json_atomic
 from utils.meters import AverageMeter, ConfusionCounter
+from utils.objectives import CrossEntropy, Objective
 from utils.report import attack_table_markdown
 
 
@@ -89,8 +90,8 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                    epoch: int, args: argparse.Namespace, info: DistInfo,
-                    writer: SummaryWriter | None) -> dict[str, float]:
+                    epoch: int, args: argparse.Namespace, info: DistInfo, writer: SummaryWriter | None,
+                    objective: Objective) -> dict[str, float]:
     set_train_mode(model, args.freeze_bn)
     use_amp = args.amp and info.device.type == "cuda"
     loss_meter, acc_meter = AverageMeter(), AverageMeter()
@@ -98,8 +99,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     for step, batch in enumerate(bar):
         frames, audio, labels = to_device(batch, info.device)
         with torch.autocast(device_type=info.device.type, dtype=torch.float16, enabled=use_amp):
-            logits = model(frames, audio).logits
-            loss = F.cross_entropy(logits.float(), labels)
+            loss, logits = objective(model, frames, audio, labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step} "
                                      f"(rank {info.rank}); batch samples: {', '.join(batch['info'])}")
@@ -144,7 +144,9 @@ def run_dir_of(args: argparse.Namespace) -> Path:
     return Path(args.ckpt) / args.id
 
 
-def train(args: argparse.Namespace, info: DistInfo) -> None:
+def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None = None) -> None:
+    """Train the model of the flags with ``objective`` (cross-entropy by default) into its run folder."""
+    objective = objective or CrossEntropy()
     run_dir = run_dir_of(args)
     meta = model_meta(args)
     train_loader = build_loader(build_dataset(args, "train"), args, info, train=True)
@@ -181,7 +183,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> None:
         torch.manual_seed(args.seed * 1000 + epoch)
         start = time.time()
         record = {"epoch": epoch, "lr_classifier": optimizer.param_groups[-1]["lr"]}
-        record.update(train_one_epoch(ddp_model, train_loader, optimizer, scaler, epoch, args, info, writer))
+        record.update(train_one_epoch(ddp_model, train_loader, optimizer, scaler, epoch, args, info, writer,
+                                      objective))
         is_best = False
         if (epoch + 1) % args.eval_epoch == 0 or epoch + 1 == args.num_epoch:
             counter, val_loss = evaluate(model, val_loader, args, info, desc=f"epoch {epoch} val")

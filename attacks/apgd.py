@@ -1,0 +1,94 @@
+"""APGD, Auto-PGD (Croce & Hein 2020), L∞."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from attacks.base import Attack, BestSoFar, Inputs, Problem, per_sample
+from attacks.losses import LossFn
+from attacks.registry import ATTACKS
+from models.visual import IMAGENET_STD
+
+
+def apgd_checkpoints(steps: int) -> frozenset[int]:
+    """The iterations where APGD checks progress: ``ceil(p_j * steps)`` with ``p_0 = 0``,
+    ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``, before the last iteration."""
+    points = set()
+    p_prev, p = 0.0, 0.22
+    while p < 1:
+        points.add(math.ceil(round(p * steps, 6)))
+        p_prev, p = p, p + max(p - p_prev - 0.03, 0.06)
+    return frozenset(w for w in points if 0 < w < steps)
+
+
+def _where(mask: Tensor, a: Inputs, b: Inputs) -> Inputs:
+    return {m: torch.where(per_sample(mask, a[m]), a[m], b[m]) for m in a}
+
+
+@ATTACKS.register("apgd")
+class APGD(Attack):
+    """Projected sign steps with momentum and a step size that adapts per sample.
+
+    The step size starts at 2ε (per modality, per channel in normalised units) and is halved at a
+    checkpoint when fewer than ``rho`` of the steps since the last one raised the loss, or when
+    neither the step size nor the best loss changed since the last one; the iterate then restarts
+    from the highest-loss point. Update: ``z = P(x_k + eta * sign(grad))``,
+    ``x_{k+1} = P(x_k + momentum * (z - x_k) + (1 - momentum) * (x_k - x_{k-1}))``.
+    Returns, per sample, the fooling iterate with the highest loss, or else the highest-loss iterate.
+    ``steps`` forward-backward passes plus one.
+    """
+
+    default_step = 2.0
+
+    def __init__(self, model: nn.Module, eps: Mapping[str, float], *, steps: int = 100,
+                 random_start: bool = False, momentum: float = 0.75, rho: float = 0.75,
+                 loss: str | LossFn = "ce", eps_units: str = "normalized",
+                 std: Sequence[float] = IMAGENET_STD) -> None:
+        super().__init__(model, eps, steps=steps, random_start=random_start, loss=loss, eps_units=eps_units,
+                         std=std)
+        self.momentum = momentum
+        self.rho = rho
+        self.checkpoints = apgd_checkpoints(steps)
+
+    def perturb(self, problem: Problem) -> Inputs:
+        x = problem.start(self.random_start)
+        losses, logits, grads = problem.loss_and_grad(x)
+        x = {m: v.detach() for m, v in x.items()}
+        best = BestSoFar(x, losses, problem.fooled(logits))
+        x_max, f_max, grad_max = x, losses, grads
+        x_prev, f_prev = x, losses
+        scale = torch.ones_like(losses)  # per-sample step size / initial step size
+        increases = torch.zeros_like(losses)
+        f_max_at_check, reduced_at_check, last_check = f_max, torch.zeros_like(losses, dtype=torch.bool), 0
+        for k in range(self.steps):
+            with torch.no_grad():
+                x_next = {}
+                for m, v in x.items():
+                    ball = problem.balls[m]
+                    z = ball.project_(v + per_sample(scale, v) * ball.step * grads[m].sign())
+                    if k > 0:
+                        z = ball.project_(v + self.momentum * (z - v) + (1 - self.momentum) * (v - x_prev[m]))
+                    x_next[m] = z.requires_grad_()
+            x_prev = x
+            losses, logits, grads = problem.loss_and_grad(x_next)
+            x = {m: v.detach() for m, v in x_next.items()}
+            with torch.no_grad():
+                best.update(x, losses, problem.fooled(logits))
+                increases += losses > f_prev
+                f_prev = losses
+                improved = losses > f_max
+                x_max, grad_max = _where(improved, x, x_max), _where(improved, grads, grad_max)
+                f_max = torch.where(improved, losses, f_max)
+                if k + 1 in self.checkpoints:
+                    stalled = increases < self.rho * (k + 1 - last_check)
+                    reduce = stalled | (~reduced_at_check & (f_max <= f_max_at_check))
+                    scale = torch.where(reduce, scale / 2, scale)
+                    x, x_prev = _where(reduce, x_max, x), _where(reduce, x_max, x_prev)
+                    grads = _where(reduce, grad_max, grads)
+                    f_prev = torch.where(reduce, f_max, f_prev)
+                    f_max_at_check, reduced_at_check, last_check = f_max, reduce, k + 1
+                    increases.zero_()
+        return best.x

@@ -1,0 +1,63 @@
+"""Attack objectives: ``loss(out, labels) -> per-sample loss [B]``, which the attacks maximise.
+
+Per-sample values let an attack keep the best iterate of every sample; the gradient is taken of
+their sum, so a sample's gradient does not depend on the batch size. Adding a loss is one function
+plus one line in ``LOSSES``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.av_model import ModelOutput
+
+LossFn = Callable[[ModelOutput, Tensor], Tensor]
+
+
+def cross_entropy(out: ModelOutput, labels: Tensor) -> Tensor:
+    return F.cross_entropy(out.logits, labels, reduction="none")
+
+
+def cross_entropy_cosine(out: ModelOutput, labels: Tensor) -> Tensor:
+    """CE + cos(feat_v, feat_a): the released adaptive attack's objective.
+
+    Raising the cosine pulls the two embeddings together, against the dissimilarity defense, which
+    trains them apart. Without both embeddings (a unimodal model) it is plain CE.
+    """
+    loss = cross_entropy(out, labels)
+    if out.feat_v is None or out.feat_a is None:
+        return loss
+    return loss + F.cosine_similarity(out.feat_v, out.feat_a, dim=1)
+
+
+def difference_of_logits_ratio(out: ModelOutput, labels: Tensor) -> Tensor:
+    """Untargeted DLR (Croce & Hein 2020): ``-(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3)``.
+
+    Positive exactly when the sample is misclassified; invariant to shifting and scaling the logits.
+    """
+    z = out.logits
+    if z.shape[1] < 3:
+        raise ValueError(f"the DLR loss needs at least 3 classes, the model has {z.shape[1]}")
+    top, order = z.topk(3, dim=1)
+    z_y = z.gather(1, labels[:, None]).squeeze(1)
+    z_other = torch.where(order[:, 0] == labels, top[:, 1], top[:, 0])
+    return (z_other - z_y) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+LOSSES: dict[str, LossFn] = {
+    "ce": cross_entropy,
+    "ce+cos": cross_entropy_cosine,
+    "dlr": difference_of_logits_ratio,
+}
+
+
+def get_loss(loss: str | LossFn) -> LossFn:
+    """A registered loss by name, or ``loss`` itself when it is a callable."""
+    if callable(loss):
+        return loss
+    if loss not in LOSSES:
+        raise ValueError(f"unknown attack loss '{loss}'; available: {', '.join(LOSSES)}")
+    return LOSSES[loss]

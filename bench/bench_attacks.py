@@ -1,0 +1,192 @@
+"""Attack speed: (a) PGD-k against k x (forward + input-gradient backward), the floor any PGD pays;
+(b) our visual-only PGD against torchattacks' PGD on the same model, batch, eps, alpha and steps.
+On an ``AVModel`` a single-modality attack encodes the unattacked modality once per call; (b) also
+times our PGD without that (the model behind a wrapper) and both attack loops on a near-free model.
+
+Prints figures, not pass/fail; targets: (a) ratio <= 1.10, (b) ratio <= 1.0 with equal results.
+Timings interleave the contenders and report the median (and minimum) of ``--repeats`` runs after a
+warm-up. One thread by default: on a machine shared with other jobs, more threads make the figures noise.
+
+    python bench/bench_attacks.py [--batch 16 --img 64 --audio_len 8192 --steps 10 --arch_frame smallcnn]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attacks import PGD
+from models import ModelOutput, build_model
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--img", type=int, default=64, help="frame height and width")
+    p.add_argument("--frames", type=int, default=1, help="frames per clip (T)")
+    p.add_argument("--audio_len", type=int, default=8192, help="waveform samples")
+    p.add_argument("--steps", type=int, default=10, help="PGD iterations k")
+    p.add_argument("--eps", type=float, default=8 / 255, help="visual and audio budget (pixel units in (b))")
+    p.add_argument("--arch_frame", default="smallcnn")
+    p.add_argument("--arch_sound", default="anet")
+    p.add_argument("--arch_classifier", default="concat")
+    p.add_argument("--frame_dim", type=int, default=64, help="smallcnn width (ignored by resnet18)")
+    p.add_argument("--sound_dim", type=int, default=128, help="sound net width (512 in the paper)")
+    p.add_argument("--classes", type=int, default=11)
+    p.add_argument("--repeats", type=int, default=11)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads, 0 for torch's default (1 keeps figures steady on a shared machine)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+class Timing(NamedTuple):
+    median: float
+    best: float
+
+    def __truediv__(self, other: Timing) -> str:
+        return f"ratio {self.median / other.median:.3f} (of minima {self.best / other.best:.3f})"
+
+    def __str__(self) -> str:
+        return f"{self.median * 1e3:8.1f} ms (min {self.best * 1e3:7.1f})"
+
+
+def timed(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, Timing]:
+    """Seconds per call of each contender: one warm-up call each, then ``repeats`` interleaved rounds
+    whose order alternates, so that a slow spell of the machine hits every contender alike."""
+    for fn in contenders.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    order = list(contenders.items())
+    for round_ in range(repeats):
+        for name, fn in order if round_ % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: Timing(statistics.median(t), min(t)) for name, t in times.items()}
+
+
+class FramesOnly(nn.Module):
+    """The AV model as torchattacks expects an image classifier: ``[B, 3, H, W]`` in [0, 1] -> logits
+    (T = 1), with the audio fixed."""
+
+    def __init__(self, model: nn.Module, audio: Tensor | None) -> None:
+        super().__init__()
+        self.model = model
+        self.audio = audio
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images.unsqueeze(2), self.audio).logits
+
+
+def pgd_pair(model: nn.Module, audio: Tensor | None, eps: float, alpha: float, steps: int,
+             torchattacks: ModuleType) -> tuple[PGD, Callable[[Tensor, Tensor], Tensor]]:
+    """Our visual-only PGD and torchattacks' with the same settings (pixel units, no random start)."""
+    ours = PGD(model, {"visual": eps}, steps=steps, alpha=alpha, eps_units="pixel")
+    theirs = torchattacks.PGD(FramesOnly(model, audio), eps=eps, alpha=alpha, steps=steps, random_start=False)
+    return ours, theirs
+
+
+class Opaque(nn.Module):
+    """Hides that the model is an ``AVModel``, so the attack runs the whole model at every step."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: Tensor, audio: Tensor) -> ModelOutput:
+        return self.model(frames, audio)
+
+
+class ColourMean(nn.Module):
+    """Logits from a linear map of the mean colour: an AV-interface model of negligible cost."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, classes)
+
+    def forward(self, frames: Tensor, audio: Tensor | None) -> ModelOutput:
+        return ModelOutput(self.fc(frames.mean(dim=(2, 3, 4))), None, None, None)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = build_model(args.arch_frame, args.arch_sound, args.arch_classifier, cls_num=args.classes,
+                        frame_dim=None if args.arch_frame == "resnet18" else args.frame_dim,
+                        sound_dim=args.sound_dim).eval()
+    frames = torch.rand(args.batch, 3, args.frames, args.img, args.img)
+    audio = torch.rand(args.batch, 1, args.audio_len) * 2 - 1
+    labels = torch.randint(args.classes, (args.batch,))
+    alpha = args.eps / 4
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}, python {platform.python_version()}")
+    print(f"model: {args.arch_frame} + {args.arch_sound} -> {args.arch_classifier} ({args.classes} classes); "
+          f"batch {args.batch}, frames {args.frames}x{args.img}x{args.img}, audio {args.audio_len}; "
+          f"steps {args.steps}, eps {args.eps:.5g}, alpha {alpha:.5g}; median of {args.repeats}")
+
+    # (a) PGD-k on both modalities against k x (forward + CE + gradient w.r.t. both inputs).
+    def floor() -> None:
+        f, a = frames.clone().requires_grad_(), audio.clone().requires_grad_()
+        for _ in range(args.steps):
+            loss = F.cross_entropy(model(f, a).logits, labels, reduction="sum")
+            torch.autograd.grad(loss, [f, a])
+
+    joint = PGD(model, {"visual": args.eps, "audio": args.eps}, steps=args.steps, alpha=alpha, eps_units="pixel")
+    t = timed({"floor": floor, "pgd": lambda: joint(frames, audio, labels)}, args.repeats)
+    print(f"(a) k x (forward + input-gradient backward): {t['floor']}")
+    print(f"    PGD-{args.steps} audio+visual:                  {t['pgd']}   {t['pgd'] / t['floor']} "
+          "(target <= 1.10)")
+
+    # (b) visual-only PGD, ours against torchattacks'.
+    try:
+        import torchattacks
+    except ImportError:
+        print("(b) skipped: torchattacks is not installed (pip install -r requirements-dev.txt)")
+        return
+    if args.frames != 1:
+        print("(b) skipped: torchattacks attacks images, so it needs --frames 1")
+        return
+    ours, theirs = pgd_pair(model, audio, args.eps, alpha, args.steps, torchattacks)
+    opaque = PGD(Opaque(model), {"visual": args.eps}, steps=args.steps, alpha=alpha, eps_units="pixel")
+    t = timed({"ours": lambda: ours(frames, audio, labels), "torchattacks": lambda: theirs(frames[:, :, 0], labels),
+               "opaque": lambda: opaque(frames, audio, labels)}, args.repeats)
+    adv_ours = ours(frames, audio, labels)[0][:, :, 0]
+    adv_theirs = theirs(frames[:, :, 0], labels)
+    with torch.no_grad():
+        preds = [model(x.unsqueeze(2), audio).logits.argmax(1) for x in (frames[:, :, 0], adv_ours, adv_theirs)]
+    acc = [(p == labels).float().mean().item() for p in preds]
+    diff = (adv_ours - adv_theirs).abs().max().item()
+    print(f"(b) torchattacks PGD visual-only: {t['torchattacks']}")
+    print(f"    our PGD visual-only:          {t['ours']}   {t['ours'] / t['torchattacks']} (target <= 1.0)")
+    print(f"    ours, audio encoder per step: {t['opaque']}   {t['opaque'] / t['torchattacks']} "
+          "(the model behind a wrapper, so the fixed audio features are not reused)")
+    print(f"    accuracy clean {acc[0]:.4f}, ours {acc[1]:.4f}, torchattacks {acc[2]:.4f}; "
+          f"adversarial images max |diff| {diff:.2e} (bit-identical: {torch.equal(adv_ours, adv_theirs)}); "
+          f"predictions equal: {torch.equal(preds[1], preds[2])}")
+
+    # The same on a model that costs next to nothing, so the attack loops' own work is what is timed.
+    ours, theirs = pgd_pair(ColourMean(args.classes), None, args.eps, alpha, args.steps, torchattacks)
+    t = timed({"ours": lambda: ours(frames, None, labels), "torchattacks": lambda: theirs(frames[:, :, 0], labels)},
+              args.repeats * 5)
+    print(f"    loop overhead alone (near-free model): torchattacks {t['torchattacks']}, ours {t['ours']}   "
+          f"{t['ours'] / t['torchattacks']}")
+
+
+if __name__ == "__main__":
+    main()
