@@ -170,6 +170,44 @@ class ArgParser:
                        help="samples shown on the HTML page of adversarial examples")
         return self
 
+    def add_defense_arguments(self) -> ArgParser:
+        g = self.parser.add_argument_group("defense")
+        g.add_argument("--train_mode", choices=["standard", "adv", "trades"], default="standard",
+                       help="standard training, PGD adversarial training on both modalities, or TRADES")
+        g.add_argument("--lambda_cos", type=_non_negative_float, default=1.0,
+                       help="weight of mean cos(feat_v, feat_a) added to the loss: the dissimilarity constraint "
+                            "(1 as released; 0 turns it off)")
+        g.add_argument("--train_eps", type=_non_negative_float, nargs=2, default=[0.012, 0.012],
+                       metavar=("EV", "EA"), help="adversarial-training budgets, visual and audio (--eps_units)")
+        g.add_argument("--train_attack_steps", type=_positive_int, default=5,
+                       help="PGD steps of adversarial training and TRADES (step 2.5 eps / steps)")
+        g.add_argument("--trades_beta", type=_non_negative_float, default=6.0, help="TRADES robustness weight")
+        g.add_argument("--use_banks", action="store_true",
+                       help="purify features with the memory banks (default files: the run's bank_v.pth, bank_a.pth)")
+        g.add_argument("--weights_Dv", default="", help="visual memory bank file")
+        g.add_argument("--weights_Da", default="", help="audio memory bank file")
+        g.add_argument("--bank_size", type=_positive_int, default=1024, help="bank columns (1024 as released)")
+        g.add_argument("--bank_method", choices=["random", "kmeans"], default="random",
+                       help="bank columns: a seeded random subset of training features, or k-means centres")
+        g.add_argument("--bank_mix", type=_non_negative_float, default=None,
+                       help="a in a*D*alpha + (1-a)*f (default 0.5; 0.6 on Kinetics)")
+        g.add_argument("--solver", choices=["fista", "ista"], default="fista",
+                       help="sparse coding: batched FISTA, or the released ISTA with --alpha_v / --alpha_a")
+        g.add_argument("--lasso_lambda", type=_positive_float, default=0.1, help="lasso weight (0.1 as released)")
+        g.add_argument("--alpha_v", type=_positive_float, default=None,
+                       help="released ISTA step, visual (default: the paper's per dataset)")
+        g.add_argument("--alpha_a", type=_positive_float, default=None,
+                       help="released ISTA step, audio (default: the paper's per dataset)")
+        g.add_argument("--coding_tol", type=_positive_float, default=8e-4,
+                       help="stop sparse coding when the code changes by less (8e-4 as released)")
+        g.add_argument("--coding_max_iter", type=_positive_int, default=2000,
+                       help="sparse-coding iteration cap (2000 as released)")
+        g.add_argument("--defense_attacks", nargs="+", choices=["ce", "ce+cos", "bpda"],
+                       default=["ce", "ce+cos", "bpda"],
+                       help="attack variants whose worst case is reported: white-box CE through the sparse "
+                            "coding, white-box CE + cos (the released adaptive attack), BPDA (identity backward)")
+        return self
+
     def parse(self, argv: list[str] | None = None) -> argparse.Namespace:
         args = self.parser.parse_args(argv)
         if hasattr(args, "dataset"):

@@ -225,8 +225,10 @@ def log_epoch(record: dict, writer: SummaryWriter | None, optimizer: torch.optim
         writer.add_scalar(f"lr/group{i}", group["lr"], epoch)
 
 
-def evaluate_clean(model: AVModel, loader, args: argparse.Namespace, info: DistInfo, epoch: int) -> dict:
-    """Clean test accuracy, overall and per class, printed and written to metrics.json."""
+def evaluate_clean(model: AVModel, loader, args: argparse.Namespace, info: DistInfo, epoch: int,
+                   out_dir: Path | None = None) -> dict:
+    """Clean test accuracy, overall and per class, printed and written to ``out_dir``/metrics.json
+    (default: the run folder)."""
     counter, loss = evaluate(model, loader, args, info, desc="test")
     metrics = {"run": args.id, "epoch": epoch, "test_loss": loss, "test_acc": counter.accuracy,
                "num_samples": int(counter.total.sum()),
@@ -237,7 +239,7 @@ def evaluate_clean(model: AVModel, loader, args: argparse.Namespace, info: DistI
         width = max(len(c) for c in args.categories)
         for name, acc in metrics["per_class_acc"].items():
             print(f"  {name:<{width}} {'n/a' if acc is None else f'{acc:6.2f}'}")
-        write_json_atomic(run_dir_of(args) / "metrics.json", metrics)
+        write_json_atomic((out_dir or run_dir_of(args)) / "metrics.json", metrics)
     return metrics
 
 

@@ -30,6 +30,9 @@ def cross_entropy_cosine(out: ModelOutput, labels: Tensor) -> Tensor:
     loss = cross_entropy(out, labels)
     if out.feat_v is None or out.feat_a is None:
         return loss
+    if out.feat_v.shape != out.feat_a.shape:
+        raise ValueError(f"the ce+cos loss needs visual and audio features of one width, got "
+                         f"{out.feat_v.shape[1]} and {out.feat_a.shape[1]}")
     return loss + F.cosine_similarity(out.feat_v, out.feat_a, dim=1)
 
 

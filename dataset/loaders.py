@@ -10,12 +10,13 @@ from dataset.av_dataset import AVDataset
 from utils.distributed import DistInfo
 
 
-def build_dataset(args: argparse.Namespace, split: str) -> AVDataset:
-    """The 'train', 'val' or 'test' split; training transforms only on 'train'."""
+def build_dataset(args: argparse.Namespace, split: str, train_transforms: bool | None = None) -> AVDataset:
+    """The 'train', 'val' or 'test' split; training transforms on 'train' unless ``train_transforms`` says."""
     index = {"train": args.list_train, "val": args.list_val, "test": args.list_test}[split]
+    train = split == "train" if train_transforms is None else train_transforms
     return AVDataset(index, args.audio_path, args.frame_path, args.categories,
                      num_frames=args.num_frames, stride_frames=args.stride_frames, frame_rate=args.frameRate,
-                     img_size=args.imgSize, aud_len=args.audLen, aud_rate=args.audRate, train=split == "train",
+                     img_size=args.imgSize, aud_len=args.audLen, aud_rate=args.audRate, train=train,
                      seed=args.seed, skip_bad=args.skip_bad, max_samples=args.max_samples)
 
 

@@ -45,6 +45,8 @@ class DatasetPreset:
     categories: list[str] = field(default_factory=list)  # empty: read <root>/categories.txt
     num_epoch: int = 30
     lr_steps: tuple[int, ...] = (10, 20)
+    ista_steps: tuple[float, float] = (6e-6, 1e-6)  # the released ISTA step sizes, visual and audio
+    bank_mix: float = 0.5
 
     def default_root(self) -> Path:
         env = os.environ.get(self.root_env)
@@ -52,9 +54,10 @@ class DatasetPreset:
 
 
 PRESETS: dict[str, DatasetPreset] = {
-    "MUSIC": DatasetPreset("MUSIC", "MUSIC_ROOT", MUSIC_CATEGORIES, 100, (30, 60, 90)),
-    "AVE": DatasetPreset("AVE", "AVE_ROOT", AVE_CATEGORIES, 30, (10, 20)),
-    "Kinetics": DatasetPreset("Kinetics", "KINETICS_ROOT", KINETICS_SOUNDS_CATEGORIES, 30, (10, 20)),
+    "MUSIC": DatasetPreset("MUSIC", "MUSIC_ROOT", MUSIC_CATEGORIES, 100, (30, 60, 90), (6e-6, 1e-6), 0.5),
+    "AVE": DatasetPreset("AVE", "AVE_ROOT", AVE_CATEGORIES, 30, (10, 20), (2e-6, 7e-7), 0.5),
+    "Kinetics": DatasetPreset("Kinetics", "KINETICS_ROOT", KINETICS_SOUNDS_CATEGORIES, 30, (10, 20),
+                              (2e-6, 5.8e-7), 0.6),
     "synthetic": DatasetPreset("synthetic", "SYNTHETIC_ROOT", [], 30, (20, 25)),
 }
 

@@ -35,7 +35,7 @@ echo "== 4/6 dataset statistics"
 # CPU-sized models: a small CNN on 112 px frames, a narrow anet on 1.5 s of audio.
 CKPT="${DEMO_CKPT:-ckpt/demo}"
 MODEL_FLAGS=(--dataset synthetic --data_root "$ROOT" --ckpt "$CKPT" --seed "$DEMO_SEED"
-    --arch_frame smallcnn --frame_dim 64 --arch_sound anet --sound_dim 128 --imgSize 112 --audLen 16384
+    --arch_frame smallcnn --frame_dim 128 --arch_sound anet --sound_dim 128 --imgSize 112 --audLen 16384
     --num_epoch 15 --lr_steps 11 --batch_size_per_gpu 16 --workers 2)
 HEADS=(audio visual concat film)
 

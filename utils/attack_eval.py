@@ -71,8 +71,8 @@ class _Tally:
 
 
 def _cosines(out) -> list[float]:
-    if out.feat_v is None or out.feat_a is None:
-        return []
+    if out.feat_v is None or out.feat_a is None or out.feat_v.shape != out.feat_a.shape:
+        return []  # unimodal, or embeddings of different widths: no audio-visual similarity
     return F.cosine_similarity(out.feat_v.float(), out.feat_a.float(), dim=1).tolist()
 
 

@@ -26,6 +26,9 @@ def mean_cosine(feat_v: Tensor | None, feat_a: Tensor | None) -> Tensor | None:
     """Mean cos(feat_v, feat_a) over the batch; None for a unimodal model."""
     if feat_v is None or feat_a is None:
         return None
+    if feat_v.shape != feat_a.shape:
+        raise ValueError(f"the dissimilarity term needs visual and audio features of one width, got "
+                         f"{feat_v.shape[1]} and {feat_a.shape[1]} (set --frame_dim / --sound_dim equal)")
     return F.cosine_similarity(feat_v.float(), feat_a.float(), dim=1).mean()
 
 

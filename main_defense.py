@@ -1,0 +1,189 @@
+"""The paper's audio-visual defense and its baselines: train, build memory banks, evaluate adaptively.
+
+    python main_defense.py --mode train      --train_mode standard --lambda_cos 1 --weights_frame ... (dissimilarity)
+    python main_defense.py --mode train      --train_mode adv|trades --lambda_cos 0 ...   (adversarial baselines)
+    python main_defense.py --mode build_bank ...            (D_v, D_a from the run's training-set features)
+    python main_defense.py --mode eval [--use_banks] ...    (clean + worst case over adaptive attacks)
+
+The run folder is the recognition model's (``main_attack.py``) plus a suffix naming the training:
+``-dissim<lambda>``, ``-adv``, ``-trades<beta>``; ``--train_mode standard --lambda_cos 0`` is the undefended
+model itself, so "memory banks alone" is that run evaluated with ``--use_banks``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
+
+from arguments import ArgParser
+from dataset.index import DataError
+from dataset.loaders import build_dataset, build_loader
+from dataset.presets import PRESETS
+from main_attack import create_model, evaluate_clean, run_dir_of, train
+from models import AVModel
+from models.memory_bank import DefendedModel, MemoryBank, build_bank, collect_features, load_bank, save_bank
+from utils.attack_eval import budgets_from_args, evaluate_attacks, write_outputs
+from utils.checkpoint import CheckpointError, load_checkpoint, model_meta
+from utils.distributed import DistInfo, cleanup, init_distributed
+from utils.objectives import CrossEntropy, Objective, PGDAdversarialTraining, Trades
+from utils.report import attack_table_markdown
+
+BANK_FILES = {"visual": "bank_v.pth", "audio": "bank_a.pth"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = (ArgParser(__doc__).add_run_arguments(["train", "build_bank", "eval"]).add_data_arguments()
+              .add_model_arguments().add_train_arguments().add_attack_arguments().add_defense_arguments())
+    args = parser.parse(argv)
+    preset = PRESETS[args.dataset]
+    args.bank_mix = preset.bank_mix if args.bank_mix is None else args.bank_mix
+    if not 0 <= args.bank_mix <= 1:
+        parser.parser.error(f"--bank_mix must be in [0, 1], got {args.bank_mix}")
+    args.alpha_v = preset.ista_steps[0] if args.alpha_v is None else args.alpha_v
+    args.alpha_a = preset.ista_steps[1] if args.alpha_a is None else args.alpha_a
+    args.id += defense_suffix(args)
+    return args
+
+
+def defense_suffix(args: argparse.Namespace) -> str:
+    """What the training adds to the recognition model's run id ('' for the undefended model)."""
+    suffix = ""
+    if args.lambda_cos:
+        suffix += f"-dissim{args.lambda_cos:g}"
+    if args.train_mode == "adv":
+        suffix += "-adv"
+    elif args.train_mode == "trades":
+        suffix += f"-trades{args.trades_beta:g}"
+    return suffix
+
+
+def defense_label(args: argparse.Namespace) -> str:
+    """The row name in summaries, e.g. 'concat+dissim+banks'."""
+    parts = [args.arch_classifier]
+    if args.lambda_cos:
+        parts.append("dissim")
+    if args.train_mode != "standard":
+        parts.append(args.train_mode)
+    if args.use_banks:
+        parts.append("banks")
+    return "+".join(parts)
+
+
+def build_objective(args: argparse.Namespace) -> Objective:
+    eps = {"visual": args.train_eps[0], "audio": args.train_eps[1]}
+    if args.train_mode == "adv":
+        return PGDAdversarialTraining(eps, args.train_attack_steps, args.eps_units, args.lambda_cos)
+    if args.train_mode == "trades":
+        return Trades(eps, args.train_attack_steps, args.eps_units, args.trades_beta, args.lambda_cos)
+    return CrossEntropy(args.lambda_cos)
+
+
+def load_best(args: argparse.Namespace, info: DistInfo) -> tuple[AVModel, int]:
+    model = create_model(args, info, init_weights=False)
+    epoch = load_checkpoint(run_dir_of(args), model, "best", model_meta(args))
+    return model, epoch
+
+
+def build_banks(args: argparse.Namespace, info: DistInfo) -> None:
+    """D_v and D_a from the run's best model on the training split (evaluation transforms)."""
+    model, epoch = load_best(args, info)
+    dataset = build_dataset(args, "train", train_transforms=False)
+    loader = build_loader(dataset, args, DistInfo(device=info.device), train=False)
+    features = dict(zip(("visual", "audio"), collect_features(model, loader, info.device)))
+    for modality, feats in features.items():
+        if feats is None:
+            continue
+        bank = build_bank(feats.cpu(), args.bank_size, args.bank_method, args.seed)
+        path = run_dir_of(args) / BANK_FILES[modality]
+        save_bank(path, bank, {"feature_dim": bank.shape[0], "size": bank.shape[1], "method": args.bank_method,
+                               "seed": args.seed, "run": args.id, "epoch": epoch})
+        print(f"{modality} bank: {bank.shape[1]} columns of {bank.shape[0]}-d features "
+              f"from {feats.shape[0]} training samples -> {path}")
+
+
+def defended_model(args: argparse.Namespace, info: DistInfo) -> tuple[AVModel, int]:
+    """The run's best model, wrapped with its memory banks when --use_banks."""
+    model, epoch = load_best(args, info)
+    if not args.use_banks:
+        return model, epoch
+    banks = {}
+    for modality, flag, net, step in (("visual", args.weights_Dv, model.net_frame, args.alpha_v),
+                                      ("audio", args.weights_Da, model.net_sound, args.alpha_a)):
+        if net is None:
+            continue
+        path = flag or run_dir_of(args) / BANK_FILES[modality]
+        D = load_bank(path, net.out_dim).to(info.device)
+        banks[modality] = MemoryBank(D, args.lasso_lambda, args.bank_mix, args.solver, step, args.coding_tol,
+                                     args.coding_max_iter)
+    return DefendedModel(model, banks.get("visual"), banks.get("audio")).to(info.device), epoch
+
+
+def worst_case(variants: list[tuple[str, dict]]) -> dict:
+    """One results dict whose every (attack, budget) entry is the variant with the lowest accuracy."""
+    merged = copy.deepcopy(variants[0][1])
+    merged["variants"] = [name for name, _ in variants]
+    for i in range(len(merged["attacks"])):
+        candidates = [(results["attacks"][i], name) for name, results in variants]
+        worst, name = min(candidates, key=lambda c: c[0]["adv_acc"])
+        merged["attacks"][i] = {**worst, "variant": name,
+                                "variant_acc": {n: c["adv_acc"] for c, n in candidates},
+                                "seconds": sum(c["seconds"] for c, _ in candidates)}
+    return merged
+
+
+def evaluate_defense(args: argparse.Namespace, info: DistInfo) -> dict:
+    model, epoch = defended_model(args, info)
+    out_dir = run_dir_of(args) / ("defense_banks" if args.use_banks else "defense_no_banks")
+    loader = build_loader(build_dataset(args, "test"), args, info, train=False)
+    metrics = evaluate_clean(model, loader, args, info, epoch, out_dir)
+    if not args.attack_type:
+        return metrics
+    variants = []
+    for variant in args.defense_attacks:
+        if variant == "bpda" and not args.use_banks:
+            continue  # without purification BPDA is the plain CE attack
+        if isinstance(model, DefendedModel):
+            model.purification = "bpda" if variant == "bpda" else "white_box"
+        variant_args = copy.copy(args)
+        variant_args.attack_loss = "ce" if variant == "bpda" else variant
+        results, vis = evaluate_attacks(model, loader, variant_args, info, budgets_from_args(args),
+                                        args.attack_type, args.num_vis if not variants else 0)
+        variants.append((variant, results))
+        if len(variants) == 1:
+            first_vis = vis
+    results = worst_case(variants)
+    results["label"] = defense_label(args)
+    if info.is_main:
+        written = write_outputs(out_dir, results, first_vis, args, title=f"{results['label']}: worst-case attacks")
+        print(attack_table_markdown(results))
+        print("worst case over: " + ", ".join(results["variants"]) + "; wrote " + ", ".join(map(str, written)))
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.print_run_dir:
+        print(run_dir_of(args))
+        return
+    info = init_distributed(args.device)
+    try:
+        if args.mode == "train":
+            train(args, info, build_objective(args))
+        elif args.mode == "build_bank":
+            with torch.no_grad():
+                build_banks(args, info)
+        else:
+            evaluate_defense(args, info)
+    except (DataError, CheckpointError) as err:
+        sys.exit(f"error: {err}")
+    finally:
+        cleanup(info)
+
+
+if __name__ == "__main__":
+    main()
