@@ -23,6 +23,7 @@ run writes the same files as a serial one.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from dataclasses import dataclass
@@ -612,5 +613,31 @@ def generate(out_dir: str | os.PathLike, num_classes: int = 6, per_class: int = 
         "videos": videos,
     }
     write_text_atomic(out / "categories.txt", "".join(f"{name}\n" for name in names))
+    write_json_atomic(out / "boxes.json", boxes)
+    return boxes
+
+
+def rename_classes(out_dir: str | os.PathLike, new_names: list[str]) -> dict[str, Any]:
+    """Give a generated dataset other class names (label i becomes ``new_names[i]``), e.g. a preset's
+    categories, so it can stand in for MUSIC / AVE / Kinetics in that dataset's scripts."""
+    out = Path(out_dir)
+    boxes = json.loads((out / "boxes.json").read_text())
+    old_names = boxes["classes"]
+    if len(new_names) != len(old_names) or len(set(new_names)) != len(new_names):
+        raise ConfigError("num_classes", f"need {len(old_names)} distinct new names, got {len(new_names)}")
+    mapping = dict(zip(old_names, new_names))
+    for old, new in mapping.items():
+        if old != new:
+            (out / "videos" / old).rename(out / "videos" / new)
+    boxes["classes"] = list(new_names)
+    boxes["videos"] = {f"{mapping[key.split('/')[0]]}/{key.split('/')[1]}": meta
+                       for key, meta in boxes["videos"].items()}
+    for meta in boxes["videos"].values():
+        distractor = meta.get("distractor")
+        if distractor:
+            distractor["class"] = mapping.get(distractor["class"], distractor["class"])
+        if meta.get("audio_distractor"):
+            meta["audio_distractor"] = mapping.get(meta["audio_distractor"], meta["audio_distractor"])
+    write_text_atomic(out / "categories.txt", "".join(f"{name}\n" for name in new_names))
     write_json_atomic(out / "boxes.json", boxes)
     return boxes

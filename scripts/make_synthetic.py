@@ -1,6 +1,8 @@
 """Generate the embedded synthetic audio-visual dataset (see dataset/synthetic.py).
 
     python scripts/make_synthetic.py --out DIR [--num_classes 6] [--per_class 40] [--seed 0] [--size 112]
+    python scripts/make_synthetic.py --out DIR --names_from MUSIC   (11 classes named like MUSIC's: a stand-in
+                                                                     for the MUSIC scripts)
 """
 import sys
 from pathlib import Path
@@ -11,13 +13,16 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import os  # noqa: E402
 
-from dataset.synthetic import ConfigError, SynthConfig, generate  # noqa: E402
+from dataset.presets import PRESETS  # noqa: E402
+from dataset.synthetic import ConfigError, SynthConfig, generate, rename_classes  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SynthConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (videos/, categories.txt, boxes.json)")
+    parser.add_argument("--names_from", choices=[n for n, p in PRESETS.items() if p.categories], default=None,
+                        help="name the classes after this dataset's categories (sets --num_classes)")
     parser.add_argument("--num_classes", type=int, default=defaults.num_classes)
     parser.add_argument("--per_class", type=int, default=defaults.per_class, help="videos per class")
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -40,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.names_from:
+        args.num_classes = len(PRESETS[args.names_from].categories)
     params = {f.name: getattr(args, f.name) for f in dataclasses.fields(SynthConfig)}
     try:
         SynthConfig(**params)
@@ -48,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as err:
         parser.error(f"argument --{err.field}: {err}")
     boxes = generate(args.out, workers=args.workers, **params)
+    if args.names_from:
+        boxes = rename_classes(args.out, PRESETS[args.names_from].categories)
     print(f"wrote {len(boxes['videos'])} videos of {len(boxes['classes'])} classes to {args.out}")
 
 

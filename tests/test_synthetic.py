@@ -253,3 +253,18 @@ def test_cli_generates_a_dataset(tmp_path):
     assert result.returncode == 0, result.stderr
     boxes = json.loads((tmp_path / "boxes.json").read_text())
     assert sorted(boxes["videos"]) == [f"{name}/vid0000" for name in sorted(syn.class_names(2))]
+
+
+def test_rename_classes_lets_synthetic_data_stand_in_for_a_preset(tmp_path):
+    from dataset.synthetic import generate, rename_classes
+
+    before = generate(tmp_path, num_classes=2, per_class=1, size=32, duration=0.5, workers=1, progress=False)
+    boxes = rename_classes(tmp_path, ["flute", "tuba"])
+    assert boxes["classes"] == ["flute", "tuba"]
+    assert (tmp_path / "categories.txt").read_text() == "flute\ntuba\n"
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["flute", "tuba"]
+    assert set(boxes["videos"]) == {"flute/vid0000", "tuba/vid0000"}
+    old_first = before["classes"][0]
+    assert boxes["videos"]["flute/vid0000"]["box"] == before["videos"][f"{old_first}/vid0000"]["box"]
+    with pytest.raises(ValueError, match="2 distinct new names"):
+        rename_classes(tmp_path, ["a", "a"])
