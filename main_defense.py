@@ -118,8 +118,12 @@ def defended_model(args: argparse.Namespace, info: DistInfo) -> tuple[AVModel, i
             continue
         path = flag or run_dir_of(args) / BANK_FILES[modality]
         D = load_bank(path, net.out_dim).to(info.device)
-        banks[modality] = MemoryBank(D, args.lasso_lambda, args.bank_mix, args.solver, step, args.coding_tol,
-                                     args.coding_max_iter)
+        try:
+            banks[modality] = MemoryBank(D, args.lasso_lambda, args.bank_mix, args.solver, step, args.coding_tol,
+                                         args.coding_max_iter)
+        except ValueError as err:  # e.g. an ISTA step too large for this bank's spectrum
+            flag = "--alpha_v" if modality == "visual" else "--alpha_a"
+            raise CheckpointError(f"{path}: {err} (lower {flag} or use --solver fista)") from None
     return DefendedModel(model, banks.get("visual"), banks.get("audio")).to(info.device), epoch
 
 

@@ -1,0 +1,253 @@
+"""Memory-bank defense cost: (a) batched FISTA against the released solver, (b) the defense's added time per
+test sample relative to the model's forward pass. Prints figures, not pass/fail.
+
+    python bench/bench_defense.py [--dim 512 --bank_size 1024 --batch 64 --step 1e-6 --feat_scale 0.6]
+                                  [--arch_frame resnet18 --img 224 --audio_len 65535 --model_batch 16]
+
+(a) The released solver (``ista_released``: an eigen-decomposition of DᵀD on every call, then plain ISTA with
+the paper's fixed step, stopping on an absolute code change < 8e-4 or after 2000 iterations) runs on a
+``dim × bank_size`` bank and a batch of features; its final mean lasso objective is the target, and FISTA
+(step 1/L, L by power iteration once per bank, DᵀD precomputed) is timed to reach target·1.01. Two targets:
+the released run to its own stopping rule (what the released code computed), and the released ISTA run to
+its 2000-iteration cap without the early stop (or to ``--time_cap`` seconds); plus the lasso optimum.
+Features are ReLU-like (non-negative: |gaussian| plus a random mix of a few shared non-negative directions)
+and, like the paper's banks, raw rather than normalised: the paper's steps are tied to the raw feature scale
+(the released code refuses step·λ_max(DᵀD) > 1), so normalising would make them meaningless. ``--feat_scale``
+sets that scale; the largest eigenvalue L and step·L are printed.
+
+(b) ``build_model`` (ResNet-18 + ANet + concat at the paper's sizes by default, random weights, eval mode) is
+timed plain and wrapped in ``DefendedModel`` under ``no_grad``. Banks: ``bank_size`` synthetic ReLU-like
+features rescaled to the mean norm of the model's own features on the timed batch (collecting real training
+features would need ~1000 forward passes); FISTA's iteration count depends on the data, so the figure is
+indicative. One thread by default: on a machine shared with other jobs more threads make the figures noise.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from models import build_model
+from models.memory_bank import DefendedModel, MemoryBank
+from models.sparse_coding import fista, ista_released, lasso_objective, lipschitz_constant
+
+T = TypeVar("T")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dim", type=int, default=512, help="feature size d")
+    p.add_argument("--bank_size", type=int, default=1024, help="bank columns N")
+    p.add_argument("--batch", type=int, default=64, help="features coded at once in (a)")
+    p.add_argument("--lam", type=float, default=0.1, help="lasso λ")
+    p.add_argument("--step", type=float, default=1e-6, help="released ISTA step (paper: MUSIC audio 1e-6)")
+    p.add_argument("--released_tol", type=float, default=8e-4)
+    p.add_argument("--released_max_iter", type=int, default=2000)
+    p.add_argument("--fista_tol", type=float, default=1e-3, help="FISTA relative code-change tolerance")
+    p.add_argument("--fista_max_iter", type=int, default=2000)
+    p.add_argument("--optimum_iters", type=int, default=4000, help="FISTA iterations for the reference optimum")
+    p.add_argument("--feat_scale", type=float, default=0.6, help="feature scale (per-entry RMS ≈ 1.3 × scale)")
+    p.add_argument("--directions", type=int, default=8, help="shared non-negative directions in the features")
+    p.add_argument("--time_cap", type=float, default=120.0, help="seconds for the released run without early stop")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--arch_frame", default="resnet18")
+    p.add_argument("--arch_sound", default="anet")
+    p.add_argument("--img", type=int, default=224)
+    p.add_argument("--audio_len", type=int, default=65535)
+    p.add_argument("--model_batch", type=int, default=16)
+    p.add_argument("--mix", type=float, default=0.5, help="bank mix a")
+    p.add_argument("--skip_model", action="store_true", help="run (a) only")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads, 0 for torch's default")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+def relu_like_features(n: int, dim: int, directions: Tensor, scale: float, gen: torch.Generator) -> Tensor:
+    """``[n, dim]`` non-negative features: half-normal noise plus a random non-negative mix of ``directions``."""
+    weights = torch.rand(n, directions.shape[0], generator=gen)
+    return scale * (0.5 * torch.randn(n, dim, generator=gen).abs() + weights @ directions / 4)
+
+
+def timed(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
+    """Median seconds per call over ``repeats`` calls (after one warm-up call) and the last result."""
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def first_iteration(run: Callable[[int], Tensor], done: Callable[[Tensor], bool], limit: int) -> int | None:
+    """Smallest ``k ≤ limit`` with ``done(run(k))``, by doubling then bisection (exact when ``done`` is
+    monotone in ``k``; for FISTA's objective, which is nearly so, a close upper bound)."""
+    hi = 1
+    while not done(run(hi)):
+        if hi >= limit:
+            return None
+        hi = min(2 * hi, limit)
+    lo = hi // 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if done(run(mid)) else (mid, hi)
+    return hi
+
+
+def bench_solvers(args: argparse.Namespace) -> None:
+    gen = torch.Generator().manual_seed(args.seed)
+    directions = torch.randn(args.directions, args.dim, generator=gen).abs()
+    D = relu_like_features(args.bank_size, args.dim, directions, args.feat_scale, gen).T.contiguous()
+    F = relu_like_features(args.batch, args.dim, directions, args.feat_scale, gen)
+    lam = args.lam
+
+    def objective(A: Tensor) -> float:
+        return float(lasso_objective(D, F, A, lam).mean())
+
+    setup_s, (L, gram) = timed(lambda: (lipschitz_constant(D), D.T @ D), args.repeats)
+    top = float(torch.linalg.eigvalsh(gram)[-1])
+    print(f"(a) bank {args.dim} x {args.bank_size}, batch {args.batch}, λ {lam}, feature RMS "
+          f"{float(D.pow(2).mean().sqrt()):.3f}, mean ‖f‖ {float(F.norm(dim=1).mean()):.2f}")
+    print(f"    L = λ_max(DᵀD): power iteration {L:.6g}, eigvalsh {top:.6g}; released step {args.step:g}: "
+          f"step·L = {args.step * top:.3f} (the release refuses > 1; ISTA is stable below 2)")
+    if args.step * top > 1:
+        print("    the released step is invalid at this feature scale: lower --feat_scale or --step")
+        return
+
+    def fista_k(k: int) -> Tensor:
+        return fista(D, F, lam, L, max_iter=k, tol=0.0, gram=gram)
+
+    def released(k: int, tol: float) -> Tensor:
+        return ista_released(D, F, lam, args.step, tol=tol, max_iter=k)
+
+    optimum = objective(fista_k(args.optimum_iters))
+    eig_s, _ = timed(lambda: torch.linalg.eigvalsh(D.T @ D), args.repeats)
+
+    rel_s, rel_A = timed(lambda: released(args.released_max_iter, args.released_tol), args.repeats)
+    rel_iters = first_iteration(lambda k: released(k, args.released_tol), lambda A: torch.equal(A, rel_A),
+                                args.released_max_iter)
+    probe = 50
+    probe_s, _ = timed(lambda: released(probe, 0.0), 1)
+    per_iter = max(probe_s - eig_s, 1e-9) / probe
+    cap_iters = min(args.released_max_iter, max(probe, int((args.time_cap - eig_s) / per_iter)))
+    cap_s, cap_A = timed(lambda: released(cap_iters, 0.0), 1)
+    capped = cap_iters < args.released_max_iter
+
+    fista_s, fista_A = timed(lambda: fista(D, F, lam, L, args.fista_max_iter, args.fista_tol, gram=gram),
+                             args.repeats)
+    fista_iters = first_iteration(
+        lambda k: fista(D, F, lam, L, k, args.fista_tol, gram=gram), lambda A: torch.equal(A, fista_A),
+        args.fista_max_iter)
+
+    print(f"    one-off per bank (FISTA): power iteration + DᵀD {setup_s * 1e3:.1f} ms; "
+          f"released per call: eigvalsh(DᵀD) {eig_s * 1e3:.1f} ms")
+    print(f"    lasso optimum (FISTA, {args.optimum_iters} iterations): mean objective {optimum:.4f}")
+    rows = [
+        (f"released, its stopping rule (tol {args.released_tol:g})", rel_s, rel_A, f"{rel_iters} it"),
+        (f"released, no early stop ({cap_iters} it{', time-capped' if capped else ''})", cap_s, cap_A,
+         f"{cap_iters} it"),
+    ]
+    print(f"    {'solver':58s} {'time':>10s} {'iters':>8s} {'objective':>10s} {'vs optimum':>10s}")
+    for name, seconds, A, iters in [*rows, (f"FISTA, its stopping rule (relative tol {args.fista_tol:g})",
+                                            fista_s, fista_A, f"{fista_iters} it")]:
+        obj = objective(A)
+        print(f"    {name:58s} {seconds * 1e3:8.1f} ms {iters:>8s} {obj:10.4f} {obj / optimum - 1:+9.1%}")
+    print("    FISTA to the released objective x 1.01 (DᵀD and L precomputed once per bank):")
+    for name, seconds, A, _ in rows:
+        target = objective(A) * 1.01
+        k = first_iteration(fista_k, lambda X, target=target: objective(X) <= target, args.optimum_iters)
+        if k is None:
+            print(f"      {name}: not reached in {args.optimum_iters} iterations")
+            continue
+        k_s, k_A = timed(lambda k=k: fista_k(k), args.repeats)
+        print(f"      {name}: target {target:.4f}, FISTA {k} it {k_s * 1e3:.1f} ms (objective "
+              f"{objective(k_A):.4f}) vs released {seconds * 1e3:.1f} ms: speed-up {seconds / k_s:.1f}x")
+
+
+def calibrate_batchnorm(model: nn.Module, frames: Tensor, audio: Tensor) -> None:
+    """Set every BatchNorm's running statistics to those of one batch, so that randomly initialised encoders
+    give features of a trained-like scale (with the default statistics they are far off in both directions)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average: after one batch, that batch's statistics
+    model.train()
+    with torch.no_grad():
+        model(frames, audio)
+    model.eval()
+
+
+def bench_model(args: argparse.Namespace) -> None:
+    model = build_model(args.arch_frame, args.arch_sound, "concat", cls_num=11)
+    gen = torch.Generator().manual_seed(args.seed)
+    frames = torch.rand(args.model_batch, 3, 1, args.img, args.img, generator=gen)
+    audio = torch.rand(args.model_batch, 1, args.audio_len, generator=gen) * 2 - 1
+    calibrate_batchnorm(model, frames, audio)
+    with torch.no_grad():
+        out = model(frames, audio)
+    banks = {}
+    for name, feat in (("visual", out.feat_v), ("audio", out.feat_a)):
+        directions = torch.randn(args.directions, feat.shape[1], generator=gen).abs()
+        D = relu_like_features(args.bank_size, feat.shape[1], directions, 1.0, gen)
+        D = D * (feat.norm(dim=1).mean() / D.norm(dim=1).mean())
+        banks[name] = D.T.contiguous()
+    print(f"(b) {args.arch_frame} + {args.arch_sound} + concat, frames {args.img}x{args.img}, audio "
+          f"{args.audio_len} samples, batch {args.model_batch}, banks {args.bank_size} columns, mix {args.mix}")
+    print(f"    mean ‖feat_v‖ {float(out.feat_v.norm(dim=1).mean()):.2f}, ‖feat_a‖ "
+          f"{float(out.feat_a.norm(dim=1).mean()):.2f}")
+    # the paper's step where the release would accept it at this feature scale, else half the largest such
+    steps = {m: min(args.step, 0.5 / lipschitz_constant(D)) for m, D in banks.items()}
+    print("    released ISTA steps: " + ", ".join(
+        f"{m} {step:.3g}" + (" (paper's)" if step == args.step else " (0.5/L: the paper's exceeds 1/L)")
+        for m, step in steps.items()))
+    for m, feat in (("visual", out.feat_v), ("audio", out.feat_a)):
+        bank = MemoryBank(banks[m], args.lam, args.mix, tol=args.fista_tol, max_iter=args.fista_max_iter)
+        codes = bank.code(feat)
+        iters = first_iteration(lambda k, bank=bank, feat=feat: fista(bank.D, feat, bank.lam, bank.L, k, bank.tol,
+                                                                      gram=bank.gram),
+                                lambda A, codes=codes: torch.equal(A, codes), args.fista_max_iter)
+        print(f"    {m}: FISTA stops after {iters} iterations, {float((codes != 0).float().sum(1).mean()):.0f} "
+              f"non-zero code entries on average")
+    with torch.no_grad():
+        plain_s, _ = timed(lambda: model(frames, audio), args.repeats)
+        print(f"    plain forward {plain_s * 1e3:.1f} ms ({plain_s * 1e3 / args.model_batch:.2f} ms/sample)")
+        for name in ("FISTA", "released ISTA"):
+            start = time.perf_counter()
+            bank_v, bank_a = (
+                MemoryBank(banks[m], args.lam, args.mix, tol=args.fista_tol, max_iter=args.fista_max_iter)
+                if name == "FISTA" else
+                MemoryBank(banks[m], args.lam, args.mix, solver="ista", step=steps[m], tol=args.released_tol,
+                           max_iter=args.released_max_iter)
+                for m in ("visual", "audio"))
+            setup_s = time.perf_counter() - start
+            defended = DefendedModel(model, bank_v, bank_a).eval()
+            defended_s, _ = timed(lambda defended=defended: defended(frames, audio), args.repeats)
+            added = defended_s - plain_s
+            print(f"    {name} defended forward {defended_s * 1e3:.1f} ms: +{added * 1e3 / args.model_batch:.2f} "
+                  f"ms/sample, ratio {defended_s / plain_s:.3f} (bank setup, once: {setup_s * 1e3:.0f} ms)")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} thread(s), float32, CPU")
+    bench_solvers(args)
+    if not args.skip_model:
+        bench_model(args)
+
+
+if __name__ == "__main__":
+    main()
