@@ -94,12 +94,13 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     objective: Objective) -> dict[str, float]:
     set_train_mode(model, args.freeze_bn)
     use_amp = args.amp and info.device.type == "cuda"
-    loss_meter, acc_meter = AverageMeter(), AverageMeter()
+    loss_meter, acc_meter, cos_meter = AverageMeter(), AverageMeter(), AverageMeter()
     bar = tqdm(loader, desc=f"epoch {epoch} train", disable=not info.is_main, leave=False, dynamic_ncols=True)
     for step, batch in enumerate(bar):
         frames, audio, labels = to_device(batch, info.device)
         with torch.autocast(device_type=info.device.type, dtype=torch.float16, enabled=use_amp):
-            loss, logits = objective(model, frames, audio, labels)
+            loss, out = objective(model, frames, audio, labels)
+        logits = out.logits
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step} "
                                      f"(rank {info.rank}); batch samples: {', '.join(batch['info'])}")
@@ -110,14 +111,20 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         accuracy = (logits.argmax(1) == labels).float().mean().item() * 100
         loss_meter.update(loss.item(), labels.numel())
         acc_meter.update(accuracy, labels.numel())
+        if out.feat_v is not None and out.feat_a is not None and out.feat_v.shape == out.feat_a.shape:
+            cos = F.cosine_similarity(out.feat_v.detach().float(), out.feat_a.detach().float(), dim=1)
+            cos_meter.update(cos.mean().item(), labels.numel())
         if step % args.disp_iter == 0:
             bar.set_postfix(loss=f"{loss_meter.avg:.4f}", acc=f"{acc_meter.avg:.1f}")
             if writer is not None:
                 writer.add_scalar("train/loss_iter", loss.item(), epoch * len(loader) + step)
-    totals = all_reduce_sum(torch.tensor([loss_meter.sum, acc_meter.sum, loss_meter.count], dtype=torch.float64),
-                            info)
+    totals = all_reduce_sum(torch.tensor([loss_meter.sum, acc_meter.sum, loss_meter.count, cos_meter.sum,
+                                          cos_meter.count], dtype=torch.float64), info)
     count = max(totals[2].item(), 1)
-    return {"train_loss": totals[0].item() / count, "train_acc": totals[1].item() / count}
+    record = {"train_loss": totals[0].item() / count, "train_acc": totals[1].item() / count}
+    if totals[4].item() > 0:  # audio-visual models with embeddings of one width
+        record["train_cos"] = totals[3].item() / totals[4].item()
+    return record
 
 
 @torch.no_grad()
@@ -221,6 +228,8 @@ def log_epoch(record: dict, writer: SummaryWriter | None, optimizer: torch.optim
     for key in ("train_acc", "val_acc"):
         if key in record:
             writer.add_scalar(f"accuracy/{key}", record[key], epoch)
+    if "train_cos" in record:
+        writer.add_scalar("similarity/train_cos_va", record["train_cos"], epoch)
     for i, group in enumerate(optimizer.param_groups):
         writer.add_scalar(f"lr/group{i}", group["lr"], epoch)
 

@@ -1,4 +1,4 @@
-"""Training objectives: ``objective(model, frames, audio, labels) -> (loss, logits)``.
+"""Training objectives: ``objective(model, frames, audio, labels) -> (loss, ModelOutput)``.
 
 The plain cross-entropy of the recognition models, the paper's dissimilarity constraint, and the
 adversarial-training baselines (PGD adversarial training, Madry et al. 2018; TRADES, Zhang et al.
@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attacks import build_attack
+from models import ModelOutput
 
-Objective = Callable[[nn.Module, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+Objective = Callable[[nn.Module, Tensor, Tensor, Tensor], tuple[Tensor, ModelOutput]]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -43,9 +44,9 @@ class CrossEntropy:
         cos = mean_cosine(out.feat_v, out.feat_a) if self.lambda_cos else None
         return loss if cos is None else loss + self.lambda_cos * cos
 
-    def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor) -> tuple[Tensor, ModelOutput]:
         out = model(frames, audio)
-        return self.loss(out, labels), out.logits
+        return self.loss(out, labels), out
 
 
 class PGDAdversarialTraining(CrossEntropy):
@@ -55,13 +56,13 @@ class PGDAdversarialTraining(CrossEntropy):
         super().__init__(lambda_cos)
         self.eps, self.steps, self.eps_units = eps, steps, eps_units
 
-    def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor) -> tuple[Tensor, ModelOutput]:
         attack = build_attack("pgd", _unwrap(model), self.eps, steps=self.steps,
                               alpha={m: 2.5 * e / self.steps for m, e in self.eps.items()},
                               eps_units=self.eps_units, random_start=True)
         adv_frames, adv_audio = attack(frames, audio, labels)
         out = model(adv_frames, adv_audio)
-        return self.loss(out, labels), out.logits
+        return self.loss(out, labels), out
 
 
 class Trades(CrossEntropy):
@@ -72,7 +73,7 @@ class Trades(CrossEntropy):
         super().__init__(lambda_cos)
         self.eps, self.steps, self.eps_units, self.beta = eps, steps, eps_units, beta
 
-    def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor) -> tuple[Tensor, ModelOutput]:
         inner = _unwrap(model)
         was_training = inner.training
         inner.eval()
@@ -92,4 +93,4 @@ class Trades(CrossEntropy):
         adv_logits = model(adv_frames, adv_audio).logits.float()
         robust = F.kl_div(F.log_softmax(adv_logits, dim=1), F.softmax(out.logits.float(), dim=1),
                           reduction="batchmean")
-        return self.loss(out, labels) + self.beta * robust, out.logits
+        return self.loss(out, labels) + self.beta * robust, out
