@@ -2,7 +2,8 @@
 # The whole study on the embedded synthetic dataset, on the CPU of a laptop:
 # generate videos -> preprocess (8 fps, 11025 Hz) -> index -> dataset statistics -> train audio-only,
 # visual-only and two audio-visual models -> attack them (FGSM, PGD, MIM; the paper's budgets) ->
-# summary table. Rerunning skips what is done (finished videos, finished training runs).
+# defend the concat model (dissimilarity constraint + memory banks) and train the adversarial-training
+# baseline -> summary table. Rerunning skips what is done (finished videos, finished training runs).
 # DEMO_DIR (default data/) holds the data, DEMO_CKPT (default ckpt/demo) the runs; DEMO_SEED seeds all.
 source "$(dirname "${BASH_SOURCE[0]}")/_bootstrap.sh"
 ensure_venv requirements.txt
@@ -14,22 +15,22 @@ SOURCE="$DEMO_DIR/synthetic_videos"     # generated videos, boxes.json, categori
 ROOT="$DEMO_DIR/synthetic"              # SoP layout: audio/, frames/, train/val/test.csv
 export SYNTHETIC_ROOT="$ROOT"
 
-echo "== 1/6 generating the embedded dataset into $SOURCE"
+echo "== 1/7 generating the embedded dataset into $SOURCE"
 if [ ! -f "$SOURCE/boxes.json" ]; then
     "$PYTHON" scripts/make_synthetic.py --out "$SOURCE" --seed "$DEMO_SEED" --num_classes 6 --per_class 80
 else
     echo "already there (delete $SOURCE to regenerate)"
 fi
 
-echo "== 2/6 preprocessing videos into $ROOT (frames at 8 fps, audio at 11025 Hz)"
+echo "== 2/7 preprocessing videos into $ROOT (frames at 8 fps, audio at 11025 Hz)"
 "$PYTHON" scripts/preprocess.py --videos "$SOURCE/videos" --out "$ROOT" --fps 8 --audio_rate 11025
 
-echo "== 3/6 building the index"
+echo "== 3/7 building the index"
 mkdir -p "$ROOT"
 cp "$SOURCE/categories.txt" "$ROOT/categories.txt"
 "$PYTHON" scripts/create_index.py --root "$ROOT" --split 0.6 0.2 0.2 --seed "$DEMO_SEED"
 
-echo "== 4/6 dataset statistics"
+echo "== 4/7 dataset statistics"
 "$PYTHON" scripts/dataset_stats.py --dataset synthetic --data_root "$ROOT" --imgSize 112 --audLen 16384
 
 # CPU-sized models: a small CNN on 112 px frames, a narrow anet on 1.5 s of audio.
@@ -39,7 +40,7 @@ MODEL_FLAGS=(--dataset synthetic --data_root "$ROOT" --ckpt "$CKPT" --seed "$DEM
     --num_epoch 15 --lr_steps 11 --batch_size_per_gpu 16 --workers 2)
 HEADS=(audio visual concat film)
 
-echo "== 5/6 training ${HEADS[*]} on the CPU"
+echo "== 5/7 training ${HEADS[*]} on the CPU"
 runs=()
 for head in "${HEADS[@]}"; do
     run="$("$PYTHON" main_attack.py --print_run_dir --arch_classifier "$head" "${MODEL_FLAGS[@]}")"
@@ -50,11 +51,36 @@ for head in "${HEADS[@]}"; do
     runs+=("$run")
 done
 
-echo "== 6/6 attacking them: FGSM, PGD, MIM; A eps_a=0.012, V eps_v=0.012, A+V 0.006 each"
+echo "== 6/7 attacking them: FGSM, PGD, MIM; A eps_a=0.012, V eps_v=0.012, A+V 0.006 each"
 for head in "${HEADS[@]}"; do
     "$PYTHON" main_attack.py --mode eval --arch_classifier "$head" "${MODEL_FLAGS[@]}" \
         --attack_type fgsm pgd mim --num_vis 8 | grep -v "^  "
 done
 
+echo "== 7/7 defending concat: dissimilarity constraint + memory banks (the paper's), PGD adversarial training"
+base="${runs[2]}"
+DEFENSE_FLAGS=(--arch_classifier concat "${MODEL_FLAGS[@]}" --num_epoch 5 --lr_steps 4
+    --lr_frame 0.001 --lr_sound 0.001 --lr_classifier 0.001 --train_attack_steps 3
+    --weights_frame "$base/frame_best.pth" --weights_sound "$base/sound_best.pth"
+    --weights_classifier "$base/classifier_best.pth")
+defended=()
+for mode in "--train_mode standard --lambda_cos 1" "--train_mode adv --lambda_cos 0"; do
+    # shellcheck disable=SC2206
+    flags=($mode)
+    run="$("$PYTHON" main_defense.py --print_run_dir "${DEFENSE_FLAGS[@]}" "${flags[@]}")"
+    resume=()
+    [ -f "$run/train_state_latest.pth" ] && resume=(--resume)
+    "$PYTHON" main_defense.py --mode train "${DEFENSE_FLAGS[@]}" "${flags[@]}" "${resume[@]}"
+    banks=()
+    if [ "${flags[1]}" = standard ]; then
+        "$PYTHON" main_defense.py --mode build_bank "${DEFENSE_FLAGS[@]}" "${flags[@]}"
+        banks=(--use_banks --coding_max_iter 100)
+    fi
+    "$PYTHON" main_defense.py --mode eval "${DEFENSE_FLAGS[@]}" "${flags[@]}" "${banks[@]}" \
+        --attack_type fgsm pgd mim --num_vis 8 | grep -v "^  "
+    if [ ${#banks[@]} -gt 0 ]; then defended+=("$run/defense_banks"); else defended+=("$run/defense_no_banks"); fi
+done
+
 echo "== summary (accuracy %, test split; adversarial examples: <run>/visualization/index.html)"
-"$PYTHON" scripts/summarize.py "${runs[@]}" --markdown "$CKPT/summary.md" --csv "$CKPT/summary.csv" --findings
+"$PYTHON" scripts/summarize.py "${runs[@]}" "${defended[@]}" --markdown "$CKPT/summary.md" \
+    --csv "$CKPT/summary.csv" --findings
