@@ -12,7 +12,8 @@ cd "$REPO_ROOT"
 
 paper_flags MUSIC
 head="${HEAD:-concat}"
-base="$("$PYTHON" main_attack.py --print_run_dir --arch_classifier "$head" "${PAPER_FLAGS[@]}" "$@")"
+base="$("$PYTHON" main_defense.py --print_run_dir --arch_classifier "$head" "${PAPER_FLAGS[@]}" "$@" \
+    --train_mode standard --lambda_cos 0)"
 init=(--weights_frame "$base/frame_best.pth" --weights_sound "$base/sound_best.pth"
       --weights_classifier "$base/classifier_best.pth")
 
