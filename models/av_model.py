@@ -48,7 +48,9 @@ class AVModel(nn.Module):
     def uses_audio(self) -> bool:
         return self.net_sound is not None
 
-    def forward(self, frames: Tensor | None, audio: Tensor | None) -> ModelOutput:
+    def encode(self, frames: Tensor | None, audio: Tensor | None) -> tuple[Tensor | None, Tensor | None,
+                                                                           Tensor | None]:
+        """``(feat_v, fmap_v, feat_a)`` of the encoders the head uses (None for the others)."""
         feat_v = fmap_v = feat_a = None
         if self.net_frame is not None:
             if frames is None:
@@ -58,6 +60,10 @@ class AVModel(nn.Module):
             if audio is None:
                 raise ValueError("this model uses the audio modality but audio is None")
             feat_a = self.net_sound(audio)
+        return feat_v, fmap_v, feat_a
+
+    def forward(self, frames: Tensor | None, audio: Tensor | None) -> ModelOutput:
+        feat_v, fmap_v, feat_a = self.encode(frames, audio)
         return ModelOutput(self.net_classifier(feat_v, feat_a, fmap_v), feat_v, feat_a, fmap_v)
 
 

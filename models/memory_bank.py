@@ -280,17 +280,9 @@ class DefendedModel(AVModel):
                 bank.mode = mode
 
     def forward(self, frames: Tensor | None, audio: Tensor | None) -> ModelOutput:
-        feat_v = fmap_v = feat_a = None
-        if self.net_frame is not None:
-            if frames is None:
-                raise ValueError("this model uses the visual modality but frames is None")
-            feat_v, fmap_v = self.net_frame(frames)
-            if self.bank_v is not None:
-                feat_v = self.bank_v(feat_v)
-        if self.net_sound is not None:
-            if audio is None:
-                raise ValueError("this model uses the audio modality but audio is None")
-            feat_a = self.net_sound(audio)
-            if self.bank_a is not None:
-                feat_a = self.bank_a(feat_a)
+        feat_v, fmap_v, feat_a = self.encode(frames, audio)
+        if self.bank_v is not None:
+            feat_v = self.bank_v(feat_v)
+        if self.bank_a is not None:
+            feat_a = self.bank_a(feat_a)
         return ModelOutput(self.net_classifier(feat_v, feat_a, fmap_v), feat_v, feat_a, fmap_v)
