@@ -1,11 +1,16 @@
-# Sourced by the per-dataset scripts: the paper's settings per dataset and a launcher that starts
-# one torchrun process per GPU when NUM_GPUS > 1 (one plain process otherwise).
+# Sourced by the per-dataset scripts: bootstraps the environment, holds the paper's settings per
+# dataset, and the workflows those scripts run (train / evaluate recognition models, the defense).
 #
-# paper_flags DATASET fills the array PAPER_FLAGS with the data, model and schedule flags the train,
-# eval, defense and localization scripts of that dataset share, so their run ids meet in one folder.
-# Environment: MUSIC_ROOT / AVE_ROOT / KINETICS_ROOT (data roots), NUM_GPUS (default 1),
-# WEIGHTS_FRAME (default imagenet; '' trains the visual net from scratch).
+# Environment: MUSIC_ROOT / AVE_ROOT / KINETICS_ROOT (data roots, default data/<dataset>), NUM_GPUS
+# (default 1; > 1 starts one torchrun process per GPU), WEIGHTS_FRAME (default imagenet; '' trains the
+# visual net from scratch), HEADS, HEAD, ATTACKS, BASELINES (see each workflow). Extra arguments of a
+# script are passed to the Python entry point and win over the settings here.
+source "$(dirname "${BASH_SOURCE[0]}")/_bootstrap.sh"
+ensure_venv requirements.txt
+cd "$REPO_ROOT"
 
+# paper_flags DATASET: fill PAPER_FLAGS with the data, model and schedule flags that the train, eval,
+# defense and localization scripts of DATASET share, so their run ids meet in one folder.
 paper_flags() {
     local dataset=$1
     local epochs steps root
@@ -31,4 +36,84 @@ launch() {
     else
         "$PYTHON" "$@"
     fi
+}
+
+# train_attack DATASET ARGS...: train the recognition models of HEADS (default: audio visual concat).
+train_attack() {
+    local dataset=$1 head
+    shift
+    paper_flags "$dataset"
+    for head in ${HEADS:-audio visual concat}; do
+        launch main_attack.py --mode train --arch_classifier "$head" "${PAPER_FLAGS[@]}" "$@"
+    done
+}
+
+# eval_attack DATASET ARGS...: clean and ATTACKS (default: fgsm pgd mim) under the paper's protocol for
+# each of HEADS, then the paper-style table (also written to <ckpt>/summary_DATASET.md).
+eval_attack() {
+    local dataset=$1 head
+    shift
+    paper_flags "$dataset"
+    local runs=()
+    for head in ${HEADS:-audio visual concat}; do
+        # shellcheck disable=SC2086
+        launch main_attack.py --mode eval --arch_classifier "$head" "${PAPER_FLAGS[@]}" \
+            --attack_type ${ATTACKS:-fgsm pgd mim} "$@"
+        runs+=("$("$PYTHON" main_attack.py --print_run_dir --arch_classifier "$head" "${PAPER_FLAGS[@]}" "$@")")
+    done
+    "$PYTHON" scripts/summarize.py "${runs[@]}" --markdown "$(dirname "${runs[-1]}")/summary_$dataset.md" --findings
+}
+
+# train_defense DATASET ARGS...: from the trained HEAD model (default concat): the dissimilarity
+# constraint, the BASELINES (default: adv trades), then the memory banks of the undefended and the
+# dissimilarity-trained models.
+train_defense() {
+    local dataset=$1 head="${HEAD:-concat}" base baseline lambda_cos
+    shift
+    paper_flags "$dataset"
+    base="$("$PYTHON" main_defense.py --print_run_dir --arch_classifier "$head" "${PAPER_FLAGS[@]}" "$@" \
+        --train_mode standard --lambda_cos 0)"
+    local init=(--weights_frame "$base/frame_best.pth" --weights_sound "$base/sound_best.pth"
+                --weights_classifier "$base/classifier_best.pth")
+    launch main_defense.py --mode train --arch_classifier "$head" "${PAPER_FLAGS[@]}" "${init[@]}" \
+        --train_mode standard --lambda_cos 1 "$@"
+    for baseline in ${BASELINES:-adv trades}; do
+        launch main_defense.py --mode train --arch_classifier "$head" "${PAPER_FLAGS[@]}" "${init[@]}" \
+            --train_mode "$baseline" --lambda_cos 0 "$@"
+    done
+    for lambda_cos in 0 1; do
+        "$PYTHON" main_defense.py --mode build_bank --arch_classifier "$head" "${PAPER_FLAGS[@]}" \
+            --lambda_cos "$lambda_cos" "$@"
+    done
+}
+
+# eval_defense DATASET ARGS...: no defense, memory banks alone, dissimilarity alone, both (the
+# paper's) and the BASELINES, each the worst case over the adaptive attacks; then the defense table
+# (also written to <ckpt>/defense_summary_DATASET.md).
+eval_defense() {
+    local dataset=$1 head="${HEAD:-concat}" baseline config run
+    shift
+    paper_flags "$dataset"
+    local configs=("--train_mode standard --lambda_cos 0" "--train_mode standard --lambda_cos 0 --use_banks"
+                   "--train_mode standard --lambda_cos 1" "--train_mode standard --lambda_cos 1 --use_banks")
+    for baseline in ${BASELINES:-adv trades}; do
+        configs+=("--train_mode $baseline --lambda_cos 0")
+    done
+    local outputs=()
+    for config in "${configs[@]}"; do
+        # shellcheck disable=SC2206
+        local flags=($config)
+        # shellcheck disable=SC2086
+        launch main_defense.py --mode eval --arch_classifier "$head" "${PAPER_FLAGS[@]}" \
+            --attack_type ${ATTACKS:-fgsm pgd mim} "${flags[@]}" "$@"
+        run="$("$PYTHON" main_defense.py --print_run_dir --arch_classifier "$head" "${PAPER_FLAGS[@]}" \
+            "${flags[@]}" "$@")"
+        if [[ " $config " == *" --use_banks "* ]]; then
+            outputs+=("$run/defense_banks")
+        else
+            outputs+=("$run/defense_no_banks")
+        fi
+    done
+    "$PYTHON" scripts/summarize.py "${outputs[@]}" \
+        --markdown "$(dirname "${outputs[0]}")/../defense_summary_$dataset.md" --findings
 }
