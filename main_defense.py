@@ -147,7 +147,7 @@ def evaluate_defense(args: argparse.Namespace, info: DistInfo) -> dict:
     metrics = evaluate_clean(model, loader, args, info, epoch, out_dir)
     if not args.attack_type:
         return metrics
-    variants = []
+    variants, first_vis = [], []
     for variant in args.defense_attacks:
         if variant == "bpda" and not args.use_banks:
             continue  # without purification BPDA is the plain CE attack
@@ -158,8 +158,9 @@ def evaluate_defense(args: argparse.Namespace, info: DistInfo) -> dict:
         results, vis = evaluate_attacks(model, loader, variant_args, info, budgets_from_args(args),
                                         args.attack_type, args.num_vis if not variants else 0)
         variants.append((variant, results))
-        if len(variants) == 1:
-            first_vis = vis
+        first_vis = first_vis or vis
+    if not variants:
+        raise CheckpointError("--defense_attacks bpda needs --use_banks (without purification it is the CE attack)")
     results = worst_case(variants)
     results["label"] = defense_label(args)
     if info.is_main:
