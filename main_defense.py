@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.bank_mix = preset.bank_mix if args.bank_mix is None else args.bank_mix
     if not 0 <= args.bank_mix <= 1:
         parser.parser.error(f"--bank_mix must be in [0, 1], got {args.bank_mix}")
+    if args.defense_attacks == ["bpda"] and not args.use_banks:
+        parser.parser.error("--defense_attacks bpda needs --use_banks (without purification it is the CE attack)")
     args.alpha_v = preset.ista_steps[0] if args.alpha_v is None else args.alpha_v
     args.alpha_a = preset.ista_steps[1] if args.alpha_a is None else args.alpha_a
     args.id += defense_suffix(args)
@@ -159,8 +161,6 @@ def evaluate_defense(args: argparse.Namespace, info: DistInfo) -> dict:
                                         args.attack_type, args.num_vis if not variants else 0)
         variants.append((variant, results))
         first_vis = first_vis or vis
-    if not variants:
-        raise CheckpointError("--defense_attacks bpda needs --use_banks (without purification it is the CE attack)")
     results = worst_case(variants)
     results["label"] = defense_label(args)
     if info.is_main:
