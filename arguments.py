@@ -99,6 +99,9 @@ class ArgParser:
         g.add_argument("--arch_classifier", choices=FUSION_HEADS.names(), default="concat",
                        help="fusion head: audio / visual are the unimodal models")
         g.add_argument("--img_pool", choices=["max", "avg"], default="max", help="spatial pooling of the visual map")
+        g.add_argument("--map_activation", choices=["softmax", "sigmoid"], default=None,
+                       help="loc head's localization map: softmax over locations (sums to 1; the default) or "
+                            "a sigmoid per location (each in [0, 1])")
         g.add_argument("--frame_dim", type=_positive_int, default=None,
                        help="visual feature width of encoders that take one (smallcnn)")
         g.add_argument("--sound_dim", type=_positive_int, default=None,
@@ -243,6 +246,8 @@ def run_id(args: argparse.Namespace) -> str:
     original code built it, so the train and eval scripts of one model meet in one folder."""
     parts = [args.id] if args.id else []
     parts += [args.dataset, args.arch_classifier]
+    if getattr(args, "map_activation", None) == "sigmoid":
+        parts.append("sigmoid")
     if args.arch_classifier != "audio":
         parts.append(f"{args.arch_frame}{args.frame_dim or ''}-{args.img_pool}")
     if args.arch_classifier != "visual":

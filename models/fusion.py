@@ -171,3 +171,52 @@ class AttentionHead(FusionHead):
         self.last_map = attn.detach()
         attended = torch.einsum("bn,bdn->bd", attn.flatten(1), fmap_v.flatten(2))
         return self.fc(torch.cat([attended, feat_a], dim=1))
+
+
+MAP_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+@FUSION_HEADS.register("loc")
+class LocalizationHead(AttentionHead):
+    """Weakly supervised sound-source localization, trained with class labels only.
+
+    The map scores every location of ``fmap_v [B, D, h, w]`` by the cosine similarity between it and
+    the projected audio embedding, times a learnable temperature, then applies ``map_activation``:
+
+    * ``softmax`` over the h*w locations (the ``attention`` head's map): it sums to 1 over h*w;
+    * ``sigmoid`` per location, with a learnable bias: every value is in [0, 1] on its own, so
+      several locations (or none) can sound.
+
+    The attended visual feature is the map-weighted mean of the locations; it is concatenated with
+    ``feat_a`` and classified linearly. ``attention(feat_a, fmap_v)`` returns the differentiable map
+    ``[B, h, w]`` (the grid of ``fmap_v``, so it has the frame's aspect); ``last_map`` holds the last
+    forward's map, detached.
+    """
+
+    def __init__(self, dim_v: int, dim_a: int, num_classes: int, init_scale: float = 10.0,
+                 map_activation: str = "softmax") -> None:
+        if map_activation not in MAP_ACTIVATIONS:
+            raise ValueError(f"map_activation must be one of {MAP_ACTIVATIONS}, got '{map_activation}'")
+        super().__init__(dim_v, dim_a, num_classes, init_scale)
+        self.map_activation = map_activation
+        # only the sigmoid map has a bias: a parameter that gets no gradient would break DDP
+        self.map_bias = nn.Parameter(torch.zeros(())) if map_activation == "sigmoid" else None
+
+    def attention(self, feat_a: Tensor, fmap_v: Tensor) -> Tensor:
+        """Localization map ``[B, h, w]``: softmax over h*w (sums to 1) or per-location sigmoid (in [0, 1])."""
+        b, _, h, w = fmap_v.shape
+        keys = F.normalize(fmap_v.flatten(2), dim=1)
+        query = F.normalize(self.query(feat_a), dim=1)
+        logits = torch.einsum("bd,bdn->bn", query, keys) * self.log_scale.exp()
+        if self.map_bias is None:
+            return torch.softmax(logits, dim=1).reshape(b, h, w)
+        return torch.sigmoid(logits + self.map_bias).reshape(b, h, w)
+
+    def forward(self, feat_v: Tensor | None, feat_a: Tensor, fmap_v: Tensor) -> Tensor:
+        loc = self.attention(feat_a, fmap_v)
+        self.last_map = loc.detach()
+        weights = loc.flatten(1)
+        if self.map_bias is not None:
+            weights = weights / (weights.sum(dim=1, keepdim=True) + 1e-6)
+        attended = torch.einsum("bn,bdn->bd", weights, fmap_v.flatten(2))
+        return self.fc(torch.cat([attended, feat_a], dim=1))

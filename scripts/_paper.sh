@@ -117,3 +117,17 @@ eval_defense() {
     "$PYTHON" scripts/summarize.py "${outputs[@]}" \
         --markdown "$(dirname "${outputs[0]}")/../defense_summary_$dataset.md" --findings
 }
+
+# eval_localization DATASET ARGS...: the localization maps of HEADS (default: loc; attention also has a
+# map), clean and under ATTACKS (default: fgsm pgd mim), attacking the label and the map itself.
+# Results in <run>/localization/.
+eval_localization() {
+    local dataset=$1 head
+    shift
+    paper_flags "$dataset"
+    for head in ${HEADS:-loc}; do
+        # shellcheck disable=SC2086
+        launch main_localization.py --arch_classifier "$head" "${PAPER_FLAGS[@]}" \
+            --attack_type ${ATTACKS:-fgsm pgd mim} "$@"
+    done
+}

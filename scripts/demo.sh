@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole study on the embedded synthetic dataset, on the CPU of a laptop:
 # generate videos -> preprocess (8 fps, 11025 Hz) -> index -> dataset statistics -> train audio-only,
-# visual-only and two audio-visual models -> attack them (FGSM, PGD, MIM; the paper's budgets) ->
+# visual-only, two audio-visual and the localization (loc) models -> attack them (FGSM, PGD, MIM; the
+# paper's budgets) -> sound-source localization of loc against the generated boxes, clean and attacked ->
 # defend the concat model (dissimilarity constraint + memory banks) and train the adversarial-training
 # baseline -> summary table. Rerunning skips what is done (finished videos, finished training runs).
 # DEMO_DIR (default data/) holds the data, DEMO_CKPT (default ckpt/demo) the runs; DEMO_SEED seeds all.
@@ -15,22 +16,22 @@ SOURCE="$DEMO_DIR/synthetic_videos"     # generated videos, boxes.json, categori
 ROOT="$DEMO_DIR/synthetic"              # SoP layout: audio/, frames/, train/val/test.csv
 export SYNTHETIC_ROOT="$ROOT"
 
-echo "== 1/7 generating the embedded dataset into $SOURCE"
+echo "== 1/8 generating the embedded dataset into $SOURCE"
 if [ ! -f "$SOURCE/boxes.json" ]; then
     "$PYTHON" scripts/make_synthetic.py --out "$SOURCE" --seed "$DEMO_SEED" --num_classes 6 --per_class 80
 else
     echo "already there (delete $SOURCE to regenerate)"
 fi
 
-echo "== 2/7 preprocessing videos into $ROOT (frames at 8 fps, audio at 11025 Hz)"
+echo "== 2/8 preprocessing videos into $ROOT (frames at 8 fps, audio at 11025 Hz)"
 "$PYTHON" scripts/preprocess.py --videos "$SOURCE/videos" --out "$ROOT" --fps 8 --audio_rate 11025
 
-echo "== 3/7 building the index"
+echo "== 3/8 building the index"
 mkdir -p "$ROOT"
 cp "$SOURCE/categories.txt" "$ROOT/categories.txt"
 "$PYTHON" scripts/create_index.py --root "$ROOT" --split 0.6 0.2 0.2 --seed "$DEMO_SEED"
 
-echo "== 4/7 dataset statistics"
+echo "== 4/8 dataset statistics"
 "$PYTHON" scripts/dataset_stats.py --dataset synthetic --data_root "$ROOT" --imgSize 112 --audLen 16384
 
 # CPU-sized models: a small CNN on 112 px frames, a narrow anet on 1.5 s of audio.
@@ -38,9 +39,9 @@ CKPT="${DEMO_CKPT:-ckpt/demo}"
 MODEL_FLAGS=(--dataset synthetic --data_root "$ROOT" --ckpt "$CKPT" --seed "$DEMO_SEED"
     --arch_frame smallcnn --frame_dim 128 --arch_sound anet --sound_dim 128 --imgSize 112 --audLen 16384
     --num_epoch 15 --lr_steps 11 --batch_size_per_gpu 16 --workers 2)
-HEADS=(audio visual concat film)
+HEADS=(audio visual concat film loc)
 
-echo "== 5/7 training ${HEADS[*]} on the CPU"
+echo "== 5/8 training ${HEADS[*]} on the CPU"
 runs=()
 for head in "${HEADS[@]}"; do
     run="$("$PYTHON" main_attack.py --print_run_dir --arch_classifier "$head" "${MODEL_FLAGS[@]}")"
@@ -51,13 +52,17 @@ for head in "${HEADS[@]}"; do
     runs+=("$run")
 done
 
-echo "== 6/7 attacking them: FGSM, PGD, MIM; A eps_a=0.012, V eps_v=0.012, A+V 0.006 each"
+echo "== 6/8 attacking them: FGSM, PGD, MIM; A eps_a=0.012, V eps_v=0.012, A+V 0.006 each"
 for head in "${HEADS[@]}"; do
     "$PYTHON" main_attack.py --mode eval --arch_classifier "$head" "${MODEL_FLAGS[@]}" \
         --attack_type fgsm pgd mim --num_vis 8 | grep -v "^  "
 done
 
-echo "== 7/7 defending concat: dissimilarity constraint + memory banks (the paper's), PGD adversarial training"
+echo "== 7/8 sound-source localization of loc: its map against the boxes, clean and under attack"
+"$PYTHON" main_localization.py --arch_classifier loc "${MODEL_FLAGS[@]}" --boxes "$SOURCE/boxes.json" \
+    --attack_type pgd --num_vis 8
+
+echo "== 8/8 defending concat: dissimilarity constraint + memory banks (the paper's), PGD adversarial training"
 base="${runs[2]}"
 DEFENSE_FLAGS=(--arch_classifier concat "${MODEL_FLAGS[@]}" --num_epoch 5 --lr_steps 4
     --lr_frame 0.001 --lr_sound 0.001 --lr_classifier 0.001 --train_attack_steps 3

@@ -1,0 +1,284 @@
+"""Sound-source localization: metrics on hand-made maps, the box mapping, the `loc` head's map, and a briefly
+trained `loc` model through main_attack.py (train) and main_localization.py (eval) on rendered synthetic clips."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+import main_attack
+import main_localization
+from dataset.layout import frame_name
+from dataset.synthetic import SynthConfig, class_names, clip_rngs, make_spec, render_audio, render_video, spec_metadata
+from dataset.transforms import transform_frames
+from models import build_model
+from utils.localization import (
+    Boxes,
+    auc,
+    box_masks,
+    box_to_input,
+    center_prior_maps,
+    ciou,
+    localization_maps,
+    map_head,
+    mask_iou,
+    outside_mass_loss,
+    peak_locations,
+    pointing_hits,
+    top_mass_masks,
+)
+
+ODD_CLASS = "odd&'<b>class"  # a class name that must be escaped in HTML and sanitised in file names
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on a busy 2-core machine two threads of tiny convolutions run many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def box_mask(x0: float, y0: float, x1: float, y1: float, size: int = 8) -> torch.Tensor:
+    return box_masks(torch.tensor([[x0, y0, x1, y1]]), size, size)
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def test_pointing_ciou_and_auc_of_hand_made_maps() -> None:
+    target = box_mask(2, 2, 6, 6).expand(3, 8, 8)  # 16 pixels
+    maps = torch.zeros(3, 8, 8)
+    maps[0, 2:6, 2:6] = 1.0  # exactly the box
+    maps[1, 2:6, 4:8] = 1.0  # shifted right by 2: 8 of 24 pixels shared, peak (first max) at (2, 4) inside
+    maps[2, 0, 0] = 1.0  # a peak outside the box
+    assert pointing_hits(maps, target).tolist() == [True, True, False]
+    torch.testing.assert_close(ciou(maps[:2], target[:2]), torch.tensor([1.0, 1 / 3]))
+    # every pixel >= 0.5 after min-max normalisation: a map of 0.5 to 1 inside the box only
+    graded = torch.zeros(1, 8, 8)
+    graded[0, 2:6, 2:6] = torch.linspace(0.5, 1.0, 16).view(4, 4)
+    assert ciou(graded, target[:1]).item() == 1.0
+    assert ciou(maps[2:], target[2:]).item() == 0.0
+    # success rate 1 at t = 0, 2/3 up to 1/3, 1/3 up to 1; trapezoids over 0, 0.05, ..., 1
+    assert auc([1.0, 1 / 3, 0.0]) == pytest.approx(0.05 * (5 / 6 + 5 * 2 / 3 + 1 / 2 + 13 / 3))
+    assert auc([1.0, 1.0]) == pytest.approx(1.0)
+    assert auc([0.0]) == pytest.approx(0.025)
+
+
+def test_top_mass_regions_iou_and_peak_shift() -> None:
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 0, 0], maps[0, 0, 1], maps[0, 3, 3] = 0.5, 0.3, 0.2
+    assert top_mass_masks(maps, 0.2).nonzero().tolist() == [[0, 0, 0]]
+    assert top_mass_masks(maps, 0.6).nonzero().tolist() == [[0, 0, 0], [0, 0, 1]]
+    moved = torch.zeros(1, 4, 4)
+    moved[0, 0, 1], moved[0, 3, 3] = 0.7, 0.3
+    assert mask_iou(top_mass_masks(maps, 0.6), top_mass_masks(moved, 0.6)).item() == pytest.approx(1 / 2)
+    assert mask_iou(torch.zeros(1, 2, 2, dtype=torch.bool), torch.zeros(1, 2, 2, dtype=torch.bool)).item() == 1.0
+    assert (peak_locations(moved) - peak_locations(maps)).norm().item() == pytest.approx(1.0)
+    assert peak_locations(maps).tolist() == [[0.5, 0.5]]
+    prior = center_prior_maps(2, 8, 8)
+    assert pointing_hits(prior, box_mask(3, 3, 5, 5).expand(2, 8, 8)).all()
+
+
+@pytest.mark.parametrize(("frame_size", "img_size", "box"), [
+    ((64, 64), 32, (10, 20, 30, 40)),
+    ((48, 64), 32, (2, 8, 30, 40)),  # wider than high: resize to 32 x 43, crop 5 px off the left
+    ((64, 48), 40, (6, 3, 40, 30)),  # higher than wide: resize to 53 x 40, crop 6 px off the top
+    ((64, 64), 64, (0, 0, 64, 17)),  # no resize
+])
+def test_boxes_follow_the_eval_transform(frame_size, img_size, box) -> None:
+    height, width = frame_size
+    picture = np.zeros((height, width, 3), np.uint8)
+    x0, y0, x1, y1 = box
+    picture[y0:y1, x0:x1] = 255
+    frames = transform_frames([Image.fromarray(picture)], img_size, train=False)
+    bright = frames[0, 0] > 0.5
+    rows, cols = bright.any(dim=1).nonzero().flatten(), bright.any(dim=0).nonzero().flatten()
+    mapped = box_to_input(box, frame_size, img_size)
+    mask = box_masks(torch.tensor([mapped]), img_size, img_size)[0]
+    m_rows, m_cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
+    for got, want in ((m_rows, rows), (m_cols, cols)):
+        assert abs(int(got[0]) - int(want[0])) <= 1 and abs(int(got[-1]) - int(want[-1])) <= 1
+    assert mask_iou(mask[None], bright[None]).item() > 0.7
+    if frame_size == (64, 64) and img_size == 32:
+        assert mapped == (5.0, 10.0, 15.0, 20.0)  # a square frame is a pure scale
+
+
+def test_boxes_json_is_read_and_unknown_samples_have_no_box(tmp_path: Path) -> None:
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps({"size": [64, 64], "videos": {"a/v0": {"label": 0, "box": [8, 8, 24, 40]}}}))
+    boxes = Boxes.load(path)
+    masks, has_box = boxes.input_masks(["a/v0", "a/missing"], 32)
+    assert has_box.tolist() == [True, False]
+    assert masks[0].sum().item() == 8 * 16 and masks[1].sum().item() == 0
+    (tmp_path / "bad.json").write_text(json.dumps({"videos": {}}))
+    with pytest.raises(ValueError, match="not a boxes.json"):
+        Boxes.load(tmp_path / "bad.json")
+
+
+# ------------------------------------------------------------------------------------------- the map
+
+
+@pytest.mark.parametrize("head", ["loc", "attention"])
+def test_map_has_the_frames_aspect_and_sums_to_one(head: str) -> None:
+    torch.manual_seed(0)
+    model = build_model("smallcnn", "anet", head, cls_num=3, frame_dim=16, sound_dim=16).eval()
+    frames, audio = torch.rand(2, 3, 1, 64, 96), torch.rand(2, 1, 2048) * 2 - 1
+    out = model(frames, audio)
+    maps = map_head(model).attention(out.feat_a, out.fmap_v)
+    assert maps.shape == (2, 4, 6) == out.fmap_v.shape[:1] + out.fmap_v.shape[2:]
+    torch.testing.assert_close(maps.sum(dim=(1, 2)), torch.ones(2))
+    torch.testing.assert_close(maps.detach(), model.net_classifier.last_map)
+    assert localization_maps(model.net_classifier, out, (64, 96)).shape == (2, 64, 96)
+
+
+def test_sigmoid_map_is_per_location_and_the_default_build_works() -> None:
+    assert build_model(arch_classifier="loc", cls_num=3).net_classifier.map_activation == "softmax"
+    model = build_model("smallcnn", "anet", "loc", cls_num=3, frame_dim=16, sound_dim=16,
+                        map_activation="sigmoid").eval()
+    frames, audio = torch.rand(2, 3, 1, 64, 64), torch.rand(2, 1, 2048) * 2 - 1
+    out = model(frames, audio)
+    maps = model.net_classifier.attention(out.feat_a, out.fmap_v)
+    assert maps.shape == (2, 4, 4) and ((maps > 0) & (maps < 1)).all()
+    assert not torch.allclose(maps.sum(dim=(1, 2)), torch.ones(2))
+    with pytest.raises(ValueError, match="map_activation"):
+        build_model("smallcnn", "anet", "loc", cls_num=3, frame_dim=16, map_activation="relu")
+    with pytest.raises(ValueError, match="no localization map"):
+        map_head(build_model("smallcnn", "anet", "concat", cls_num=3, frame_dim=16, sound_dim=16))
+
+
+def test_map_attack_loss_is_the_mass_outside_the_region() -> None:
+    model = build_model("smallcnn", "anet", "loc", cls_num=3, frame_dim=16, sound_dim=16).eval()
+    out = model(torch.rand(2, 3, 1, 32, 32), torch.rand(2, 1, 2048) * 2 - 1)
+    head = model.net_classifier
+    everywhere, nowhere = torch.ones(2, 32, 32, dtype=torch.bool), torch.zeros(2, 32, 32, dtype=torch.bool)
+    labels = torch.zeros(2, dtype=torch.long)
+    torch.testing.assert_close(outside_mass_loss(head, everywhere)(out, labels), torch.zeros(2))
+    torch.testing.assert_close(outside_mass_loss(head, nowhere)(out, labels), torch.ones(2))
+    half = outside_mass_loss(head, box_mask(0, 0, 16, 32, 32).expand(2, 32, 32))(out, labels)
+    assert ((half > 0) & (half < 1)).all() and half.requires_grad
+
+
+# ------------------------------------------------------------------- a trained model on synthetic clips
+
+PER_SPLIT = {"train": 20, "val": 4, "test": 12}
+SEED = 0
+
+
+def write_synthetic_root(root: Path, num_classes: int = 3) -> Path:
+    """Rendered synthetic clips written straight into the SoP layout (no video encoding), with their
+    boxes.json; the first class gets an odd name. Returns the boxes.json path."""
+    names = [ODD_CLASS] + class_names(num_classes)[1:]
+    per_class = sum(PER_SPLIT.values())
+    config = SynthConfig(num_classes=num_classes, per_class=per_class, seed=SEED, size=64, duration=1.0, fps=8,
+                         audio_rate=11025, p_distractor=0.0, p_occlusion=0.0, p_noise_burst=0.0,
+                         p_audio_distractor=0.0)
+    splits = [split for split, count in PER_SPLIT.items() for _ in range(count)]
+    rows: dict[str, list[str]] = {split: [] for split in PER_SPLIT}
+    videos = {}
+    for c, name in enumerate(names):
+        for v in range(per_class):
+            spec_rng, video_rng, audio_rng = clip_rngs(SEED, c, v)
+            spec = make_spec(config, c, v, spec_rng)
+            vid = spec.key.split("/")[1]
+            frame_dir = root / "frames" / name / f"{vid}.mp4"
+            frame_dir.mkdir(parents=True)
+            pictures = render_video(spec, video_rng)
+            for k, picture in enumerate(pictures, start=1):
+                Image.fromarray(picture).save(frame_dir / frame_name(k), quality=95)
+            (root / "audio" / name).mkdir(parents=True, exist_ok=True)
+            sf.write(root / "audio" / name / f"{vid}.wav", render_audio(spec, audio_rng), 11025, subtype="FLOAT")
+            rows[splits[v]].append(f"/{name}/{vid}.wav,/{name}/{vid}.mp4,{len(pictures)}")
+            videos[f"{name}/{vid}"] = spec_metadata(spec)
+    for split, lines in rows.items():
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    (root / "categories.txt").write_text("\n".join(names) + "\n")
+    boxes = root / "boxes.json"
+    boxes.write_text(json.dumps({"size": [64, 64], "videos": videos}))
+    return boxes
+
+
+def model_flags(root: Path, ckpt: Path) -> list[str]:
+    return ["--dataset", "synthetic", "--data_root", str(root), "--ckpt", str(ckpt), "--arch_classifier", "loc",
+            "--arch_frame", "smallcnn", "--frame_dim", "16", "--arch_sound", "anet", "--sound_dim", "16",
+            "--imgSize", "96", "--audLen", "2048", "--batch_size_per_gpu", "10", "--workers", "0",
+            "--num_epoch", "5", "--lr_steps", "50", "--lr_frame", "0.01", "--lr_sound", "0.01",
+            "--lr_classifier", "0.01", "--seed", str(SEED), "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, Path]:
+    """(model flags, boxes.json, run folder) of a `loc` model trained a few epochs on rendered clips."""
+    root = tmp_path_factory.mktemp("synthetic")
+    boxes = write_synthetic_root(root)
+    flags = model_flags(root, tmp_path_factory.mktemp("ckpt"))
+    main_attack.main(["--mode", "train", *flags])
+    return flags, boxes, Path(main_attack.run_dir_of(main_attack.parse_args(flags)))
+
+
+@pytest.fixture(scope="module")
+def boxed_results(trained) -> tuple[dict, Path]:
+    flags, boxes, run = trained
+    main_localization.main([*flags, "--boxes", str(boxes), "--attack_type", "pgd", "--attack_steps", "3",
+                            "--epsilons", "1,0", "0.5,0.05", "--eps_grid", "0.5", "--eps_grid_modality", "visual",
+                            "--num_vis", "3"])
+    out = run / "localization"
+    return json.loads((out / "loc_results.json").read_text()), out
+
+
+def test_trained_model_localizes_above_the_centre_prior(boxed_results) -> None:
+    results, _ = boxed_results
+    clean, prior = results["clean"], results["center_prior"]
+    assert results["num_samples"] == results["num_boxed"] == 3 * PER_SPLIT["test"]
+    assert results["map_size"] == [6, 6]  # 96 px input, smallcnn stride 16
+    assert clean["pointing"] > prior["pointing"] + 0.15, (clean, prior)
+    assert clean["miou"] > prior["miou"], (clean, prior)
+    assert 0 <= clean["auc"] <= 1 and len(clean["ious"]) == results["num_boxed"]
+
+
+def test_map_attack_lowers_the_overlap_with_the_box(boxed_results) -> None:
+    results, _ = boxed_results
+    entries = {(e["objective"], e["budget"], e["grid"]): e for e in results["attacks"]}
+    assert set(entries) == {(o, b, g) for o in ("class", "map") for b, g in (("V", False), ("A+V", False),
+                                                                               ("V", True))}
+    clean = results["clean"]
+    visual_map = entries[("map", "V", False)]
+    assert visual_map["miou"] < clean["miou"] - 0.05 and visual_map["pointing"] < clean["pointing"]
+    assert visual_map["map_iou_top_mass"] < 1 and visual_map["peak_shift_px"] > 0
+    assert entries[("class", "V", False)]["acc"] <= clean["acc"]
+
+
+def test_outputs_table_figure_and_escaped_html(boxed_results) -> None:
+    results, out = boxed_results
+    table = (out / "loc_table.md").read_text()
+    assert "| pointing | cIoU@0.5 |" in table and "| map | PGD | V (εv=1) |" in table and "| centre prior |" in table
+    assert (out / "ciou_vs_eps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "index.html").read_text()
+    assert page.count("<tr>") == 1 + 3 and "class V attack" in page and "map A+V attack" in page
+    assets = sorted(p.name for p in (out / "assets").iterdir())
+    assert len(assets) == 3 * (1 + 4) and all(set(name) & set("<&'") == set() for name in assets)
+    assert "odd&amp;&#x27;&lt;b&gt;class" in page and ODD_CLASS not in page  # the first test samples' class
+
+
+def test_real_data_mode_reports_the_change_of_the_map(trained) -> None:
+    flags, _, run = trained
+    main_localization.main([*flags, "--attack_type", "fgsm", "--epsilons", "1,0", "--loc_attack", "map",
+                            "--num_vis", "0"])
+    results = json.loads((run / "localization" / "loc_results.json").read_text())
+    assert results["num_boxed"] == 0 and "center_prior" not in results and "pointing" not in results["clean"]
+    (entry,) = results["attacks"]
+    assert entry["objective"] == "map" and 0 <= entry["map_iou_top_mass"] <= 1 and entry["peak_shift_px"] >= 0
+    table = (run / "localization" / "loc_table.md").read_text()
+    assert "map IoU top 20% mass" in table and "| pointing |" not in table
+
+
+def test_heads_without_a_map_are_refused(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main_localization.parse_args(["--dataset", "MUSIC", "--arch_classifier", "concat"])
+    assert "has no localization map" in capsys.readouterr().err
