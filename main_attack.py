@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -275,8 +276,9 @@ def evaluate_run(args: argparse.Namespace, info: DistInfo) -> None:
         evaluate_robustness(model, loader, args, info)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def run_entry_point(args: argparse.Namespace, action: Callable[[argparse.Namespace, DistInfo], object]) -> None:
+    """What every entry point does around its work: --print_run_dir, joining the process group, one-line
+    errors for bad data and checkpoints, and leaving the group."""
     if args.print_run_dir:
         print(run_dir_of(args))
         return
@@ -284,14 +286,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.amp and info.device.type != "cuda" and info.is_main:
         print("note: --amp applies on CUDA only; running in float32 on the CPU")
     try:
-        if args.mode == "train":
-            train(args, info)
-        else:
-            evaluate_run(args, info)
+        action(args, info)
     except (DataError, CheckpointError) as err:
         sys.exit(f"error: {err}")
     finally:
         cleanup(info)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_entry_point(parse_args(argv), lambda args, info: train(args, info) if args.mode == "train"
+                    else evaluate_run(args, info))
 
 
 if __name__ == "__main__":

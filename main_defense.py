@@ -21,15 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 
 from arguments import ArgParser
-from dataset.index import DataError
 from dataset.loaders import build_dataset, build_loader
 from dataset.presets import PRESETS
-from main_attack import create_model, evaluate_clean, run_dir_of, train
+from main_attack import create_model, evaluate_clean, run_dir_of, run_entry_point, train
 from models import AVModel
 from models.memory_bank import DefendedModel, MemoryBank, build_bank, collect_features, load_bank, save_bank
 from utils.attack_eval import budgets_from_args, evaluate_attacks, write_outputs
 from utils.checkpoint import CheckpointError, load_checkpoint, model_meta
-from utils.distributed import DistInfo, cleanup, init_distributed
+from utils.distributed import DistInfo
 from utils.objectives import CrossEntropy, Objective, PGDAdversarialTraining, Trades
 from utils.report import attack_table_markdown
 
@@ -170,24 +169,18 @@ def evaluate_defense(args: argparse.Namespace, info: DistInfo) -> dict:
     return results
 
 
+def run_mode(args: argparse.Namespace, info: DistInfo) -> None:
+    if args.mode == "train":
+        train(args, info, build_objective(args))
+    elif args.mode == "build_bank":
+        with torch.no_grad():
+            build_banks(args, info)
+    else:
+        evaluate_defense(args, info)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.print_run_dir:
-        print(run_dir_of(args))
-        return
-    info = init_distributed(args.device)
-    try:
-        if args.mode == "train":
-            train(args, info, build_objective(args))
-        elif args.mode == "build_bank":
-            with torch.no_grad():
-                build_banks(args, info)
-        else:
-            evaluate_defense(args, info)
-    except (DataError, CheckpointError) as err:
-        sys.exit(f"error: {err}")
-    finally:
-        cleanup(info)
+    run_entry_point(parse_args(argv), run_mode)
 
 
 if __name__ == "__main__":

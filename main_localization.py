@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arguments import ArgParser
 from dataset.index import DataError
 from dataset.loaders import build_dataset, build_loader
-from main_attack import create_model, run_dir_of
+from main_attack import create_model, run_dir_of, run_entry_point
 from models import FUSION_HEADS
 from utils.attack_eval import budgets_from_args
-from utils.checkpoint import CheckpointError, load_checkpoint, model_meta
-from utils.distributed import DistInfo, cleanup, init_distributed
+from utils.checkpoint import load_checkpoint, model_meta
+from utils.distributed import DistInfo
 from utils.localization import OBJECTIVES, Boxes, evaluate_localization, loc_table_markdown, write_loc_outputs
 
 
@@ -78,17 +78,7 @@ def evaluate_run(args: argparse.Namespace, info: DistInfo) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.print_run_dir:
-        print(run_dir_of(args))
-        return
-    info = init_distributed(args.device)
-    try:
-        evaluate_run(args, info)
-    except (DataError, CheckpointError) as err:
-        sys.exit(f"error: {err}")
-    finally:
-        cleanup(info)
+    run_entry_point(parse_args(argv), evaluate_run)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers_video import VideoSpec
 
@@ -30,3 +31,13 @@ def video_tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     (root / "speech" / ".hidden.mp4").write_bytes(b"not a video either")
     (root / "README.md").write_text("top-level files are not classes")
     return root, {f"{spec.cls}/{spec.vid}": spec for spec in TEST_VIDEO_SPECS}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module: on a busy 2-core machine two threads of tiny convolutions
+    run many times slower, and one thread gives the same arithmetic in every run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

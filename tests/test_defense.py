@@ -66,12 +66,7 @@ def init_from(run: Path) -> list[str]:
             "--weights_classifier", str(run / "classifier_best.pth")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

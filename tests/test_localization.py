@@ -36,13 +36,7 @@ from utils.localization import (
 ODD_CLASS = "odd&'<b>class"  # a class name that must be escaped in HTML and sanitised in file names
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads of tiny convolutions run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def box_mask(x0: float, y0: float, x1: float, y1: float, size: int = 8) -> torch.Tensor:

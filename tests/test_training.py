@@ -94,13 +94,7 @@ def history(run: Path) -> list[dict]:
     return [{k: v for k, v in rec.items() if k != "seconds"} for rec in json.loads((run / "history.json").read_text())]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: faster on a shared 2-core machine and the same arithmetic in every run."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
