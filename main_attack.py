@@ -44,7 +44,7 @@ from utils.checkpoint import (
 from utils.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from utils.fileio import write_json_atomic
 from utils.meters import AverageMeter, ConfusionCounter
-from utils.objectives import CrossEntropy, Objective
+from utils.objectives import CrossEntropy, Objective, feature_cosine
 from utils.report import attack_table_markdown
 
 
@@ -113,8 +113,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         accuracy = (logits.argmax(1) == labels).float().mean().item() * 100
         loss_meter.update(loss.item(), labels.numel())
         acc_meter.update(accuracy, labels.numel())
-        if out.feat_v is not None and out.feat_a is not None and out.feat_v.shape == out.feat_a.shape:
-            cos = F.cosine_similarity(out.feat_v.detach().float(), out.feat_a.detach().float(), dim=1)
+        cos = feature_cosine(out)
+        if cos is not None:
             cos_meter.update(cos.mean().item(), labels.numel())
         if step % args.disp_iter == 0:
             bar.set_postfix(loss=f"{loss_meter.avg:.4f}", acc=f"{acc_meter.avg:.1f}")
@@ -143,8 +143,7 @@ def evaluate(model: nn.Module, loader, args: argparse.Namespace, info: DistInfo,
             logits = model(frames, audio).logits.float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double().cpu()
         counter.update(logits, labels)
-    counter.correct = all_reduce_sum(counter.correct, info)
-    counter.total = all_reduce_sum(counter.total, info)
+    counter.all_reduce(info)
     loss_sum = all_reduce_sum(loss_sum, info)
     return counter, loss_sum.item() / max(counter.total.sum().item(), 1)
 

@@ -12,17 +12,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from attacks import build_attack
 from dataset.loaders import to_device
-from utils.distributed import DistInfo, all_reduce_sum
+from utils.distributed import DistInfo, all_gather_list, all_reduce_sum
 from utils.fileio import write_json_atomic, write_text_atomic
 from utils.html_report import write_visualization
 from utils.meters import ConfusionCounter
+from utils.objectives import feature_cosine
 from utils.plots import plot_acc_vs_eps, plot_cos_sim
 from utils.report import attack_table_markdown
 
@@ -71,17 +70,8 @@ class _Tally:
 
 
 def _cosines(out) -> list[float]:
-    if out.feat_v is None or out.feat_a is None or out.feat_v.shape != out.feat_a.shape:
-        return []  # unimodal, or embeddings of different widths: no audio-visual similarity
-    return F.cosine_similarity(out.feat_v.float(), out.feat_a.float(), dim=1).tolist()
-
-
-def _gather_list(values: list[float], info: DistInfo) -> list[float]:
-    if not info.enabled:
-        return values
-    gathered: list[list[float]] = [[] for _ in range(info.world_size)]
-    dist.all_gather_object(gathered, values)
-    return [v for part in gathered for v in part]
+    cos = feature_cosine(out)
+    return [] if cos is None else cos.tolist()
 
 
 def evaluate_attacks(model: nn.Module, loader, args: argparse.Namespace, info: DistInfo,
@@ -133,9 +123,8 @@ def evaluate_attacks(model: nn.Module, loader, args: argparse.Namespace, info: D
 
 
 def _reduce(tally: _Tally, info: DistInfo) -> None:
-    tally.counter.correct = all_reduce_sum(tally.counter.correct, info)
-    tally.counter.total = all_reduce_sum(tally.counter.total, info)
-    tally.cos = _gather_list(tally.cos, info)
+    tally.counter.all_reduce(info)
+    tally.cos = all_gather_list(tally.cos, info)
 
 
 def _mean(values: list[float]) -> float | None:

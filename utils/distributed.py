@@ -54,6 +54,15 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def all_gather_list(values: list, info: DistInfo) -> list:
+    """Every process's ``values`` concatenated in rank order (``values`` itself in a single process)."""
+    if not info.enabled:
+        return values
+    parts: list[list] = [[] for _ in range(info.world_size)]
+    dist.all_gather_object(parts, values)
+    return [v for part in parts for v in part]
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

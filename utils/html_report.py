@@ -23,17 +23,17 @@ img { display: block; margin: 2px auto; }
 """
 
 
-def _safe_name(text: str) -> str:
+def safe_name(text: str) -> str:
     """A file name derived from a sample id that cannot leave the assets folder."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text).lstrip(".")
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
+def save_png(array: np.ndarray, path: Path) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(array).save(tmp)
 
 
-def _frame_image(frames: torch.Tensor) -> np.ndarray:
+def frame_image(frames: torch.Tensor) -> np.ndarray:
     """The middle frame of [3, T, H, W] in [0, 1] as uint8 HWC."""
     frame = frames[:, frames.shape[1] // 2]
     return (frame.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -75,10 +75,10 @@ def write_visualization(samples: list[dict], out_dir: str | os.PathLike, categor
     head = "".join(f"<th>{html.escape(b)} attack</th>" for b in budgets)
     rows = []
     for n, sample in enumerate(samples):
-        stem = f"{n:03d}_{_safe_name(sample['info'])}"
-        _save_png(_frame_image(sample["frames"]), assets / f"{stem}_frame.png")
+        stem = f"{n:03d}_{safe_name(sample['info'])}"
+        save_png(frame_image(sample["frames"]), assets / f"{stem}_frame.png")
         spec, value_range = spectrogram_image(sample["audio"])
-        _save_png(spec, assets / f"{stem}_spec.png")
+        save_png(spec, assets / f"{stem}_spec.png")
         _save_wav(sample["audio"], audio_rate, assets / f"{stem}.wav")
         true = categories[sample["label"]]
         cells = [f"<td>{html.escape(sample['info'])}<br>true: <b>{html.escape(true)}</b></td>",
@@ -88,10 +88,10 @@ def write_visualization(samples: list[dict], out_dir: str | os.PathLike, categor
             if adv is None:
                 cells.append("<td></td>")
                 continue
-            tag = f"{stem}_{_safe_name(budget)}"
-            _save_png(_frame_image(adv["frames"]), assets / f"{tag}_frame.png")
-            _save_png(_perturbation_image(adv["frames"] - sample["frames"]), assets / f"{tag}_delta.png")
-            _save_png(spectrogram_image(adv["audio"], value_range=value_range)[0], assets / f"{tag}_spec.png")
+            tag = f"{stem}_{safe_name(budget)}"
+            save_png(frame_image(adv["frames"]), assets / f"{tag}_frame.png")
+            save_png(_perturbation_image(adv["frames"] - sample["frames"]), assets / f"{tag}_delta.png")
+            save_png(spectrogram_image(adv["audio"], value_range=value_range)[0], assets / f"{tag}_spec.png")
             _save_wav(adv["audio"], audio_rate, assets / f"{tag}.wav")
             eps = adv["budget"]
             cells.append(_cell(tag, f"εv={eps['eps_visual']:g}, εa={eps['eps_audio']:g}", categories, adv["pred"],

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.figure import Figure
@@ -42,9 +41,9 @@ from dataset.loaders import to_device
 from models.av_model import AVModel, ModelOutput
 from models.fusion import FusionHead
 from utils.attack_eval import Budget
-from utils.distributed import DistInfo, all_reduce_sum
+from utils.distributed import DistInfo, all_gather_list, all_reduce_sum
 from utils.fileio import atomic_path, write_json_atomic, write_text_atomic
-from utils.html_report import STYLE, _frame_image, _safe_name, _save_png
+from utils.html_report import STYLE, frame_image, safe_name, save_png
 from utils.report import budget_label
 
 CIOU_THRESHOLD = 0.5  # of the min-max normalised map
@@ -266,9 +265,7 @@ class _Tally:
         if not info.enabled:
             return
         for name in ("correct", "hits", "ious", "iou_top_mass", "iou_threshold", "peak_shift"):
-            parts: list[list] = [[] for _ in range(info.world_size)]
-            dist.all_gather_object(parts, getattr(self, name))
-            setattr(self, name, [v for part in parts for v in part])
+            setattr(self, name, all_gather_list(getattr(self, name), info))
         seconds = all_reduce_sum(torch.tensor(self.seconds, dtype=torch.float64), info).item()
         self.seconds = seconds / info.world_size
 
@@ -456,7 +453,7 @@ def plot_ciou_vs_eps(results: dict, path: str | os.PathLike) -> None:
 def overlay_image(frames: Tensor, heat: Tensor, box: Tensor | None = None, alpha: float = 0.5) -> np.ndarray:
     """The middle frame of ``frames [3, T, H, W]`` with ``heat [H, W]`` (in [0, 1]) blended over it in
     the jet colour map, and the outline of the ``box`` mask in white; uint8 HWC."""
-    frame = _frame_image(frames).astype(np.float32) / 255
+    frame = frame_image(frames).astype(np.float32) / 255
     colours = colormaps["jet"](heat.clamp(0, 1).numpy())[..., :3]
     image = (1 - alpha) * frame + alpha * colours
     if box is not None and bool(box.any()):
@@ -477,8 +474,8 @@ def write_loc_visualization(samples: list[dict], out_dir: str | os.PathLike, cat
     head = "".join(f"<th>{html.escape(c)} attack</th>" for c in columns)
     rows = []
     for n, sample in enumerate(samples):
-        stem = f"{n:03d}_{_safe_name(sample['info'])}"
-        _save_png(overlay_image(sample["frames"], sample["map"], sample["box"]), assets / f"{stem}_clean.png")
+        stem = f"{n:03d}_{safe_name(sample['info'])}"
+        save_png(overlay_image(sample["frames"], sample["map"], sample["box"]), assets / f"{stem}_clean.png")
         cells = [f"<td>{html.escape(sample['info'])}<br>true: <b>{html.escape(categories[sample['label']])}</b></td>",
                  _loc_cell(f"{stem}_clean.png", "", categories, sample["pred"], sample["label"], sample["iou"])]
         for column in columns:
@@ -486,8 +483,8 @@ def write_loc_visualization(samples: list[dict], out_dir: str | os.PathLike, cat
             if adv is None:
                 cells.append("<td></td>")
                 continue
-            name = f"{stem}_{_safe_name(column)}.png"
-            _save_png(overlay_image(adv["frames"], adv["map"], sample["box"]), assets / name)
+            name = f"{stem}_{safe_name(column)}.png"
+            save_png(overlay_image(adv["frames"], adv["map"], sample["box"]), assets / name)
             budget = adv["budget"]
             caption = f"εv={budget.eps_visual:g}, εa={budget.eps_audio:g}"
             cells.append(_loc_cell(name, caption, categories, adv["pred"], sample["label"], adv["iou"]))

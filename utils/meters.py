@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from utils.distributed import DistInfo, all_reduce_sum
+
 
 class AverageMeter:
     """Weighted running average of a scalar (loss, accuracy, time per batch)."""
@@ -35,6 +37,11 @@ class ConfusionCounter:
         n = self.total.numel()
         self.total += torch.bincount(labels, minlength=n)
         self.correct += torch.bincount(labels[pred == labels], minlength=n)
+
+    def all_reduce(self, info: DistInfo) -> None:
+        """Sum the counts over processes (a no-op in a single process)."""
+        self.correct = all_reduce_sum(self.correct, info)
+        self.total = all_reduce_sum(self.total, info)
 
     @property
     def accuracy(self) -> float:
