@@ -11,246 +11,24 @@ Runs on CUDA when present, else on the CPU; one process per GPU under torchrun (
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
-
 from arguments import ArgParser
-from dataset.index import DataError
-from dataset.loaders import build_dataset, build_loader, set_epoch, to_device
-from models import AVModel, build_model
-from utils.attack_eval import budgets_from_args, evaluate_attacks, write_outputs
-from utils.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_module,
-    load_train_state,
-    model_meta,
-    module_meta,
-    save_checkpoint,
-    train_state_path,
-)
-from utils.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
-from utils.fileio import write_json_atomic
-from utils.meters import AverageMeter, ConfusionCounter
-from utils.objectives import CrossEntropy, Objective, feature_cosine
-from utils.report import attack_table_markdown
+from dataset.loaders import build_dataset, build_loader
+from evaluation.engine import evaluate_attacks, write_outputs
+from evaluation.protocol import budgets_from_args
+from evaluation.report import attack_table_markdown
+from models import AVModel
+from training.engine import evaluate_clean, load_best, run_dir_of, run_entry_point, train
+from utils.distributed import DistInfo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return (ArgParser(__doc__).add_run_arguments(["train", "eval"]).add_data_arguments()
             .add_model_arguments().add_train_arguments().add_attack_arguments().parse(argv))
-
-
-def create_model(args: argparse.Namespace, info: DistInfo, init_weights: bool = True) -> AVModel:
-    """The model of the flags on the run's device; with ``init_weights`` the ``--weights_*`` initialisations
-    are loaded (training), without them the caller loads a checkpoint (evaluation needs no download)."""
-    torch.manual_seed(args.seed)
-    weights_frame = args.weights_frame if init_weights and args.weights_frame == "imagenet" else None
-    model = build_model(args.arch_frame, args.arch_sound, args.arch_classifier, args.cls_num, args.img_pool,
-                        weights_frame, args.audRate, args.stft_frame, args.stft_hop, args.frame_dim, args.sound_dim,
-                        map_activation=args.map_activation)
-    meta = model_meta(args)
-    for module, path in (("frame", args.weights_frame), ("sound", args.weights_sound),
-                         ("classifier", args.weights_classifier)):
-        net = getattr(model, f"net_{module}")
-        if init_weights and path and path != "imagenet" and net is not None:
-            load_module(net, path, module_meta(meta, module, model))
-    model = model.to(info.device)
-    if info.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def build_optimizer(model: AVModel, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """SGD with the paper's per-module learning rates."""
-    groups = []
-    for net, lr in ((model.net_frame, args.lr_frame), (model.net_sound, args.lr_sound),
-                    (model.net_classifier, args.lr_classifier)):
-        if net is not None:
-            groups.append({"params": list(net.parameters()), "lr": lr})
-    return torch.optim.SGD(groups, momentum=args.beta1, weight_decay=args.weight_decay)
-
-
-def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
-    model.train()
-    if freeze_bn:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
-
-
-def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                    epoch: int, args: argparse.Namespace, info: DistInfo, writer: SummaryWriter | None,
-                    objective: Objective) -> dict[str, float]:
-    set_train_mode(model, args.freeze_bn)
-    use_amp = args.amp and info.device.type == "cuda"
-    loss_meter, acc_meter, cos_meter = AverageMeter(), AverageMeter(), AverageMeter()
-    bar = tqdm(loader, desc=f"epoch {epoch} train", disable=not info.is_main, leave=False, dynamic_ncols=True)
-    for step, batch in enumerate(bar):
-        frames, audio, labels = to_device(batch, info.device)
-        with torch.autocast(device_type=info.device.type, dtype=torch.float16, enabled=use_amp):
-            loss, out = objective(model, frames, audio, labels)
-        logits = out.logits
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step} "
-                                     f"(rank {info.rank}); batch samples: {', '.join(batch['info'])}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        accuracy = (logits.argmax(1) == labels).float().mean().item() * 100
-        loss_meter.update(loss.item(), labels.numel())
-        acc_meter.update(accuracy, labels.numel())
-        cos = feature_cosine(out)
-        if cos is not None:
-            cos_meter.update(cos.mean().item(), labels.numel())
-        if step % args.disp_iter == 0:
-            bar.set_postfix(loss=f"{loss_meter.avg:.4f}", acc=f"{acc_meter.avg:.1f}")
-            if writer is not None:
-                writer.add_scalar("train/loss_iter", loss.item(), epoch * len(loader) + step)
-    totals = all_reduce_sum(torch.tensor([loss_meter.sum, acc_meter.sum, loss_meter.count, cos_meter.sum,
-                                          cos_meter.count], dtype=torch.float64), info)
-    count = max(totals[2].item(), 1)
-    record = {"train_loss": totals[0].item() / count, "train_acc": totals[1].item() / count}
-    if totals[4].item() > 0:  # audio-visual models with embeddings of one width
-        record["train_cos"] = totals[3].item() / totals[4].item()
-    return record
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, args: argparse.Namespace, info: DistInfo,
-             desc: str = "eval") -> tuple[ConfusionCounter, float]:
-    """Accuracy counts over the whole split (summed over ranks) and the mean cross-entropy."""
-    model.eval()
-    counter = ConfusionCounter(args.cls_num)
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    use_amp = args.amp and info.device.type == "cuda"
-    for batch in tqdm(loader, desc=desc, disable=not info.is_main, leave=False, dynamic_ncols=True):
-        frames, audio, labels = to_device(batch, info.device)
-        with torch.autocast(device_type=info.device.type, dtype=torch.float16, enabled=use_amp):
-            logits = model(frames, audio).logits.float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double().cpu()
-        counter.update(logits, labels)
-    counter.all_reduce(info)
-    loss_sum = all_reduce_sum(loss_sum, info)
-    return counter, loss_sum.item() / max(counter.total.sum().item(), 1)
-
-
-def run_dir_of(args: argparse.Namespace) -> Path:
-    return Path(args.ckpt) / args.id
-
-
-def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None = None) -> None:
-    """Train the model of the flags with ``objective`` (cross-entropy by default) into its run folder."""
-    objective = objective or CrossEntropy()
-    run_dir = run_dir_of(args)
-    meta = model_meta(args)
-    train_loader = build_loader(build_dataset(args, "train"), args, info, train=True)
-    val_loader = build_loader(build_dataset(args, "val"), args, info, train=False)
-    model = create_model(args, info)
-    optimizer = build_optimizer(model, args)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.lr_steps, gamma=0.1)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=args.amp and info.device.type == "cuda")
-    start_epoch, best_acc, history = 0, -1.0, []
-    if args.resume:
-        if not train_state_path(run_dir).is_file():
-            raise CheckpointError(f"--resume: {train_state_path(run_dir)} not found (no earlier run with id {args.id})")
-        saved_epoch = load_checkpoint(run_dir, model, "latest", meta)
-        state = load_train_state(run_dir)
-        if state["epoch"] != saved_epoch:
-            raise CheckpointError(f"{run_dir}: weights of epoch {saved_epoch} but train state "
-                                  f"of epoch {state['epoch']}")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best_acc, history = state["epoch"] + 1, state["best_acc"], json.loads(state["history"])
-        if info.is_main:
-            print(f"resuming {args.id} at epoch {start_epoch} (best val acc so far {best_acc:.2f})")
-    elif info.is_main and train_state_path(run_dir).is_file():
-        print(f"note: {run_dir} already holds a run; it is overwritten (pass --resume to continue it)")
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "args.json", vars(args))
-    ddp_model = DistributedDataParallel(model) if info.enabled else model
-    writer = SummaryWriter(str(run_dir / "tensorboard")) if info.is_main else None
-
-    for epoch in range(start_epoch, args.num_epoch):
-        set_epoch(train_loader, epoch)
-        torch.manual_seed(args.seed * 1000 + epoch)
-        start = time.time()
-        record = {"epoch": epoch, "lr_classifier": optimizer.param_groups[-1]["lr"]}
-        record.update(train_one_epoch(ddp_model, train_loader, optimizer, scaler, epoch, args, info, writer,
-                                      objective))
-        is_best = False
-        if (epoch + 1) % args.eval_epoch == 0 or epoch + 1 == args.num_epoch:
-            counter, val_loss = evaluate(model, val_loader, args, info, desc=f"epoch {epoch} val")
-            record.update(val_loss=val_loss, val_acc=counter.accuracy)
-            is_best = counter.accuracy > best_acc
-            best_acc = max(best_acc, counter.accuracy)
-        record["seconds"] = time.time() - start
-        history.append(record)
-        if info.is_main:
-            log_epoch(record, writer, optimizer)  # with the lrs this epoch trained with
-        scheduler.step()
-        if info.is_main:
-            if is_best:
-                save_checkpoint(run_dir, model, "best", meta, epoch)
-            train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "scaler": scaler.state_dict(), "epoch": epoch, "best_acc": best_acc,
-                           "history": json.dumps(history)}
-            save_checkpoint(run_dir, model, "latest", meta, epoch, train_state)
-            write_json_atomic(run_dir / "history.json", history)
-    if writer is not None:
-        writer.close()
-        print(f"done: best val acc {best_acc:.2f}; checkpoints in {run_dir}")
-
-
-def log_epoch(record: dict, writer: SummaryWriter | None, optimizer: torch.optim.Optimizer) -> None:
-    text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
-    tqdm.write(text)
-    if writer is None:
-        return
-    epoch = record["epoch"]
-    for key in ("train_loss", "val_loss"):
-        if key in record:
-            writer.add_scalar(f"loss/{key}", record[key], epoch)
-    for key in ("train_acc", "val_acc"):
-        if key in record:
-            writer.add_scalar(f"accuracy/{key}", record[key], epoch)
-    if "train_cos" in record:
-        writer.add_scalar("similarity/train_cos_va", record["train_cos"], epoch)
-    for i, group in enumerate(optimizer.param_groups):
-        writer.add_scalar(f"lr/group{i}", group["lr"], epoch)
-
-
-def evaluate_clean(model: AVModel, loader, args: argparse.Namespace, info: DistInfo, epoch: int,
-                   out_dir: Path | None = None) -> dict:
-    """Clean test accuracy, overall and per class, printed and written to ``out_dir``/metrics.json
-    (default: the run folder)."""
-    counter, loss = evaluate(model, loader, args, info, desc="test")
-    metrics = {"run": args.id, "epoch": epoch, "test_loss": loss, "test_acc": counter.accuracy,
-               "num_samples": int(counter.total.sum()),
-               "per_class_acc": dict(zip(args.categories, counter.per_class()))}
-    if info.is_main:
-        print(f"{args.id} (best epoch {epoch}): clean test accuracy {counter.accuracy:.2f}% "
-              f"on {metrics['num_samples']} samples")
-        width = max(len(c) for c in args.categories)
-        for name, acc in metrics["per_class_acc"].items():
-            print(f"  {name:<{width}} {'n/a' if acc is None else f'{acc:6.2f}'}")
-        write_json_atomic((out_dir or run_dir_of(args)) / "metrics.json", metrics)
-    return metrics
 
 
 def evaluate_robustness(model: AVModel, loader, args: argparse.Namespace, info: DistInfo) -> dict:
@@ -267,29 +45,11 @@ def evaluate_robustness(model: AVModel, loader, args: argparse.Namespace, info: 
 
 def evaluate_run(args: argparse.Namespace, info: DistInfo) -> None:
     """--mode eval: the run's best checkpoint on the test split, clean and under attack."""
-    model = create_model(args, info, init_weights=False)
-    epoch = load_checkpoint(run_dir_of(args), model, "best", model_meta(args))
+    model, epoch = load_best(args, info)
     loader = build_loader(build_dataset(args, "test"), args, info, train=False)
     evaluate_clean(model, loader, args, info, epoch)
     if args.attack_type:
         evaluate_robustness(model, loader, args, info)
-
-
-def run_entry_point(args: argparse.Namespace, action: Callable[[argparse.Namespace, DistInfo], object]) -> None:
-    """What every entry point does around its work: --print_run_dir, joining the process group, one-line
-    errors for bad data and checkpoints, and leaving the group."""
-    if args.print_run_dir:
-        print(run_dir_of(args))
-        return
-    info = init_distributed(args.device)
-    if args.amp and info.device.type != "cuda" and info.is_main:
-        print("note: --amp applies on CUDA only; running in float32 on the CPU")
-    try:
-        action(args, info)
-    except (DataError, CheckpointError) as err:
-        sys.exit(f"error: {err}")
-    finally:
-        cleanup(info)
 
 
 def main(argv: list[str] | None = None) -> None:

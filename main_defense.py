@@ -23,14 +23,15 @@ import torch
 from arguments import ArgParser
 from dataset.loaders import build_dataset, build_loader
 from dataset.presets import PRESETS
-from main_attack import create_model, evaluate_clean, run_dir_of, run_entry_point, train
+from evaluation.engine import evaluate_attacks, write_outputs
+from evaluation.protocol import budgets_from_args
+from evaluation.report import attack_table_markdown
 from models import AVModel
 from models.memory_bank import DefendedModel, MemoryBank, build_bank, collect_features, load_bank, save_bank
-from utils.attack_eval import budgets_from_args, evaluate_attacks, write_outputs
-from utils.checkpoint import CheckpointError, load_checkpoint, model_meta
+from training.checkpoint import CheckpointError
+from training.engine import evaluate_clean, load_best, run_dir_of, run_entry_point, train
+from training.objectives import CrossEntropy, Objective, PGDAdversarialTraining, Trades
 from utils.distributed import DistInfo
-from utils.objectives import CrossEntropy, Objective, PGDAdversarialTraining, Trades
-from utils.report import attack_table_markdown
 
 BANK_FILES = {"visual": "bank_v.pth", "audio": "bank_a.pth"}
 
@@ -82,12 +83,6 @@ def build_objective(args: argparse.Namespace) -> Objective:
     if args.train_mode == "trades":
         return Trades(eps, args.train_attack_steps, args.eps_units, args.trades_beta, args.lambda_cos)
     return CrossEntropy(args.lambda_cos)
-
-
-def load_best(args: argparse.Namespace, info: DistInfo) -> tuple[AVModel, int]:
-    model = create_model(args, info, init_weights=False)
-    epoch = load_checkpoint(run_dir_of(args), model, "best", model_meta(args))
-    return model, epoch
 
 
 def build_banks(args: argparse.Namespace, info: DistInfo) -> None:

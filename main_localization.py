@@ -24,12 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arguments import ArgParser
 from dataset.index import DataError
 from dataset.loaders import build_dataset, build_loader
-from main_attack import create_model, run_dir_of, run_entry_point
+from evaluation.loc_metrics import Boxes
+from evaluation.loc_report import loc_table_markdown, write_loc_outputs
+from evaluation.localization import OBJECTIVES, evaluate_localization
+from evaluation.protocol import budgets_from_args
 from models import FUSION_HEADS
-from utils.attack_eval import budgets_from_args
-from utils.checkpoint import load_checkpoint, model_meta
+from training.engine import load_best, run_dir_of, run_entry_point
 from utils.distributed import DistInfo
-from utils.localization import OBJECTIVES, Boxes, evaluate_localization, loc_table_markdown, write_loc_outputs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,8 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def evaluate_run(args: argparse.Namespace, info: DistInfo) -> dict:
     """The run's best checkpoint on the test split; writes and prints the results on rank 0."""
-    model = create_model(args, info, init_weights=False)
-    epoch = load_checkpoint(run_dir_of(args), model, "best", model_meta(args))
+    model, epoch = load_best(args, info)
     dataset = build_dataset(args, "test")
     boxes = None
     if args.boxes is not None:

@@ -31,9 +31,10 @@ from torch import Tensor, nn
 import main_attack
 from attacks import PGD
 from dataset.loaders import build_dataset, build_loader
+from evaluation.engine import evaluate_attacks
+from evaluation.protocol import PAPER_PROTOCOL
 from models import ModelOutput, build_model
-from utils.attack_eval import PAPER_PROTOCOL, evaluate_attacks
-from utils.checkpoint import load_checkpoint, model_meta
+from training.engine import load_best, run_dir_of
 from utils.distributed import DistInfo
 
 DEMO_RUN = ["--dataset", "synthetic", "--data_root", "data/synthetic", "--ckpt", "ckpt/demo", "--seed", "0",
@@ -45,13 +46,12 @@ DEMO_RUN = ["--dataset", "synthetic", "--data_root", "data/synthetic", "--ckpt",
 def bench_protocol(run_flags: list[str]) -> None:
     """(c) The paper's protocol (FGSM, PGD, MIM x A, V, A+V) on a trained run's test split, end to end."""
     args = main_attack.parse_args(run_flags)
-    run_dir = main_attack.run_dir_of(args)
+    run_dir = run_dir_of(args)
     if not (run_dir / "classifier_best.pth").is_file():
         print(f"(c) skipped: no trained run in {run_dir} (bash scripts/demo.sh trains the default one)")
         return
     info = DistInfo()
-    model = main_attack.create_model(args, info, init_weights=False)
-    load_checkpoint(run_dir, model, "best", model_meta(args))
+    model, _ = load_best(args, info)
     loader = build_loader(build_dataset(args, "test"), args, info, train=False)
     start = time.perf_counter()
     results, _ = evaluate_attacks(model, loader, args, info, list(PAPER_PROTOCOL), ["fgsm", "pgd", "mim"])

@@ -9,6 +9,7 @@ import inspect
 import os
 from typing import Any, NamedTuple
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.fusion import FusionHead
@@ -20,6 +21,13 @@ class ModelOutput(NamedTuple):
     feat_v: Tensor | None
     feat_a: Tensor | None
     fmap_v: Tensor | None
+
+
+def feature_cosine(out: ModelOutput) -> Tensor | None:
+    """Per-sample cos(feat_v, feat_a); None for a unimodal model or embeddings of different widths."""
+    if out.feat_v is None or out.feat_a is None or out.feat_v.shape != out.feat_a.shape:
+        return None
+    return F.cosine_similarity(out.feat_v.detach().float(), out.feat_a.detach().float(), dim=1)
 
 
 class AVModel(nn.Module):

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from models.av_model import AVModel, ModelOutput
 from models.sparse_coding import fista, ista_released, lipschitz_constant
-from utils.checkpoint import CheckpointError
+from training.checkpoint import CheckpointError
 from utils.fileio import atomic_path
 
 BANK_METHODS = ("random", "kmeans")

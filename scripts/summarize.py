@@ -15,8 +15,8 @@ import argparse
 import json
 from collections import Counter
 
+from evaluation.report import findings, summary_table, to_csv, to_markdown
 from utils.fileio import write_text_atomic
-from utils.report import findings, summary_table, to_csv, to_markdown
 
 
 def load_runs(run_dirs: list[Path]) -> list[tuple[str, dict]]:

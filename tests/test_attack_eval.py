@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 
 import main_attack
+from evaluation.protocol import PAPER_PROTOCOL, Budget, budgets_from_args
+from evaluation.report import findings, summary_table
 from tests.sop_fixture import make_root, write_clip, write_index
-from utils.attack_eval import PAPER_PROTOCOL, Budget, budgets_from_args
-from utils.report import findings, summary_table
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["cat_a", "cat_b", "cat_c"]

@@ -16,22 +16,21 @@ import main_localization
 from dataset.layout import frame_name
 from dataset.synthetic import SynthConfig, class_names, clip_rngs, make_spec, render_audio, render_video, spec_metadata
 from dataset.transforms import transform_frames
-from models import build_model
-from utils.localization import (
+from evaluation.loc_metrics import (
     Boxes,
     auc,
     box_masks,
     box_to_input,
     center_prior_maps,
     ciou,
-    localization_maps,
-    map_head,
     mask_iou,
-    outside_mass_loss,
     peak_locations,
     pointing_hits,
     top_mass_masks,
 )
+from evaluation.localization import localization_maps, map_head, outside_mass_loss
+from models import build_model
+from training.engine import run_dir_of
 
 ODD_CLASS = "odd&'<b>class"  # a class name that must be escaped in HTML and sanitised in file names
 
@@ -213,7 +212,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, 
     boxes = write_synthetic_root(root)
     flags = model_flags(root, tmp_path_factory.mktemp("ckpt"))
     main_attack.main(["--mode", "train", *flags])
-    return flags, boxes, Path(main_attack.run_dir_of(main_attack.parse_args(flags)))
+    return flags, boxes, Path(run_dir_of(main_attack.parse_args(flags)))
 
 
 @pytest.fixture(scope="module")

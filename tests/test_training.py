@@ -26,7 +26,8 @@ import main_attack
 from dataset.av_dataset import AVDataset
 from models import build_model
 from tests.sop_fixture import make_root
-from utils.checkpoint import (
+from training import engine
+from training.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_module,
@@ -196,14 +197,14 @@ def test_sgd_per_module_lrs_momentum_weight_decay_and_lr_steps(straight_run: Pat
 def test_build_optimizer_groups_hold_each_modules_own_parameters(data_root: Path) -> None:
     args = main_attack.parse_args(flags(data_root, Path("unused")))
     model = build_model("smallcnn", "anet", "concat", 3, frame_dim=16, sound_dim=16)
-    optimizer = main_attack.build_optimizer(model, args)
+    optimizer = engine.build_optimizer(model, args)
     assert isinstance(optimizer, torch.optim.SGD)
     for group, module in zip(optimizer.param_groups, ("frame", "sound", "classifier")):
         assert [id(p) for p in group["params"]] == [id(p) for p in getattr(model, f"net_{module}").parameters()]
         assert group["lr"] == LRS[module]
     # a unimodal model: only the modules it has
     audio_only = build_model("smallcnn", "anet", "audio", 3, sound_dim=16)
-    lrs = [g["lr"] for g in main_attack.build_optimizer(audio_only, args).param_groups]
+    lrs = [g["lr"] for g in engine.build_optimizer(audio_only, args).param_groups]
     assert lrs == [LRS["sound"], LRS["classifier"]]
 
 
@@ -229,7 +230,7 @@ def test_create_model_is_seeded_by_the_seed_flag(data_root: Path) -> None:
         argv = flags(data_root, Path("unused"))
         argv[argv.index("--seed") + 1] = str(seed)
         torch.manual_seed(seed + 100)  # whatever the global state, the flag decides
-        return main_attack.create_model(main_attack.parse_args(argv), main_attack.DistInfo()).state_dict()
+        return engine.create_model(main_attack.parse_args(argv), engine.DistInfo()).state_dict()
 
     assert_same_weights(init(SEED), init(SEED))
     with pytest.raises(AssertionError, match="tensors differ"):
@@ -241,7 +242,7 @@ class _Interrupt:
 
     def __init__(self, at: int, steps: int) -> None:
         self.at, self.steps = at, steps
-        self.original = main_attack.train_one_epoch
+        self.original = engine.train_one_epoch
 
     def __call__(self, model, loader, optimizer, scaler, epoch, *rest):
         if epoch == self.at:
@@ -267,7 +268,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(data_root: Path, st
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture) -> None:
     # killed one optimiser step into epoch 1: the in-memory weights moved past the saved ones
-    monkeypatch.setattr(main_attack, "train_one_epoch", _Interrupt(at=1, steps=1))
+    monkeypatch.setattr(engine, "train_one_epoch", _Interrupt(at=1, steps=1))
     with pytest.raises(KeyboardInterrupt):
         train(data_root, tmp_path)
     monkeypatch.undo()
@@ -419,7 +420,7 @@ def test_every_torch_load_in_the_source_tree_uses_weights_only() -> None:
                      for kw in call.keywords)
             if not ok:
                 offenders.append(f"{rel}:{call.lineno}")
-    assert found >= 2  # utils/checkpoint.py and models/visual.py at least: the scan does see them
+    assert found >= 2  # training/checkpoint.py and models/visual.py at least: the scan does see them
     assert not offenders, f"torch.load without weights_only=True: {offenders}"
     # the scan itself flags a call without it
     assert len(list(_torch_load_calls(ast.parse("torch.load(p)")))) == 1
@@ -473,7 +474,7 @@ def test_weights_of_matching_modules_initialise_the_model(data_root: Path, strai
     argv = flags(data_root, tmp_path, "--weights_frame", str(straight_run / "frame_best.pth"),
                  "--weights_sound", str(straight_run / "sound_best.pth"),
                  "--weights_classifier", str(straight_run / "classifier_best.pth"))
-    model = main_attack.create_model(main_attack.parse_args(argv), main_attack.DistInfo())
+    model = engine.create_model(main_attack.parse_args(argv), engine.DistInfo())
     assert_same_weights({f"{m}.{k}": v for m in ("frame", "sound", "classifier")
                          for k, v in getattr(model, f"net_{m}").state_dict().items()}, weights(straight_run, "best"))
 
@@ -482,12 +483,12 @@ def test_weights_of_matching_modules_initialise_the_model(data_root: Path, strai
     unimodal = build_model("smallcnn", "anet", "visual", 3, frame_dim=16)
     save_checkpoint(visual_only, unimodal, "best", _meta("visual"), 0)
     argv = flags(data_root, tmp_path, "--weights_frame", str(visual_only / "frame_best.pth"))
-    model = main_attack.create_model(main_attack.parse_args(argv), main_attack.DistInfo())
+    model = engine.create_model(main_attack.parse_args(argv), engine.DistInfo())
     assert_same_weights(model.net_frame.state_dict(), unimodal.net_frame.state_dict())
     # a frame checkpoint given as the sound weights does not fit
     argv = flags(data_root, tmp_path, "--weights_sound", str(straight_run / "frame_best.pth"))
     with pytest.raises(CheckpointError, match="frame_best.pth does not fit ANet"):
-        main_attack.create_model(main_attack.parse_args(argv), main_attack.DistInfo())
+        engine.create_model(main_attack.parse_args(argv), engine.DistInfo())
 
 
 # ----------------------------------------------------------------------------------- non-finite loss
@@ -507,7 +508,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_samples(
     argv = flags(data_root, tmp_path, "--mode", "train")
     args = main_attack.parse_args(argv)
     # the batches of epoch 0, as the training loader draws them
-    dataset = main_attack.build_dataset(args, "train")
+    dataset = engine.build_dataset(args, "train")
     sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=SEED)
     sampler.set_epoch(0)
     order = list(sampler)
@@ -549,7 +550,7 @@ def test_eval_loads_best_and_writes_metrics_matching_a_recount(data_root: Path, 
     for module in ("frame", "sound", "classifier"):
         getattr(model, f"net_{module}").load_state_dict(load(run / f"{module}_best.pth")["state_dict"])
     args = main_attack.parse_args(flags(data_root, ckpt, "--mode", "eval"))
-    dataset = main_attack.build_dataset(args, "test")
+    dataset = engine.build_dataset(args, "test")
     correct, total, loss = np.zeros(3), np.zeros(3), 0.0
     with torch.no_grad():
         for i in range(len(dataset)):

@@ -17,49 +17,14 @@ from tqdm import tqdm
 
 from attacks import build_attack
 from dataset.loaders import to_device
+from evaluation.html_report import write_visualization
+from evaluation.plots import plot_acc_vs_eps, plot_cos_sim
+from evaluation.protocol import Budget
+from evaluation.report import attack_table_markdown
+from models.av_model import feature_cosine
 from utils.distributed import DistInfo, all_gather_list, all_reduce_sum
 from utils.fileio import write_json_atomic, write_text_atomic
-from utils.html_report import write_visualization
 from utils.meters import ConfusionCounter
-from utils.objectives import feature_cosine
-from utils.plots import plot_acc_vs_eps, plot_cos_sim
-from utils.report import attack_table_markdown
-
-
-@dataclass(frozen=True)
-class Budget:
-    """One attack budget: per-modality L-inf radius; ``grid`` marks points of an --eps_grid sweep."""
-    eps_visual: float
-    eps_audio: float
-    grid: bool = False
-
-    @property
-    def name(self) -> str:
-        if self.eps_visual and self.eps_audio:
-            return "A+V"
-        return "V" if self.eps_visual else "A"
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}@v{self.eps_visual:g},a{self.eps_audio:g}"
-
-
-PAPER_PROTOCOL = (Budget(0.0, 0.012), Budget(0.012, 0.0), Budget(0.006, 0.006))
-
-
-def budgets_from_args(args: argparse.Namespace) -> list[Budget]:
-    """The protocol (or --epsilons), plus the --eps_grid sweep points for the accuracy-vs-eps figure."""
-    if args.epsilons:
-        budgets = [Budget(ev, ea) for ev, ea in args.epsilons]
-    else:
-        budgets = list(PAPER_PROTOCOL)
-    for eps in args.eps_grid or []:
-        for modality in args.eps_grid_modality:
-            budget = {"audio": Budget(0.0, eps, True), "visual": Budget(eps, 0.0, True),
-                      "both": Budget(eps, eps, True)}[modality]
-            if all((b.eps_visual, b.eps_audio) != (budget.eps_visual, budget.eps_audio) for b in budgets):
-                budgets.append(budget)
-    return budgets
 
 
 @dataclass

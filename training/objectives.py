@@ -23,13 +23,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def feature_cosine(out: ModelOutput) -> Tensor | None:
-    """Per-sample cos(feat_v, feat_a); None for a unimodal model or embeddings of different widths."""
-    if out.feat_v is None or out.feat_a is None or out.feat_v.shape != out.feat_a.shape:
-        return None
-    return F.cosine_similarity(out.feat_v.detach().float(), out.feat_a.detach().float(), dim=1)
-
-
 def mean_cosine(feat_v: Tensor | None, feat_a: Tensor | None) -> Tensor | None:
     """Mean cos(feat_v, feat_a) over the batch; None for a unimodal model."""
     if feat_v is None or feat_a is None:

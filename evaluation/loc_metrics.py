@@ -1,0 +1,182 @@
+"""Sound-source localization metrics: boxes in the model input, pointing game, cIoU, AUC, map changes.
+
+A localization map is what a head's ``attention(feat_a, fmap_v)`` returns, ``[B, h, w]`` on the grid
+of the visual feature map (the ``loc`` and ``attention`` heads have one). Every metric works on maps
+upsampled bilinearly to the model input (``imgSize`` x ``imgSize``), against boxes mapped from the
+generated frame into that input through the eval transform (resize the shorter side, centre crop).
+
+Metrics against a box (the common weakly supervised localization protocol):
+
+* pointing game: the map's argmax lies inside the box;
+* cIoU: IoU between the box and the min-max normalised map thresholded at 0.5; cIoU@0.5 is the
+  fraction of samples with IoU >= 0.5;
+* AUC: area under the success rate (fraction with IoU >= t) against t over 21 points of [0, 1].
+
+Without boxes (real data) the change of the map under attack is measured instead: IoU between the
+clean and the adversarial top regions (the highest locations holding ``TOP_MASS`` of the map's mass,
+and the normalised map >= 0.5), and the shift of the map's peak.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CIOU_THRESHOLD = 0.5  # of the min-max normalised map
+TOP_MASS = 0.2  # share of the map's mass in the top region of the real-data comparison
+AUC_THRESHOLDS = 21  # IoU thresholds 0, 0.05, ..., 1
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels, x1 and y1 exclusive
+
+
+# ------------------------------------------------------------------------------------------ geometry
+
+
+def eval_resize_shape(height: int, width: int, img_size: int) -> tuple[int, int]:
+    """(height, width) after the eval transform's resize of the shorter side to ``img_size``."""
+    if min(height, width) == img_size:
+        return height, width
+    if width <= height:
+        return max(img_size, round(height * img_size / width)), img_size
+    return img_size, max(img_size, round(width * img_size / height))
+
+
+def box_to_input(box: Sequence[float], frame_size: tuple[int, int], img_size: int) -> Box:
+    """A box of a ``frame_size`` (H, W) frame in the coordinates of the eval transform's output.
+
+    The transform resizes the shorter side to ``img_size`` and takes the centre ``img_size`` crop,
+    so the box is scaled per axis, shifted by the crop offset and clipped to the crop.
+    """
+    height, width = frame_size
+    new_h, new_w = eval_resize_shape(height, width, img_size)
+    sx, sy = new_w / width, new_h / height
+    left, top = (new_w - img_size) // 2, (new_h - img_size) // 2
+    x0, y0, x1, y1 = box
+
+    def clip(v: float) -> float:
+        return min(max(v, 0.0), float(img_size))
+
+    return clip(x0 * sx - left), clip(y0 * sy - top), clip(x1 * sx - left), clip(y1 * sy - top)
+
+
+def box_masks(boxes: Tensor, height: int, width: int) -> Tensor:
+    """Boolean masks ``[B, height, width]`` of the pixels whose centres lie in ``boxes [B, 4]``."""
+    xs = torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5
+    ys = torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5
+    inside_x = (xs >= boxes[:, 0:1]) & (xs < boxes[:, 2:3])
+    inside_y = (ys >= boxes[:, 1:2]) & (ys < boxes[:, 3:4])
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
+@dataclass(frozen=True)
+class Boxes:
+    """Sounding-object boxes of a synthetic dataset (its boxes.json), keyed by sample id ``<class>/<id>``."""
+
+    frame_size: tuple[int, int]  # H, W of the generated frames
+    boxes: dict[str, Box]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Boxes:
+        data = json.loads(Path(path).read_text())
+        try:
+            height, width = data["size"]
+            boxes = {key: tuple(float(v) for v in meta["box"]) for key, meta in data["videos"].items()}
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: not a boxes.json of dataset/synthetic.py "
+                             f"({type(err).__name__}: {err})") from None
+        return cls((int(height), int(width)), boxes)
+
+    def input_masks(self, keys: Sequence[str], img_size: int,
+                    device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        """Box masks ``[B, img_size, img_size]`` in the model input, and whether each sample has a box
+        (listed, and not cropped away); samples without one have an empty mask."""
+        mapped = [box_to_input(self.boxes[k], self.frame_size, img_size) if k in self.boxes else (0.0,) * 4
+                  for k in keys]
+        boxes = torch.tensor(mapped, dtype=torch.float32, device=device)
+        masks = box_masks(boxes, img_size, img_size)
+        return masks, masks.flatten(1).any(dim=1)
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """``[B, h, w]`` maps bilinearly resized to ``size`` (differentiable)."""
+    return F.interpolate(maps.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+
+def normalize_maps(maps: Tensor) -> Tensor:
+    """Per-sample min-max normalisation to [0, 1]; a constant map becomes all zeros."""
+    flat = maps.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, 1, 1)
+    hi = flat.max(dim=1).values.view(-1, 1, 1)
+    return (maps - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def pointing_hits(maps: Tensor, masks: Tensor) -> Tensor:
+    """Whether each map's argmax lies inside its mask: the pointing game, ``[B]`` bool."""
+    peak = maps.flatten(1).argmax(dim=1, keepdim=True)
+    return masks.flatten(1).gather(1, peak).squeeze(1)
+
+
+def mask_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample IoU of boolean masks ``[B, H, W]``; two empty masks count as identical (1)."""
+    inter = (a & b).flatten(1).sum(dim=1).float()
+    union = (a | b).flatten(1).sum(dim=1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
+def threshold_masks(maps: Tensor, threshold: float = CIOU_THRESHOLD) -> Tensor:
+    return normalize_maps(maps) >= threshold
+
+
+def ciou(maps: Tensor, masks: Tensor, threshold: float = CIOU_THRESHOLD) -> Tensor:
+    """Per-sample IoU between the box masks and the normalised maps thresholded at ``threshold``."""
+    return mask_iou(threshold_masks(maps, threshold), masks)
+
+
+def success_rates(ious: Sequence[float], thresholds: Sequence[float]) -> np.ndarray:
+    """Fraction of samples with IoU >= t, for every t."""
+    values = np.asarray(ious, dtype=np.float64)
+    return np.array([(values >= t).mean() if values.size else 0.0 for t in thresholds])
+
+
+def auc(ious: Sequence[float], num_thresholds: int = AUC_THRESHOLDS) -> float:
+    """Area under the success-rate curve over ``num_thresholds`` evenly spaced IoU thresholds in [0, 1]
+    (trapezoidal rule)."""
+    thresholds = np.linspace(0.0, 1.0, num_thresholds)
+    rates = success_rates(ious, thresholds)
+    return float(((rates[1:] + rates[:-1]) / 2 * np.diff(thresholds)).sum())
+
+
+def top_mass_masks(maps: Tensor, fraction: float = TOP_MASS) -> Tensor:
+    """The highest locations of each (non-negative) map that together hold ``fraction`` of its mass."""
+    flat = maps.flatten(1).clamp_min(0)
+    ordered = flat.sort(dim=1, descending=True).values
+    share = ordered / flat.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    before = share.cumsum(dim=1) - share  # mass of the locations above each one
+    count = (before < fraction).sum(dim=1, keepdim=True).clamp_min(1)
+    cutoff = ordered.gather(1, count - 1)
+    return (flat >= cutoff).view_as(maps)
+
+
+def peak_locations(maps: Tensor) -> Tensor:
+    """``[B, 2]`` (y, x) pixel-centre coordinates of each map's argmax."""
+    peak = maps.flatten(1).argmax(dim=1)
+    width = maps.shape[-1]
+    return torch.stack([peak // width, peak % width], dim=1).float() + 0.5
+
+
+def center_prior_maps(batch: int, height: int, width: int, device: torch.device | None = None) -> Tensor:
+    """A data-free baseline: a Gaussian at the frame centre whose half-maximum ellipse spans half the frame."""
+    ys = (torch.arange(height, device=device) + 0.5 - height / 2) / (height / 4)
+    xs = (torch.arange(width, device=device) + 0.5 - width / 2) / (width / 4)
+    prior = torch.exp(-math.log(2) * (ys[:, None] ** 2 + xs[None, :] ** 2))
+    return prior.expand(batch, height, width)

@@ -1,0 +1,167 @@
+"""Localization outputs: loc_table.md, ciou_vs_eps.png, the HTML page of map overlays, loc_results.json."""
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from evaluation.html_report import STYLE, frame_image, safe_name, save_png
+from evaluation.loc_metrics import CIOU_THRESHOLD, TOP_MASS
+from evaluation.report import budget_label
+from utils.fileio import atomic_path, write_json_atomic, write_text_atomic
+
+# ------------------------------------------------------------------------------------------- outputs
+
+BOX_COLUMNS = (("pointing", "pointing", ".3f"), ("ciou", f"cIoU@{CIOU_THRESHOLD}", ".3f"), ("miou", "mean IoU", ".3f"),
+               ("auc", "AUC", ".3f"))
+CHANGE_COLUMNS = (("map_iou_top_mass", f"map IoU top {TOP_MASS:.0%} mass", ".3f"),
+                  ("map_iou_threshold", f"map IoU >= {CIOU_THRESHOLD}", ".3f"),
+                  ("peak_shift_px", "peak shift (px)", ".1f"))
+
+
+def loc_table_markdown(results: dict) -> str:
+    """One row per condition (clean, the centre prior, every protocol attack): accuracy, the box metrics
+    (with boxes) and how far the map moved from the clean one."""
+    columns = [("acc", "acc (%)", ".2f")] + (list(BOX_COLUMNS) if results["num_boxed"] else []) + list(CHANGE_COLUMNS)
+    h, w = results["map_size"] or ("?", "?")
+    lines = [f"# {results['run']}: sound-source localization", "",
+             f"{results['num_samples']} test samples, {results['num_boxed']} with a box; map {h}x{w} upsampled to "
+             f"{results['input_size']}x{results['input_size']}; visual eps in {results['eps_units']} units, audio eps "
+             f"in waveform amplitude; {results['attack_steps'] or 'default'} steps. Objective 'class': untargeted "
+             f"{results['attack_loss']} on the label; 'map': maximise the map's mass outside the box (without "
+             f"boxes: outside the clean map's >= {CIOU_THRESHOLD} region). Pointing, cIoU@{CIOU_THRESHOLD} (fraction "
+             f"of samples with IoU >= {CIOU_THRESHOLD}) and AUC are fractions; map IoU compares the adversarial map's "
+             "top region with the clean one's.", "",
+             "| objective | attack | budget | " + " | ".join(title for _, title, _ in columns) + " |",
+             "|---" * (len(columns) + 3) + "|"]
+    clean = {**results["clean"], "map_iou_top_mass": 1.0, "map_iou_threshold": 1.0, "peak_shift_px": 0.0}
+    rows = [("-", "-", "clean", clean)]
+    if "center_prior" in results:
+        rows.append(("-", "-", "centre prior", results["center_prior"]))
+    rows += [(e["objective"], e["attack"].upper(), budget_label(e), e) for e in results["attacks"] if not e["grid"]]
+    for objective, attack, budget, values in rows:
+        cells = ["" if values.get(key) is None else format(values[key], fmt) for key, _, fmt in columns]
+        lines.append(f"| {objective} | {attack} | {budget} | " + " | ".join(cells) + " |")
+    seconds = sum(e["seconds"] for e in results["attacks"])
+    lines += ["", f"Attack time: {seconds:.1f} s in all."]
+    return "\n".join(lines) + "\n"
+
+
+COLORS = {"A": "tab:blue", "V": "tab:orange", "A+V": "tab:green"}
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def plot_ciou_vs_eps(results: dict, path: str | os.PathLike) -> None:
+    """cIoU@0.5 and mean IoU (without boxes: IoU of the clean and adversarial top-mass regions) against
+    the per-modality budget: one column per objective, one line per (attack, attacked modalities)."""
+    if results["num_boxed"]:
+        metrics = [("ciou", f"cIoU@{CIOU_THRESHOLD}"), ("miou", "mean IoU")]
+        clean = results["clean"]
+    else:
+        metrics = [("map_iou_top_mass", f"IoU with the clean top-{TOP_MASS:.0%}-mass region")]
+        clean = {"map_iou_top_mass": 1.0}
+    objectives = list(dict.fromkeys(e["objective"] for e in results["attacks"])) or ["class"]
+    fig = Figure(figsize=(5.5 * len(objectives), 3.6 * len(metrics)), layout="constrained")
+    axes = fig.subplots(len(metrics), len(objectives), squeeze=False)
+    for r, (key, ylabel) in enumerate(metrics):
+        for ax, objective in zip(axes[r], objectives):
+            entries = [e for e in results["attacks"] if e["objective"] == objective]
+            for i, attack in enumerate(dict.fromkeys(e["attack"] for e in entries)):
+                for budget, color in COLORS.items():
+                    points = sorted((max(e["eps_visual"], e["eps_audio"]), e[key]) for e in entries
+                                    if e["attack"] == attack and e["budget"] == budget)
+                    if points:
+                        xs, ys = zip(*([(0.0, clean[key])] + points))
+                        ax.plot(xs, ys, marker="o", color=color, linestyle=LINESTYLES[i % len(LINESTYLES)],
+                                label=f"{attack.upper()} {budget}")
+            if "center_prior" in results:
+                ax.axhline(results["center_prior"][key], color="tab:gray", linewidth=1, label="centre prior")
+            if r == 0:
+                ax.set_title(f"{objective} objective", fontsize=9)
+            ax.set_xlabel(f"ε per attacked modality (visual in {results['eps_units']} units)")
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+            if r == 0 and (entries or "center_prior" in results):
+                ax.legend(fontsize=7)
+    fig.suptitle(results["run"], fontsize=8)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+
+
+def overlay_image(frames: Tensor, heat: Tensor, box: Tensor | None = None, alpha: float = 0.5) -> np.ndarray:
+    """The middle frame of ``frames [3, T, H, W]`` with ``heat [H, W]`` (in [0, 1]) blended over it in
+    the jet colour map, and the outline of the ``box`` mask in white; uint8 HWC."""
+    frame = frame_image(frames).astype(np.float32) / 255
+    colours = colormaps["jet"](heat.clamp(0, 1).numpy())[..., :3]
+    image = (1 - alpha) * frame + alpha * colours
+    if box is not None and bool(box.any()):
+        rows, cols = np.flatnonzero(box.any(dim=1).numpy()), np.flatnonzero(box.any(dim=0).numpy())
+        y0, y1, x0, x1 = rows[0], rows[-1], cols[0], cols[-1]
+        image[[y0, y1], x0:x1 + 1] = 1.0
+        image[y0:y1 + 1, [x0, x1]] = 1.0
+    return (image * 255).round().astype(np.uint8)
+
+
+def write_loc_visualization(samples: list[dict], out_dir: str | os.PathLike, categories: list[str],
+                            title: str) -> Path:
+    """``out_dir/index.html``: per sample the map over the frame, clean beside every adversarial one."""
+    out_dir = Path(out_dir)
+    assets = out_dir / "assets"
+    assets.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(c for s in samples for c in s["adv"]))
+    head = "".join(f"<th>{html.escape(c)} attack</th>" for c in columns)
+    rows = []
+    for n, sample in enumerate(samples):
+        stem = f"{n:03d}_{safe_name(sample['info'])}"
+        save_png(overlay_image(sample["frames"], sample["map"], sample["box"]), assets / f"{stem}_clean.png")
+        cells = [f"<td>{html.escape(sample['info'])}<br>true: <b>{html.escape(categories[sample['label']])}</b></td>",
+                 _loc_cell(f"{stem}_clean.png", "", categories, sample["pred"], sample["label"], sample["iou"])]
+        for column in columns:
+            adv = sample["adv"].get(column)
+            if adv is None:
+                cells.append("<td></td>")
+                continue
+            name = f"{stem}_{safe_name(column)}.png"
+            save_png(overlay_image(adv["frames"], adv["map"], sample["box"]), assets / name)
+            budget = adv["budget"]
+            caption = f"εv={budget.eps_visual:g}, εa={budget.eps_audio:g}"
+            cells.append(_loc_cell(name, caption, categories, adv["pred"], sample["label"], adv["iou"]))
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>Sound-source localization under attack</h1>"
+            f"<p>{html.escape(title)}</p><p>Each cell: the min-max normalised map (jet colours) over the model's "
+            "input frame, the sounding object's box in white, the prediction and the box IoU of the map "
+            f"thresholded at {CIOU_THRESHOLD}. 'class' attacks the label, 'map' pushes the map out of the box.</p>"
+            f"<table><tr><th>sample</th><th>clean</th>{head}</tr>{''.join(rows)}</table></body></html>\n")
+    index = out_dir / "index.html"
+    write_text_atomic(index, page)
+    return index
+
+
+def _loc_cell(image: str, caption: str, categories: list[str], pred: int, label: int, iou: float | None) -> str:
+    status = "ok" if pred == label else "fooled"
+    parts = [f"<td>{html.escape(caption)}" if caption else "<td>",
+             f"<img src='assets/{html.escape(image)}' width='160' alt='map overlay'>",
+             f"<div class='{status}'>pred: {html.escape(categories[pred])}</div>"]
+    if iou is not None:
+        parts.append(f"<div>IoU {iou:.2f}</div>")
+    return "".join(parts) + "</td>"
+
+
+def write_loc_outputs(out_dir: Path, results: dict, vis: list[dict], categories: list[str]) -> list[Path]:
+    """loc_results.json, loc_table.md, ciou_vs_eps.png and index.html (with its assets) in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "loc_results.json", out_dir / "loc_table.md", out_dir / "ciou_vs_eps.png"]
+    write_json_atomic(written[0], results)
+    write_text_atomic(written[1], loc_table_markdown(results))
+    plot_ciou_vs_eps(results, written[2])
+    if vis:
+        attack = results["attacks"][0]["attack"].upper() if results["attacks"] else "no"
+        written.append(write_loc_visualization(vis, out_dir, categories, f"{results['run']}: {attack} attacks"))
+    return written
