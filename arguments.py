@@ -149,8 +149,9 @@ class ArgParser:
     def add_attack_arguments(self) -> ArgParser:
         g = self.parser.add_argument_group("attacks (--mode eval)")
         g.add_argument("--attack_type", nargs="+", type=str.lower, default=["fgsm", "pgd", "mim"],
-                       choices=["fgsm", "fsgm", "pgd", "mim", "apgd", "none"],
-                       help="attacks to run ('fsgm' is the original code's spelling of fgsm; 'none': clean only)")
+                       choices=["fgsm", "fsgm", "pgd", "mim", "apgd", "apgd-t", "square", "autoattack", "aa", "none"],
+                       help="attacks to run ('fsgm' is the original code's spelling of fgsm; 'autoattack' / 'aa': "
+                            "the cascade APGD-CE, APGD-T, Square on the samples still standing; 'none': clean only)")
         g.add_argument("--eps_units", choices=["normalized", "pixel"], default="normalized",
                        help="visual budget units: ImageNet-normalised (the paper's; eps*std_c in pixels) "
                             "or [0, 1] pixels; the audio budget is always in waveform amplitude")
@@ -168,7 +169,17 @@ class ArgParser:
         g.add_argument("--attack_loss", choices=["ce", "ce+cos", "dlr"], default="ce",
                        help="objective: cross-entropy, the released adaptive CE + cos(feat_v, feat_a), or DLR")
         g.add_argument("--random_start", action="store_true", help="PGD random start (off in the paper)")
-        g.add_argument("--restarts", type=_positive_int, default=1, help="PGD restarts (worst case kept)")
+        g.add_argument("--restarts", type=_positive_int, default=1,
+                       help="restarts of the iterative attacks from random starts (the per-sample worst is kept)")
+        g.add_argument("--square_queries", type=_positive_int, default=5000,
+                       help="Square attack: queries (forward passes) per sample (5000 as AutoAttack)")
+        g.add_argument("--square_p_init", type=_positive_float, default=0.8,
+                       help="Square attack: initial share of the input a square (window) covers")
+        g.add_argument("--eot_iter", type=_positive_int, default=1,
+                       help="gradients averaged over this many forward passes (EOT, for randomised models)")
+        g.add_argument("--sanity_eps", type=_non_negative_float, default=0.3,
+                       help="check: a short PGD at this budget on both modalities must bring accuracy near "
+                            "chance (0 skips the check)")
         g.add_argument("--num_vis", type=_non_negative_int, default=8,
                        help="samples shown on the HTML page of adversarial examples")
         return self
@@ -177,9 +188,9 @@ class ArgParser:
         g = self.parser.add_argument_group("defense")
         g.add_argument("--train_mode", choices=["standard", "adv", "trades"], default="standard",
                        help="standard training, PGD adversarial training on both modalities, or TRADES")
-        g.add_argument("--lambda_cos", type=_non_negative_float, default=1.0,
+        g.add_argument("--lambda_cos", type=_non_negative_float, default=None,
                        help="weight of mean cos(feat_v, feat_a) added to the loss: the dissimilarity constraint "
-                            "(1 as released; 0 turns it off)")
+                            "(default 1 as released with --train_mode standard, 0 with adv / trades)")
         g.add_argument("--train_eps", type=_non_negative_float, nargs=2, default=[0.012, 0.012],
                        metavar=("EV", "EA"), help="adversarial-training budgets, visual and audio (--eps_units)")
         g.add_argument("--train_attack_steps", type=_positive_int, default=5,
@@ -205,6 +216,9 @@ class ArgParser:
                        help="stop sparse coding when the code changes by less (8e-4 as released)")
         g.add_argument("--coding_max_iter", type=_positive_int, default=2000,
                        help="sparse-coding iteration cap (2000 as released)")
+        g.add_argument("--coding_grad", choices=["implicit", "unrolled"], default="implicit",
+                       help="white-box gradient through the sparse coding: implicit differentiation of the lasso "
+                            "solution (memory independent of the iterations) or backprop through the unrolled solver")
         g.add_argument("--defense_attacks", nargs="+", choices=["ce", "ce+cos", "bpda"],
                        default=["ce", "ce+cos", "bpda"],
                        help="attack variants whose worst case is reported: white-box CE through the sparse "
@@ -222,6 +236,9 @@ class ArgParser:
         if hasattr(args, "attack_type"):
             names = ("fgsm" if a == "fsgm" else a for a in args.attack_type)
             args.attack_type = [a for a in dict.fromkeys(names) if a != "none"]
+        if hasattr(args, "arch_sound") and args.arch_sound in ("stft", "mel") and args.audLen < args.stft_frame:
+            self.parser.error(f"--audLen {args.audLen} is shorter than --stft_frame {args.stft_frame}: the "
+                              f"{args.arch_sound} encoder needs at least one STFT window of audio")
         if hasattr(args, "arch_classifier"):
             args.id = run_id(args)
         return args

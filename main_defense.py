@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = (ArgParser(__doc__).add_run_arguments(["train", "build_bank", "eval"]).add_data_arguments()
               .add_model_arguments().add_train_arguments().add_attack_arguments().add_defense_arguments())
     args = parser.parse(argv)
+    if args.lambda_cos is None:
+        args.lambda_cos = 1.0 if args.train_mode == "standard" else 0.0
     preset = PRESETS[args.dataset]
     args.bank_mix = preset.bank_mix if args.bank_mix is None else args.bank_mix
     if not 0 <= args.bank_mix <= 1:
@@ -57,10 +59,9 @@ def defense_suffix(args: argparse.Namespace) -> str:
     suffix = ""
     if args.lambda_cos:
         suffix += f"-dissim{args.lambda_cos:g}"
-    if args.train_mode == "adv":
-        suffix += "-adv"
-    elif args.train_mode == "trades":
-        suffix += f"-trades{args.trades_beta:g}"
+    if args.train_mode != "standard":
+        budget = f"eps{args.train_eps[0]:g}_{args.train_eps[1]:g}-steps{args.train_attack_steps}"
+        suffix += f"-adv-{budget}" if args.train_mode == "adv" else f"-trades{args.trades_beta:g}-{budget}"
     return suffix
 
 

@@ -56,6 +56,22 @@ class AVModel(nn.Module):
     def uses_audio(self) -> bool:
         return self.net_sound is not None
 
+    def encode_visual(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """``(feat_v, fmap_v)``: the visual embedding the head sees and the feature map before pooling."""
+        if self.net_frame is None:
+            raise ValueError("this model does not use the visual modality")
+        return self.net_frame(frames)
+
+    def encode_audio(self, audio: Tensor) -> Tensor:
+        """``feat_a``: the audio embedding the head sees."""
+        if self.net_sound is None:
+            raise ValueError("this model does not use the audio modality")
+        return self.net_sound(audio)
+
+    def fuse(self, feat_v: Tensor | None, feat_a: Tensor | None, fmap_v: Tensor | None) -> ModelOutput:
+        """The head on the embeddings of ``encode_visual`` / ``encode_audio``."""
+        return ModelOutput(self.net_classifier(feat_v, feat_a, fmap_v), feat_v, feat_a, fmap_v)
+
     def encode(self, frames: Tensor | None, audio: Tensor | None) -> tuple[Tensor | None, Tensor | None,
                                                                            Tensor | None]:
         """``(feat_v, fmap_v, feat_a)`` of the encoders the head uses (None for the others)."""
@@ -63,16 +79,18 @@ class AVModel(nn.Module):
         if self.net_frame is not None:
             if frames is None:
                 raise ValueError("this model uses the visual modality but frames is None")
-            feat_v, fmap_v = self.net_frame(frames)
+            feat_v, fmap_v = self.encode_visual(frames)
         if self.net_sound is not None:
             if audio is None:
                 raise ValueError("this model uses the audio modality but audio is None")
-            feat_a = self.net_sound(audio)
+            feat_a = self.encode_audio(audio)
         return feat_v, fmap_v, feat_a
 
     def forward(self, frames: Tensor | None, audio: Tensor | None) -> ModelOutput:
+        """``fuse(*encode(...))``: subclasses change ``encode_visual`` / ``encode_audio`` / ``fuse``, and
+        attacks that encode a fixed modality once see the same model."""
         feat_v, fmap_v, feat_a = self.encode(frames, audio)
-        return ModelOutput(self.net_classifier(feat_v, feat_a, fmap_v), feat_v, feat_a, fmap_v)
+        return self.fuse(feat_v, fmap_v=fmap_v, feat_a=feat_a)
 
 
 def _construct(cls: type, kind: str, context: dict[str, Any], explicit: dict[str, Any]) -> nn.Module:

@@ -84,8 +84,21 @@ def test_undefended_defense_run_is_the_recognition_run_and_suffixes_name_the_tra
     root, ckpt, run = base
     assert run_dir(flags(root, ckpt, "--lambda_cos", "0")) == run
     assert run_dir(flags(root, ckpt, "--lambda_cos", "1")).name == run.name + "-dissim1"
-    assert run_dir(flags(root, ckpt, "--lambda_cos", "0", "--train_mode", "adv")).name == run.name + "-adv"
-    assert run_dir(flags(root, ckpt, "--lambda_cos", "0", "--train_mode", "trades")).name == run.name + "-trades6"
+    budget = "eps0.012_0.012-steps5"
+    assert run_dir(flags(root, ckpt, "--lambda_cos", "0", "--train_mode", "adv")).name == f"{run.name}-adv-{budget}"
+    assert run_dir(flags(root, ckpt, "--train_mode", "trades")).name == f"{run.name}-trades6-{budget}"
+    # two adversarial trainings with other budgets or steps do not share a folder
+    names = {run_dir(flags(root, ckpt, "--train_mode", "adv", *extra)).name
+             for extra in ([], ["--train_eps", "0.012", "0"], ["--train_attack_steps", "7"])}
+    assert len(names) == 3
+
+
+def test_lambda_cos_defaults_to_the_dissimilarity_only_for_standard_training():
+    assert main_defense.parse_args(["--dataset", "MUSIC"]).lambda_cos == 1.0
+    assert main_defense.parse_args(["--dataset", "MUSIC", "--train_mode", "adv"]).lambda_cos == 0.0
+    assert main_defense.parse_args(["--dataset", "MUSIC", "--train_mode", "trades"]).lambda_cos == 0.0
+    explicit = main_defense.parse_args(["--dataset", "MUSIC", "--train_mode", "adv", "--lambda_cos", "0.5"])
+    assert explicit.lambda_cos == 0.5
 
 
 def test_dissimilarity_term_lowers_audio_visual_cosine(base):
