@@ -3,7 +3,7 @@
     python main_defense.py --mode train      --train_mode standard --lambda_cos 1 --weights_frame ... (dissimilarity)
     python main_defense.py --mode train      --train_mode adv|trades --lambda_cos 0 ...   (adversarial baselines)
     python main_defense.py --mode build_bank ...            (D_v, D_a from the run's training-set features)
-    python main_defense.py --mode eval [--use_banks] ...    (clean + worst case over adaptive attacks)
+    python main_defense.py --mode eval [--use_banks] ...    (clean + per-sample worst case over adaptive attacks)
 
 The run folder is the recognition model's (``main_attack.py``) plus a suffix naming the training:
 ``-dissim<lambda>``, ``-adv``, ``-trades<beta>``; ``--train_mode standard --lambda_cos 0`` is the undefended
@@ -12,7 +12,6 @@ model itself, so "memory banks alone" is that run evaluated with ``--use_banks``
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
@@ -23,9 +22,8 @@ import torch
 from arguments import ArgParser
 from dataset.loaders import build_dataset, build_loader
 from dataset.presets import PRESETS
-from evaluation.engine import evaluate_attacks, write_outputs
-from evaluation.protocol import budgets_from_args
-from evaluation.report import attack_table_markdown
+from evaluation.engine import Variant
+from evaluation.pipeline import evaluate_robustness
 from models import AVModel
 from models.memory_bank import DefendedModel, MemoryBank, build_bank, collect_features, load_bank, save_bank
 from training.checkpoint import CheckpointError
@@ -124,17 +122,17 @@ def defended_model(args: argparse.Namespace, info: DistInfo) -> tuple[AVModel, i
     return DefendedModel(model, banks.get("visual"), banks.get("audio")).to(info.device), epoch
 
 
-def worst_case(variants: list[tuple[str, dict]]) -> dict:
-    """One results dict whose every (attack, budget) entry is the variant with the lowest accuracy."""
-    merged = copy.deepcopy(variants[0][1])
-    merged["variants"] = [name for name, _ in variants]
-    for i in range(len(merged["attacks"])):
-        candidates = [(results["attacks"][i], name) for name, results in variants]
-        worst, name = min(candidates, key=lambda c: c[0]["adv_acc"])
-        merged["attacks"][i] = {**worst, "variant": name,
-                                "variant_acc": {n: c["adv_acc"] for c, n in candidates},
-                                "seconds": sum(c["seconds"] for c, _ in candidates)}
-    return merged
+def attack_variants(args: argparse.Namespace) -> list[Variant]:
+    """The white-box variants whose per-sample worst case is reported: CE and the released adaptive CE + cos
+    through the sparse coding (``--coding_grad``), and BPDA (identity backward through the coding)."""
+    variants = []
+    for name in args.defense_attacks:
+        if name == "bpda":
+            if args.use_banks:  # without purification BPDA is the plain CE attack
+                variants.append(Variant("bpda", "ce", "bpda"))
+        else:
+            variants.append(Variant(name, name, args.coding_grad if args.use_banks else None))
+    return variants
 
 
 def evaluate_defense(args: argparse.Namespace, info: DistInfo) -> dict:
@@ -144,25 +142,9 @@ def evaluate_defense(args: argparse.Namespace, info: DistInfo) -> dict:
     metrics = evaluate_clean(model, loader, args, info, epoch, out_dir)
     if not args.attack_type:
         return metrics
-    variants, first_vis = [], []
-    for variant in args.defense_attacks:
-        if variant == "bpda" and not args.use_banks:
-            continue  # without purification BPDA is the plain CE attack
-        if isinstance(model, DefendedModel):
-            model.purification = "bpda" if variant == "bpda" else "white_box"
-        variant_args = copy.copy(args)
-        variant_args.attack_loss = "ce" if variant == "bpda" else variant
-        results, vis = evaluate_attacks(model, loader, variant_args, info, budgets_from_args(args),
-                                        args.attack_type, args.num_vis if not variants else 0)
-        variants.append((variant, results))
-        first_vis = first_vis or vis
-    results = worst_case(variants)
-    results["label"] = defense_label(args)
-    if info.is_main:
-        written = write_outputs(out_dir, results, first_vis, args, title=f"{results['label']}: worst-case attacks")
-        print(attack_table_markdown(results))
-        print("worst case over: " + ", ".join(results["variants"]) + "; wrote " + ", ".join(map(str, written)))
-    return results
+    label = defense_label(args)
+    return evaluate_robustness(model, loader, args, info, out_dir, attack_variants(args), label,
+                               title=f"{label}: per-sample worst case over {', '.join(args.defense_attacks)}")
 
 
 def run_mode(args: argparse.Namespace, info: DistInfo) -> None:

@@ -1,134 +1,296 @@
-"""Robustness evaluation: clean accuracy and accuracy under every (attack, budget) pair of a protocol.
+"""The evaluation engine: every attack of a list, under every budget and attack variant, on each batch, with
+per-sample records (``evaluation.records``).
 
-The paper's protocol: clean; audio-only attack (eps_a = 0.012); visual-only (eps_v = 0.012); joint
-audio-visual (eps_a = eps_v = 0.006). Visual budgets are in ImageNet-normalised units by default
-(``--eps_units normalized``, as the released code), audio budgets in waveform amplitude.
+Attacks come in two kinds:
+
+* single attacks (``fgsm``, ``pgd``, ``mim``, ``apgd``, ``apgd-t``, ``square``) run on every sample, as the
+  paper's tables report them;
+* cascades (``autoattack``: APGD-CE, APGD-T, Square, as Croce & Hein 2020) run each component only on the
+  samples every earlier component (of every variant) left standing, starting from the clean-correct ones.
+
+A *variant* is one configuration of the white-box attack: its loss (``ce``, the released adaptive
+``ce+cos``, a localization objective ...) and, for a defended model, how gradients cross the sparse coding
+(``purification``). The robust accuracy of a set of attacks is the share of samples correct under all of
+them (per sample), so a defense's worst case over its variants is computed per sample too.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 from tqdm import tqdm
 
-from attacks import build_attack
+from attacks import LossFn, build_attack
 from dataset.loaders import to_device
-from evaluation.html_report import write_visualization
-from evaluation.plots import plot_acc_vs_eps, plot_cos_sim
+from evaluation.checks import GradientProbe
 from evaluation.protocol import Budget
-from evaluation.report import attack_table_markdown
-from models.av_model import feature_cosine
-from utils.distributed import DistInfo, all_gather_list, all_reduce_sum
-from utils.fileio import write_json_atomic, write_text_atomic
-from utils.meters import ConfusionCounter
+from evaluation.records import Key, Records, perturbation_sizes
+from models.av_model import ModelOutput, feature_cosine
+from utils.distributed import DistInfo, all_reduce_sum
+
+CASCADES = {"autoattack": ("apgd-ce", "apgd-t", "square")}
+ATTACK_ALIASES = {"aa": "autoattack", "fsgm": "fgsm"}
+COMPONENT_ATTACK = {"apgd-ce": "apgd"}  # component name -> registered attack
+USES_LOSS = {"fgsm", "pgd", "mim", "apgd", "apgd-ce"}  # attacks whose objective is the variant's loss
+BLACK_BOX = {"square"}  # attacks that use no gradient (the variant's purification mode does not matter)
+SANITY_ATTACK = "sanity-pgd"
+SANITY_STEPS = 10
 
 
 @dataclass
-class _Tally:
-    counter: ConfusionCounter
-    cos: list[float] = field(default_factory=list)
-    seconds: float = 0.0
+class BatchContext:
+    """What an attack of one batch needs: inputs, labels, the clean output, and per-sample tensors an
+    observer added (``data``, e.g. a localization objective's regions)."""
+
+    frames: Tensor
+    audio: Tensor
+    labels: Tensor
+    clean_out: ModelOutput
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def subset(self, idx: Tensor) -> BatchContext:
+        data = {k: v[idx] if isinstance(v, Tensor) else v for k, v in self.data.items()}
+        out = ModelOutput(*(None if t is None else t[idx] for t in self.clean_out))
+        return BatchContext(self.frames[idx], self.audio[idx], self.labels[idx], out, data)
 
 
-def _cosines(out) -> list[float]:
-    cos = feature_cosine(out)
-    return [] if cos is None else cos.tolist()
+LossFactory = Callable[[BatchContext], "str | LossFn"]
 
 
-def evaluate_attacks(model: nn.Module, loader, args: argparse.Namespace, info: DistInfo,
-                     budgets: list[Budget], attack_types: list[str],
-                     num_vis: int = 0) -> tuple[dict, list[dict]]:
-    """Attack every batch with every (attack type, budget); returns (results, visualisation samples).
+@dataclass(frozen=True)
+class Variant:
+    """One white-box configuration: ``loss`` (a registered name, or a factory called with the batch
+    context) and the defended model's ``purification`` mode set before its attacks (None: leave as is)."""
 
-    ``results`` has the clean figures and one entry per (attack, budget) with adversarial accuracy
-    (overall and per class), mean audio-visual cosine similarity clean vs adversarial and the attack's
-    time. The first ``num_vis`` samples of rank 0 come back with their clean and adversarial inputs
-    and predictions for the HTML page.
-    """
-    model.eval()
-    clean = _Tally(ConfusionCounter(args.cls_num))
-    tallies = {(a, b): _Tally(ConfusionCounter(args.cls_num)) for a in attack_types for b in budgets}
-    attackers = {(a, b): build_attack(a, model, eps={"visual": b.eps_visual, "audio": b.eps_audio},
-                                      steps=args.attack_steps, alpha=args.attack_alpha, loss=args.attack_loss,
-                                      eps_units=args.eps_units, random_start=args.random_start,
-                                      restarts=args.restarts)
-                 for a in attack_types for b in budgets}
-    vis: list[dict] = []
-    for batch in tqdm(loader, desc="attacks", disable=not info.is_main, dynamic_ncols=True):
-        frames, audio, labels = to_device(batch, info.device)
+    name: str
+    loss: str | LossFactory = "ce"
+    purification: str | None = None
+
+    def loss_for(self, ctx: BatchContext) -> str | LossFn:
+        return self.loss if isinstance(self.loss, str) else self.loss(ctx)
+
+
+class Observer(Protocol):
+    """Adds per-sample metrics of its own (localization): ``on_clean`` may fill ``ctx.data`` and returns
+    per-sample values of the clean pass; ``on_adv`` returns per-sample values of an adversarial pass."""
+
+    def on_clean(self, ctx: BatchContext, batch: dict) -> dict[str, Tensor]: ...
+
+    def on_adv(self, key: Key, ctx: BatchContext, adv_frames: Tensor, adv_audio: Tensor,
+               out: ModelOutput) -> dict[str, Tensor]: ...
+
+
+def expand_attack_types(attack_types: Sequence[str]) -> list[str]:
+    """Canonical attack names, in order, without repeats ('aa' -> 'autoattack', 'fsgm' -> 'fgsm')."""
+    return list(dict.fromkeys(ATTACK_ALIASES.get(a, a) for a in attack_types))
+
+
+@dataclass
+class EvaluationRun:
+    """What ``AttackEngine.run`` returns: per-sample records, seconds per key, probe counts, HTML samples."""
+
+    records: Records
+    seconds: dict[str, float]
+    probe: dict[str, Any]
+    vis: list[dict]
+
+
+class AttackEngine:
+    """Runs ``attack_types`` x ``budgets`` x ``variants`` over a loader; see the module docstring."""
+
+    def __init__(self, model: nn.Module, args: argparse.Namespace, info: DistInfo, budgets: Sequence[Budget],
+                 attack_types: Sequence[str], variants: Sequence[Variant] = (Variant("default"),),
+                 observer: Observer | None = None, num_vis: int = 0, sanity_eps: float = 0.0) -> None:
+        self.model = model
+        self.args = args
+        self.info = info
+        self.budgets = list(budgets)
+        self.attack_types = expand_attack_types(attack_types)
+        self.variants = list(variants)
+        self.observer = observer
+        self.num_vis = num_vis
+        self.sanity_eps = sanity_eps
+        self.seconds: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------ attacks
+
+    def _build(self, name: str, budget: Budget, loss: str | LossFn | None, cascade: bool) -> Any:
+        args = self.args
+        attack = COMPONENT_ATTACK.get(name, name)
+        options: dict[str, Any] = {"eot_iter": args.eot_iter if args.eot_iter > 1 else None}
+        if attack in ("pgd", "mim", "apgd", "apgd-t") and not cascade:
+            options["restarts"] = args.restarts if args.restarts > 1 else None
+            options["random_start"] = args.random_start or args.restarts > 1 or None
+        if attack == "square":
+            options.update(queries=args.square_queries, p_init=args.square_p_init, seed=args.seed)
+        steps = args.attack_steps if attack != "square" else None
+        alpha = args.attack_alpha if attack in ("fgsm", "pgd", "mim") else None
+        return build_attack(attack, self.model, eps={"visual": budget.eps_visual, "audio": budget.eps_audio},
+                            steps=steps, alpha=alpha, loss=loss if loss is not None else "ce",
+                            eps_units=args.eps_units, **{k: v for k, v in options.items() if v is not None})
+
+    def _attack(self, key: Key, attacker: Any, ctx: BatchContext) -> tuple[Tensor, Tensor, ModelOutput]:
+        start = time.perf_counter()
+        adv_frames, adv_audio = attacker(ctx.frames, ctx.audio, ctx.labels)
+        if self.info.device.type == "cuda":
+            torch.cuda.synchronize(self.info.device)
+        self.seconds[_name(key)] = self.seconds.get(_name(key), 0.0) + time.perf_counter() - start
         with torch.no_grad():
-            out = model(frames, audio)
-        clean.counter.update(out.logits, labels)
-        clean.cos += _cosines(out)
-        keep = max(0, num_vis - len(vis)) if info.is_main else 0
-        batch_vis = [{"info": batch["info"][i], "label": int(labels[i]), "clean_pred": int(out.logits[i].argmax()),
-                      "frames": frames[i].cpu(), "audio": audio[i].cpu(), "adv": {}}
-                     for i in range(min(keep, labels.numel()))]
-        for (attack_type, budget), attacker in attackers.items():
-            tally = tallies[(attack_type, budget)]
-            start = time.perf_counter()
-            adv_frames, adv_audio = attacker(frames, audio, labels)
-            if info.device.type == "cuda":
-                torch.cuda.synchronize(info.device)
-            tally.seconds += time.perf_counter() - start
+            out = self.model(adv_frames, adv_audio)
+        return adv_frames, adv_audio, out
+
+    def _record(self, records: Records, key: Key, ctx: BatchContext, idx: Tensor, adv_frames: Tensor,
+                adv_audio: Tensor, out: ModelOutput, batch_size: int, not_run: Tensor | None = None) -> None:
+        """Record the results of the samples ``idx`` of a batch of ``batch_size``: ``ctx``, the adversarial
+        inputs and ``out`` hold those samples only. The other samples get -1 where ``not_run`` (fooled
+        earlier in a cascade), else 0 (wrong on the clean input), and NaN for every other field."""
+        correct = torch.zeros(batch_size, dtype=torch.int8)
+        if not_run is not None:
+            correct[not_run.cpu()] = -1
+        values: dict[str, Tensor] = {"correct": correct}
+        if idx.numel():
+            correct[idx.cpu()] = (out.logits.argmax(dim=1) == ctx.labels).to(torch.int8).cpu()
+            sub_values = {"loss": F.cross_entropy(out.logits.float(), ctx.labels, reduction="none"),
+                          **perturbation_sizes(ctx.frames, adv_frames, ctx.audio, adv_audio)}
+            cos = feature_cosine(out)
+            if cos is not None:
+                sub_values["cos"] = cos
+            if self.observer is not None:
+                sub_values.update(self.observer.on_adv(key, ctx, adv_frames, adv_audio, out))
+            values.update({name: _scatter(value, idx, batch_size) for name, value in sub_values.items()})
+        records.add(key, values, batch_size)
+
+    def _configure(self, variant: Variant) -> None:
+        if variant.purification is not None:
+            self.model.purification = variant.purification
+
+    def _single(self, records: Records, attack: str, budget: Budget, ctx: BatchContext,
+                vis_adv: dict) -> None:
+        everyone = torch.arange(ctx.labels.numel(), device=ctx.labels.device)
+        for variant in self.variants:
+            self._configure(variant)
+            key = (attack, budget.key, variant.name)
+            loss = variant.loss_for(ctx) if attack in USES_LOSS else None
+            adv_frames, adv_audio, out = self._attack(key, self._build(attack, budget, loss, False), ctx)
+            self._record(records, key, ctx, everyone, adv_frames, adv_audio, out, ctx.labels.numel())
+            vis_adv.setdefault((attack, budget), (adv_frames, adv_audio, out))
+
+    def _cascade(self, records: Records, cascade: str, budget: Budget, ctx: BatchContext, clean_correct: Tensor,
+                 vis_adv: dict) -> None:
+        """Each component on the samples still standing; a component that does not depend on the variant
+        (black-box, or a fixed objective under the same purification) runs once."""
+        batch_size = ctx.labels.numel()
+        standing = clean_correct.clone()
+        final = [ctx.frames.clone(), ctx.audio.clone()]
+        done: set[tuple] = set()
+        plan = [(c, v) for v in self.variants for c in CASCADES[cascade] if c not in BLACK_BOX]
+        plan += [(c, self.variants[0]) for c in CASCADES[cascade] if c in BLACK_BOX]
+        for component, variant in plan:
+            signature = (component, variant.loss if component in USES_LOSS else None,
+                         None if component in BLACK_BOX else variant.purification)
+            if signature in done:
+                continue
+            done.add(signature)
+            key = (f"{cascade}/{component}", budget.key, variant.name)
+            idx = standing.nonzero().squeeze(1)
+            not_run = ~standing & clean_correct
+            if idx.numel() == 0:
+                self._record(records, key, ctx, idx, ctx.frames, ctx.audio, ctx.clean_out, batch_size, not_run)
+                continue
+            self._configure(variant)
+            sub = ctx.subset(idx)
+            loss = variant.loss_for(sub) if component in USES_LOSS else None
+            adv_frames, adv_audio, out = self._attack(key, self._build(component, budget, loss, True), sub)
+            self._record(records, key, sub, idx, adv_frames, adv_audio, out, batch_size, not_run)
+            final[0][idx], final[1][idx] = adv_frames.detach(), adv_audio.detach()
+            standing[idx] = out.logits.argmax(dim=1) == sub.labels
+        with torch.no_grad():
+            vis_adv.setdefault((cascade, budget), (final[0], final[1], self.model(final[0], final[1])))
+
+    def _sanity(self, records: Records, ctx: BatchContext) -> None:
+        """A short PGD with a large budget on both modalities (random start, step 2.5 eps / steps)."""
+        eps = self.sanity_eps
+        budget = Budget(eps if getattr(self.model, "uses_visual", True) else 0.0,
+                        eps if getattr(self.model, "uses_audio", True) else 0.0)
+        self._configure(self.variants[0])
+        attacker = build_attack("pgd", self.model, eps={"visual": budget.eps_visual, "audio": budget.eps_audio},
+                                steps=SANITY_STEPS, alpha=2.5 * eps / SANITY_STEPS, eps_units=self.args.eps_units,
+                                random_start=True)
+        key = (SANITY_ATTACK, budget.key, self.variants[0].name)
+        adv_frames, adv_audio, out = self._attack(key, attacker, ctx)
+        everyone = torch.arange(ctx.labels.numel(), device=ctx.labels.device)
+        self._record(records, key, ctx, everyone, adv_frames, adv_audio, out, ctx.labels.numel())
+
+    # -------------------------------------------------------------------------------------------- loop
+
+    def run(self, loader) -> EvaluationRun:
+        self.model.eval()
+        records = Records()
+        probe = GradientProbe(self.model)
+        vis: list[dict] = []
+        for batch in tqdm(loader, desc="attacks", disable=not self.info.is_main, dynamic_ncols=True):
+            frames, audio, labels = to_device(batch, self.info.device)
+            self._configure(self.variants[0])
             with torch.no_grad():
-                adv_out = model(adv_frames, adv_audio)
-            tally.counter.update(adv_out.logits, labels)
-            tally.cos += _cosines(adv_out)
-            if attack_type == attack_types[0] and not budget.grid:
-                for i, sample in enumerate(batch_vis):
+                out = self.model(frames, audio)
+            clean_correct = out.logits.argmax(dim=1) == labels
+            records.add_samples(batch["info"], batch["index"], labels.cpu(), clean_correct.cpu())
+            cos = feature_cosine(out)
+            if cos is not None:
+                records.add_extra("cos_clean", cos.cpu())
+            records.add_extra("clean_loss", F.cross_entropy(out.logits.float(), labels, reduction="none").cpu())
+            probe.update(frames, audio, labels, out)
+            ctx = BatchContext(frames, audio, labels, out)
+            if self.observer is not None:
+                for name, values in self.observer.on_clean(ctx, batch).items():
+                    records.add_extra(name, values)
+            vis_adv: dict = {}
+            for budget in self.budgets:
+                for attack in self.attack_types:
+                    if attack in CASCADES:
+                        self._cascade(records, attack, budget, ctx, clean_correct, vis_adv)
+                    else:
+                        self._single(records, attack, budget, ctx, vis_adv)
+            if self.sanity_eps > 0:
+                self._sanity(records, ctx)
+            vis += self._vis_samples(batch, ctx, vis_adv, len(vis))
+        records.gather(self.info)
+        seconds = {k: all_reduce_sum(torch.tensor(v, dtype=torch.float64), self.info).item() / self.info.world_size
+                   for k, v in self.seconds.items()}
+        return EvaluationRun(records, seconds, probe.summary(self.info), vis)
+
+    def _vis_samples(self, batch: dict, ctx: BatchContext, vis_adv: dict, have: int) -> list[dict]:
+        """The first ``num_vis`` samples of rank 0 with their clean and adversarial inputs (first attack type,
+        protocol budgets) for the HTML page."""
+        keep = max(0, self.num_vis - have) if self.info.is_main else 0
+        samples = []
+        for i in range(min(keep, ctx.labels.numel())):
+            sample = {"info": batch["info"][i], "label": int(ctx.labels[i]),
+                      "clean_pred": int(ctx.clean_out.logits[i].argmax()), "frames": ctx.frames[i].cpu(),
+                      "audio": ctx.audio[i].cpu(), "adv": {}}
+            for (attack, budget), (adv_frames, adv_audio, out) in vis_adv.items():
+                if attack == self.attack_types[0] and not budget.grid:
                     sample["adv"][budget.name] = {"frames": adv_frames[i].cpu(), "audio": adv_audio[i].cpu(),
-                                                  "pred": int(adv_out.logits[i].argmax()), "budget": asdict(budget)}
-        vis += batch_vis
-    return _results(clean, tallies, args, info), vis
+                                                  "pred": int(out.logits[i].argmax()),
+                                                  "budget": {"eps_visual": budget.eps_visual,
+                                                             "eps_audio": budget.eps_audio}}
+            samples.append(sample)
+        return samples
 
 
-def _reduce(tally: _Tally, info: DistInfo) -> None:
-    tally.counter.all_reduce(info)
-    tally.cos = all_gather_list(tally.cos, info)
+def _name(key: Key) -> str:
+    return "|".join(key)
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _results(clean: _Tally, tallies: dict, args: argparse.Namespace, info: DistInfo) -> dict:
-    _reduce(clean, info)
-    entries = []
-    for (attack_type, budget), tally in tallies.items():
-        _reduce(tally, info)
-        seconds = all_reduce_sum(torch.tensor(tally.seconds, dtype=torch.float64), info).item() / info.world_size
-        entries.append({
-            "attack": attack_type, "budget": budget.name, "eps_visual": budget.eps_visual,
-            "eps_audio": budget.eps_audio, "grid": budget.grid, "clean_acc": clean.counter.accuracy,
-            "adv_acc": tally.counter.accuracy,
-            "per_class_adv_acc": dict(zip(args.categories, tally.counter.per_class())),
-            "cos_clean_mean": _mean(clean.cos), "cos_adv_mean": _mean(tally.cos),
-            "cos_adv": tally.cos, "seconds": seconds})
-    return {
-        "run": args.id, "arch_classifier": args.arch_classifier, "num_samples": int(clean.counter.total.sum()),
-        "eps_units": args.eps_units, "attack_steps": args.attack_steps, "attack_alpha": args.attack_alpha,
-        "attack_loss": args.attack_loss, "random_start": args.random_start, "restarts": args.restarts,
-        "clean": {"acc": clean.counter.accuracy, "per_class_acc": dict(zip(args.categories, clean.counter.per_class())),
-                  "cos_mean": _mean(clean.cos), "cos": clean.cos},
-        "attacks": entries,
-    }
-
-
-def write_outputs(run_dir: Path, results: dict, vis: list[dict], args: argparse.Namespace,
-                  title: str | None = None) -> list[Path]:
-    """attack_results.json, attack_table.md, acc_vs_eps.png, cos_sim.png and visualization/index.html."""
-    written = [run_dir / "attack_results.json", run_dir / "attack_table.md", run_dir / "acc_vs_eps.png"]
-    write_json_atomic(written[0], results)
-    write_text_atomic(written[1], attack_table_markdown(results))
-    plot_acc_vs_eps(results, written[2])
-    if plot_cos_sim(results, run_dir / "cos_sim.png"):
-        written.append(run_dir / "cos_sim.png")
-    if vis:
-        written.append(write_visualization(vis, run_dir / "visualization", args.categories, args.audRate,
-                                           title or f"{args.id}: {args.attack_type[0].upper()} attacks"))
-    return written
+def _scatter(values: Tensor, idx: Tensor, size: int, fill: float = math.nan) -> Tensor:
+    """``values`` of samples ``idx`` placed in a ``[size]`` CPU float tensor filled with ``fill``."""
+    out = torch.full((size,), fill, dtype=torch.float64)
+    out[idx.cpu()] = values.detach().double().cpu()
+    return out

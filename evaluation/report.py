@@ -1,14 +1,36 @@
-"""Tables of robustness results: one run's attack_table.md, and the paper-style summary over runs."""
+"""Tables of robustness results: one run's attack_table.md, the paper-style summary over runs, and the findings
+with exact McNemar tests on the per-sample records.
+
+Every accuracy is printed with its 95 % Wilson interval, ``64.58 [54.6, 73.4]``.
+"""
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
+
+import numpy as np
+
+from evaluation.records import Records
+from evaluation.stats import format_accuracy, mcnemar_exact
 
 BUDGET_ORDER = ("A", "V", "A+V")
+ATTACK_LABELS = {"autoattack": "AA"}
+RunResults = tuple[str, dict]  # (row name, attack_results.json)
 
 
-def _fmt(value: float | None) -> str:
+def _acc(figures: dict | None) -> str:
+    """``figures`` with n / correct as 'acc [low, high]'; older results without counts as 'acc'."""
+    if figures is None:
+        return "n/a"
+    if "n" in figures and "correct" in figures:
+        return format_accuracy(figures["correct"], figures["n"])
+    value = figures.get("adv_acc", figures.get("acc"))
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def attack_label(attack: str) -> str:
+    return ATTACK_LABELS.get(attack, attack.upper())
 
 
 def _protocol_entries(results: dict) -> list[dict]:
@@ -23,50 +45,104 @@ def budget_label(entry: dict) -> str:
     return f"A+V (εv={entry['eps_visual']:g}, εa={entry['eps_audio']:g})"
 
 
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def attack_table_markdown(results: dict) -> str:
-    """Accuracy (%) per attack type (rows) and budget (columns), then mean cos(feat_v, feat_a)."""
+    """Accuracy (%) [95 % interval] per attack (rows) and budget (columns), the AutoAttack components, the
+    per-sample worst case over every attack, perturbation sizes, cosine similarities and the checks."""
     entries = _protocol_entries(results)
     attacks = list(dict.fromkeys(e["attack"] for e in entries))
     labels = list(dict.fromkeys(budget_label(e) for e in entries))
-    lines = [f"# {results['run']}", "",
-             f"{results['num_samples']} test samples; visual eps in {results['eps_units']} units, audio eps in "
-             f"waveform amplitude; {results['attack_steps'] or 'default'} steps, loss {results['attack_loss']}.", "",
-             "| attack | clean | " + " | ".join(labels) + " |", "|---" * (len(labels) + 2) + "|"]
+    variants = results.get("variants") or ["default"]
+    lines = [f"# {results.get('label') or results['run']}", "",
+             f"{results['num_samples']} test samples; accuracy in % with its 95 % Wilson interval; visual ε in "
+             f"{results['eps_units']} units, audio ε in waveform amplitude; {results['attack_steps'] or 'default'} "
+             f"steps, loss {results['attack_loss']}."]
+    if len(variants) > 1:
+        lines.append(f"Each attack's figure is the share of samples correct under every variant ({', '.join(variants)})"
+                     "; AA cascades over all of them.")
+    lines += ["", _row(["attack", "clean"] + labels), "|---" * (len(labels) + 2) + "|"]
+    clean = _acc(results["clean"])
     for attack in attacks:
-        accs = {budget_label(e): e["adv_acc"] for e in entries if e["attack"] == attack}
-        lines.append(f"| {attack.upper()} | {_fmt(results['clean']['acc'])} | "
-                     + " | ".join(_fmt(accs.get(label)) for label in labels) + " |")
-    if results["clean"]["cos_mean"] is not None:
+        cells = {budget_label(e): e for e in entries if e["attack"] == attack}
+        lines.append(_row([attack_label(attack), clean] + [_acc(cells.get(label)) for label in labels]))
+        components = next((e["components"] for e in cells.values() if "components" in e), None)
+        for i, component in enumerate(components or []):
+            name = component["component"].upper() + (f" ({component['variant']})" if len(variants) > 1 else "")
+            after = {budget_label(e): e["components"][i] if i < len(e.get("components", [])) else None
+                     for e in cells.values()}
+            lines.append(_row([f"↳ after {name}", ""] + [_acc(after.get(label)) for label in labels]))
+    worst = {budget_label(w): w for w in results.get("worst_case", []) if not w["grid"]}
+    if len(attacks) > 1 and worst:
+        lines.append(_row(["**worst case, all attacks**", clean] + [_acc(worst.get(label)) for label in labels]))
+    lines += _perturbation_lines(entries)
+    if results["clean"].get("cos_mean") is not None:
         lines += ["", "Mean cos(feat_v, feat_a), clean vs adversarial:", "",
-                  "| attack | clean | " + " | ".join(labels) + " |", "|---" * (len(labels) + 2) + "|"]
+                  _row(["attack", "clean"] + labels), "|---" * (len(labels) + 2) + "|"]
         for attack in attacks:
             cos = {budget_label(e): e["cos_adv_mean"] for e in entries if e["attack"] == attack}
-            lines.append(f"| {attack.upper()} | {results['clean']['cos_mean']:.3f} | "
-                         + " | ".join("n/a" if cos.get(lb) is None else f"{cos[lb]:.3f}" for lb in labels) + " |")
+            lines.append(_row([attack_label(attack), f"{results['clean']['cos_mean']:.3f}"]
+                              + ["n/a" if cos.get(lb) is None else f"{cos[lb]:.3f}" for lb in labels]))
+    lines += _check_lines(results.get("checks"))
     seconds = sum(e["seconds"] for e in results["attacks"])
     lines += ["", f"Attack time: {seconds:.1f} s in all."]
     return "\n".join(lines) + "\n"
 
 
-def summary_table(runs: list[tuple[str, dict]]) -> tuple[list[str], list[list[str]]]:
-    """Rows = models, columns = clean and A / V / A+V for each attack type (the paper's Table 1 layout)."""
+def _perturbation_lines(entries: list[dict]) -> list[str]:
+    rows = []
+    for e in entries:
+        p = e.get("perturbation") or {}
+        if not p:
+            continue
+        snr = (f"{p['snr_a_mean']:.1f} / {p['snr_a_min']:.1f}" if "snr_a_mean" in p else "-")
+        linf = f"{p['linf_v_mean']:.2f} / {p['linf_v_max']:.2f}" if "linf_v_mean" in p else "-"
+        psnr = f"{p['psnr_v_mean']:.1f}" if "psnr_v_mean" in p else "-"
+        rows.append(_row([attack_label(e["attack"]), budget_label(e), snr, linf, psnr]))
+    if not rows:
+        return []
+    return ["", "Perturbation size over the attacked samples:", "",
+            _row(["attack", "budget", "audio SNR dB (mean / min)", "visual L∞ in 1/255 (mean / max)",
+                  "visual PSNR dB (mean)"]), "|---" * 5 + "|"] + rows
+
+
+def _check_lines(checks: dict | None) -> list[str]:
+    if not checks:
+        return []
+    lines = ["", f"Gradient-masking checks: **{checks['verdict']}**", ""]
+    for name, check in checks.items():
+        if isinstance(check, dict):
+            lines.append(f"- {'⚠ ' if check['flag'] else ''}{name}: {check['message']}")
+    return lines
+
+
+def summary_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
+    """Rows = models, columns = clean and A / V / A+V for each attack (the paper's Table 1 layout, plus AA),
+    each with its interval, then the checks' verdict."""
     attacks: list[str] = []
     for _, results in runs:
         for e in _protocol_entries(results):
             if e["attack"] not in attacks:
                 attacks.append(e["attack"])
-    header = ["model", "clean"] + [f"{a.upper()} {b}" for a in attacks for b in BUDGET_ORDER]
+    header = ["model", "clean"] + [f"{attack_label(a)} {b}" for a in attacks for b in BUDGET_ORDER]
+    with_checks = any("checks" in r for _, r in runs)
+    if with_checks:
+        header.append("checks")
     rows = []
     for name, results in runs:
-        accs = {(e["attack"], e["budget"]): e["adv_acc"] for e in _protocol_entries(results)}
-        adv = [_fmt(accs.get((a, b))) for a in attacks for b in BUDGET_ORDER]
-        rows.append([name, _fmt(results["clean"]["acc"])] + adv)
+        entries = {(e["attack"], e["budget"]): e for e in _protocol_entries(results)}
+        row = [name, _acc(results["clean"])] + [_acc(entries.get((a, b))) for a in attacks for b in BUDGET_ORDER]
+        if with_checks:
+            row.append(results.get("checks", {}).get("verdict", "n/a"))
+        rows.append(row)
     return header, rows
 
 
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines = [_row(header), "|---" * len(header) + "|"]
+    lines += [_row(row) for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -78,36 +154,122 @@ def to_csv(header: list[str], rows: list[list[str]]) -> str:
     return buffer.getvalue()
 
 
-def findings(runs: list[tuple[str, dict]]) -> list[str]:
-    """The paper's questions answered on these runs, as sentences: does audio-visual beat unimodal
-    clean, and does it under each attack (each unimodal model under the attack on its own modality,
-    each audio-visual model under its worst attack)?"""
-    unimodal = {r["arch_classifier"]: (name, r) for name, r in runs if r["arch_classifier"] in ("audio", "visual")}
-    fused = [(name, r) for name, r in runs if r["arch_classifier"] not in ("audio", "visual")]
-    if not unimodal or not fused:
-        return ["(findings need at least one unimodal and one audio-visual run)"]
-    best_uni_name, best_uni = max(unimodal.values(), key=lambda nr: nr[1]["clean"]["acc"])
+# ---------------------------------------------------------------------------------------------- findings
+
+
+def entry_correct(records: Records, entry: dict | None, budget_key: str | None = None) -> np.ndarray:
+    """Per-sample correctness behind a results entry: clean (``entry`` None) or one (attack, budget)."""
+    if entry is None:
+        return np.asarray(records.clean_correct, dtype=bool)
+    attack = entry["attack"]
+    key = budget_key or _budget_key(entry)
+    keys = [k for k in records.keys() if k.split("|")[1] == key
+            and (k.startswith(f"{attack}/") or k.split("|")[0] == attack)]
+    if not keys:
+        raise KeyError(f"no per-sample records of {attack} at {key}")
+    if any("/" in k.split("|")[0] for k in keys):
+        return records.robust(keys)
+    correct = np.ones(records.num_samples, dtype=bool)
+    for k in keys:
+        correct &= records.column(k) == 1
+    return correct
+
+
+def _budget_key(entry: dict) -> str:
+    return f"{entry['budget']}@v{entry['eps_visual']:g},a{entry['eps_audio']:g}"
+
+
+def _aligned(a: tuple[Records, np.ndarray], b: tuple[Records, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two per-sample vectors on the samples both runs evaluated (by sample id); None if none shared."""
+    ids_b = {sid: i for i, sid in enumerate(b[0].ids)}
+    pairs = [(i, ids_b[sid]) for i, sid in enumerate(a[0].ids) if sid in ids_b]
+    if not pairs:
+        return None
+    ia, ib = map(list, zip(*pairs))
+    return a[1][ia], b[1][ib]
+
+
+def _significance(first: tuple[Records, np.ndarray] | None, second: tuple[Records, np.ndarray] | None) -> str:
+    """'significant (McNemar p = …)' or 'not significant (p = …)' on the shared samples; '' without records."""
+    if first is None or second is None or first[0] is None or second[0] is None:
+        return " (no per-sample records: significance not tested)"
+    aligned = _aligned(first, second)
+    if aligned is None:
+        return " (no shared samples: significance not tested)"
+    test = mcnemar_exact(*aligned)
+    verdict = "significant" if test.p_value < 0.05 else "not significant"
+    return f": {verdict} (exact McNemar p = {test.p_value:.3g}, {test.b} vs {test.c} discordant of {test.n})"
+
+
+def findings(runs: list[RunResults], records: dict[str, Records] | None = None) -> list[str]:
+    """The paper's questions answered on these runs, each comparison with an exact McNemar test on the
+    per-sample records (``records`` by row name): does audio-visual beat unimodal clean, and under each
+    attack (each unimodal model under the attack on its own modality, each audio-visual model under its
+    worst budget)? Does a defended model beat its undefended base under each attack?"""
+    records = records or {}
+
+    def side(name: str, entry: dict | None) -> tuple[Records, np.ndarray] | None:
+        rec = records.get(name)
+        return None if rec is None else (rec, entry_correct(rec, entry))
+
+    unimodal = {r["arch_classifier"]: (name, r) for name, r in runs
+                if r["arch_classifier"] in ("audio", "visual") and "+" not in (r.get("label") or "")}
+    fused = [(name, r) for name, r in runs if r["arch_classifier"] not in ("audio", "visual") and "+" not in
+             (r.get("label") or "")]
     lines = []
-    for name, r in fused:
-        gain = r["clean"]["acc"] - best_uni["clean"]["acc"]
-        lines.append(f"clean: {name} {r['clean']['acc']:.2f} vs best unimodal ({best_uni_name}) "
-                     f"{best_uni['clean']['acc']:.2f}: {gain:+.2f} points")
-    attacks = list(dict.fromkeys(e["attack"] for _, r in runs for e in _protocol_entries(r)))
-    own_budget = {"audio": "A", "visual": "V"}
-    for attack in attacks:
-        uni = []
-        for head, (name, r) in unimodal.items():
-            acc = next((e["adv_acc"] for e in _protocol_entries(r)
-                        if e["attack"] == attack and e["budget"] == own_budget[head]), None)
-            if acc is not None:
-                uni.append((acc, f"{name} under {own_budget[head]} {acc:.2f}"))
+    if unimodal and fused:
+        best_uni_name, best_uni = max(unimodal.values(), key=lambda nr: nr[1]["clean"]["acc"])
         for name, r in fused:
-            worst = min(((e["adv_acc"], e["budget"]) for e in _protocol_entries(r) if e["attack"] == attack),
-                        default=None)
-            if worst is None or not uni:
+            gain = r["clean"]["acc"] - best_uni["clean"]["acc"]
+            lines.append(f"clean: {name} {r['clean']['acc']:.2f} vs best unimodal ({best_uni_name}) "
+                         f"{best_uni['clean']['acc']:.2f}: {gain:+.2f} points"
+                         + _significance(side(name, None), side(best_uni_name, None)))
+        attacks = list(dict.fromkeys(e["attack"] for _, r in runs for e in _protocol_entries(r)))
+        own_budget = {"audio": "A", "visual": "V"}
+        for attack in attacks:
+            uni = []
+            for head, (name, r) in unimodal.items():
+                entry = next((e for e in _protocol_entries(r) if e["attack"] == attack
+                              and e["budget"] == own_budget[head]), None)
+                if entry is not None:
+                    uni.append((entry["adv_acc"], name, entry))
+            if not uni:
                 continue
-            best_acc = max(a for a, _ in uni)
-            verdict = "more" if worst[0] > best_acc else "less"
-            lines.append(f"{attack.upper()}: {name} worst case {worst[0]:.2f} (under {worst[1]}) vs "
-                         f"{', '.join(t for _, t in uni)}: audio-visual is {verdict} robust than the best unimodal")
+            best_acc, best_name, best_entry = max(uni, key=lambda u: u[0])
+            for name, r in fused:
+                worst = min((e for e in _protocol_entries(r) if e["attack"] == attack), key=lambda e: e["adv_acc"],
+                            default=None)
+                if worst is None:
+                    continue
+                verdict = "more" if worst["adv_acc"] > best_acc else "less"
+                others = ", ".join(f"{n} under {e['budget']} {a:.2f}" for a, n, e in uni)
+                lines.append(f"{attack_label(attack)}: {name} worst case {worst['adv_acc']:.2f} (under "
+                             f"{worst['budget']}) vs {others}: audio-visual is {verdict} robust than the best "
+                             f"unimodal" + _significance(side(name, worst), side(best_name, best_entry)))
+    lines += _defense_findings(runs, side)
+    return lines or ["(findings need a unimodal and an audio-visual run, or a defended run and its base)"]
+
+
+def _defense_findings(runs: list[RunResults], side) -> list[str]:
+    """Each defended run ('concat+dissim+banks' ...) against the undefended run of its head, per attack, at
+    the budget where the undefended model is weakest."""
+    bases = {r["arch_classifier"]: (name, r) for name, r in runs if "+" not in (r.get("label") or "")}
+    lines = []
+    for name, r in runs:
+        if "+" not in (r.get("label") or "") or r["arch_classifier"] not in bases:
+            continue
+        base_name, base = bases[r["arch_classifier"]]
+        for attack in dict.fromkeys(e["attack"] for e in _protocol_entries(r)):
+            base_entries = [e for e in _protocol_entries(base) if e["attack"] == attack]
+            if not base_entries:
+                continue
+            weakest = min(base_entries, key=lambda e: e["adv_acc"])
+            entry = next((e for e in _protocol_entries(r) if e["attack"] == attack
+                          and e["budget"] == weakest["budget"]), None)
+            if entry is None:
+                continue
+            delta = entry["adv_acc"] - weakest["adv_acc"]
+            lines.append(f"defense, {attack_label(attack)} {weakest['budget']}: {name} {entry['adv_acc']:.2f} vs "
+                         f"{base_name} {weakest['adv_acc']:.2f} ({delta:+.2f} points)"
+                         + _significance(side(name, entry), side(base_name, weakest)))
     return lines

@@ -2,9 +2,11 @@
 
     python scripts/summarize.py RUN_DIR [RUN_DIR ...] [--csv table.csv] [--markdown table.md] [--findings]
 
-Rows are models (each run's fusion head, or its folder name when two runs share a head); columns are
-clean accuracy and the A / V / A+V attacks of each attack type. Each RUN_DIR must hold the
-attack_results.json that ``main_attack.py --mode eval`` (or main_defense.py) writes.
+Rows are models (each run's fusion head or defense label, or its folder name when two runs share one);
+columns are clean accuracy and the A / V / A+V attacks of each attack type (AA: the AutoAttack cascade),
+each with its 95 % Wilson interval, and the gradient-masking checks' verdict. Each RUN_DIR must hold the
+attack_results.json that ``main_attack.py --mode eval`` (or main_defense.py) writes; with its
+per_sample.npz, every finding comparing two models gets an exact McNemar test on the shared samples.
 """
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ import argparse
 import json
 from collections import Counter
 
+from evaluation.records import load_records
 from evaluation.report import findings, summary_table, to_csv, to_markdown
 from utils.fileio import write_text_atomic
 
@@ -48,7 +51,9 @@ def main() -> None:
     print(markdown)
     print(csv_text)
     if args.findings:
-        print("\n".join(findings(runs)))
+        records = {name: load_records(d / "per_sample.npz") for (name, _), d in zip(runs, args.run_dirs)
+                   if (d / "per_sample.npz").is_file()}
+        print("\n".join(findings(runs, records)))
     if args.csv:
         write_text_atomic(args.csv, csv_text)
     if args.markdown:

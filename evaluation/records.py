@@ -1,0 +1,178 @@
+"""Per-sample records of an evaluation, indexed by sample id, and the robust accuracy of any set of attacks.
+
+One record per (attack, budget, variant) key holds, for every test sample, whether the model was still
+correct on the adversarial input, the cross-entropy there and the perturbation's size:
+
+* ``correct``: int8, 1 = correct, 0 = fooled (or wrong on the clean input and not attacked),
+  -1 = not attacked because an earlier attack of its cascade already fooled it;
+* ``loss``: cross-entropy of the adversarial input (NaN where not attacked);
+* ``linf_v``: the visual perturbation's L∞ in 1/255 pixel steps; ``psnr_v``: its PSNR in dB;
+* ``snr_a``: the audio perturbation's SNR in dB, 10·log10(‖x‖² / ‖δ‖²) (NaN where not attacked,
+  +inf for an untouched modality).
+
+A sample is robust under a set of attacks when it is correct on the clean input and correct (1) under
+every attack of the set: a per-sample worst case, never a minimum of accuracies. ``per_sample.npz`` stores
+the records so any ensemble can be recombined afterwards (``load_records``).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from utils.distributed import DistInfo, all_gather_list
+from utils.fileio import atomic_path
+
+FIELDS = ("correct", "loss", "linf_v", "psnr_v", "snr_a")
+KEY_SEPARATOR = "|"
+
+Key = tuple[str, str, str]  # attack, budget key, variant
+
+
+def key_name(key: Key) -> str:
+    return KEY_SEPARATOR.join(key)
+
+
+def perturbation_sizes(clean_frames: Tensor | None, adv_frames: Tensor | None, clean_audio: Tensor | None,
+                       adv_audio: Tensor | None) -> dict[str, Tensor]:
+    """Per-sample ``linf_v`` (1/255 steps), ``psnr_v`` (dB, peak 1) and ``snr_a`` (dB) of a perturbation; a
+    modality an attack left untouched (it returns the very tensor it was given) gets no entry."""
+    sizes: dict[str, Tensor] = {}
+    if clean_frames is not None and adv_frames is not None and adv_frames is not clean_frames:
+        delta = (adv_frames.detach().float() - clean_frames.float()).flatten(1)
+        sizes["linf_v"] = delta.abs().amax(dim=1) * 255
+        mse = delta.pow(2).mean(dim=1)
+        sizes["psnr_v"] = torch.where(mse > 0, -10 * torch.log10(mse.clamp_min(1e-30)), torch.full_like(mse, math.inf))
+    if clean_audio is not None and adv_audio is not None and adv_audio is not clean_audio:
+        delta = (adv_audio.detach().float() - clean_audio.float()).flatten(1)
+        noise = delta.pow(2).sum(dim=1)
+        signal = clean_audio.float().flatten(1).pow(2).sum(dim=1)
+        sizes["snr_a"] = torch.where(noise > 0, 10 * torch.log10(signal.clamp_min(1e-30) / noise.clamp_min(1e-30)),
+                                     torch.full_like(noise, math.inf))
+    return sizes
+
+
+@dataclass
+class Records:
+    """Per-sample columns of one evaluation: ``ids`` / ``index`` / ``labels`` / ``clean_correct`` and, per key
+    and field, one value per sample (NumPy arrays once ``finish``-ed, Python lists while collecting)."""
+
+    ids: list = field(default_factory=list)
+    index: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    clean_correct: list = field(default_factory=list)
+    columns: dict[str, dict[str, list]] = field(default_factory=dict)  # key name -> field -> values
+    extra: dict[str, list] = field(default_factory=dict)  # per-sample columns of the caller (e.g. clean metrics)
+    _rows: dict[str, int] = field(default_factory=dict, repr=False)  # samples recorded per key
+
+    def add_samples(self, ids: Sequence[str], index: Tensor, labels: Tensor, clean_correct: Tensor) -> None:
+        self.ids += list(ids)
+        self.index += index.tolist()
+        self.labels += labels.tolist()
+        self.clean_correct += clean_correct.tolist()
+
+    def add(self, key: Key, values: dict[str, Tensor | Sequence], batch_size: int) -> None:
+        """Append one batch of ``batch_size`` per-sample ``values`` (fields of ``FIELDS`` or any per-sample
+        metric); a field missing from this batch, or first seen in it, is NaN for the samples without it."""
+        name = key_name(key)
+        columns = self.columns.setdefault(name, {})
+        before = self._rows.get(name, 0)
+        for field_name, value in values.items():
+            column = columns.setdefault(field_name, [math.nan] * before)
+            column.extend(value.tolist() if isinstance(value, Tensor) else list(value))
+        for field_name, column in columns.items():
+            if field_name not in values:
+                column.extend([math.nan] * batch_size)
+        self._rows[name] = before + batch_size
+
+    def add_extra(self, name: str, values: Tensor | Sequence) -> None:
+        self.extra.setdefault(name, []).extend(values.tolist() if isinstance(values, Tensor) else list(values))
+
+    def gather(self, info: DistInfo) -> None:
+        """Every rank's samples on every rank, in dataset-index order, each sample once (a DistributedSampler
+        pads the last batch with repeated samples)."""
+        if info.enabled:
+            self.ids, self.index = all_gather_list(self.ids, info), all_gather_list(self.index, info)
+            self.labels = all_gather_list(self.labels, info)
+            self.clean_correct = all_gather_list(self.clean_correct, info)
+            for columns in self.columns.values():
+                for name in columns:
+                    columns[name] = all_gather_list(columns[name], info)
+            for name in self.extra:
+                self.extra[name] = all_gather_list(self.extra[name], info)
+        order = sorted(range(len(self.index)), key=lambda i: self.index[i])
+        keep, seen = [], set()
+        for i in order:
+            if self.index[i] not in seen:
+                seen.add(self.index[i])
+                keep.append(i)
+
+        def pick(values: list) -> list:
+            return [values[i] for i in keep]
+
+        self.ids, self.index, self.labels = pick(self.ids), pick(self.index), pick(self.labels)
+        self.clean_correct = pick(self.clean_correct)
+        for columns in self.columns.values():
+            for name in columns:
+                columns[name] = pick(columns[name])
+        for name in self.extra:
+            self.extra[name] = pick(self.extra[name])
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.ids)
+
+    def column(self, key: Key | str, name: str = "correct") -> np.ndarray:
+        key = key if isinstance(key, str) else key_name(key)
+        return np.asarray(self.columns[key][name])
+
+    def keys(self) -> list[str]:
+        return list(self.columns)
+
+    def robust(self, keys: Iterable[Key | str]) -> np.ndarray:
+        """Per-sample bool: correct on the clean input and under every attack of ``keys``."""
+        robust = np.asarray(self.clean_correct, dtype=bool)
+        for key in keys:
+            robust = robust & (self.column(key) == 1)
+        return robust
+
+    def save(self, path: str | os.PathLike) -> None:
+        """``per_sample.npz``: ``ids``, ``index``, ``labels``, ``clean_correct`` and ``<key>/<field>`` arrays,
+        keys written as ``attack|budget|variant``; extra columns as ``extra/<name>``."""
+        arrays = {"ids": np.asarray(self.ids, dtype=str), "index": np.asarray(self.index, dtype=np.int64),
+                  "labels": np.asarray(self.labels, dtype=np.int64),
+                  "clean_correct": np.asarray(self.clean_correct, dtype=bool)}
+        for key, columns in self.columns.items():
+            for name, values in columns.items():
+                dtype = np.int8 if name == "correct" else np.float32
+                arrays[f"{key}/{name}"] = np.asarray(values, dtype=dtype)
+        for name, values in self.extra.items():
+            arrays[f"extra/{name}"] = np.asarray(values)
+        with atomic_path(path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, **arrays)
+
+
+def load_records(path: str | os.PathLike) -> Records:
+    """The ``Records`` of a ``per_sample.npz`` (for recombining ensembles or comparing models per sample)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: per-sample records not found (run the evaluation first)")
+    with np.load(path, allow_pickle=False) as data:
+        records = Records(ids=data["ids"].tolist(), index=data["index"].tolist(), labels=data["labels"].tolist(),
+                          clean_correct=data["clean_correct"].tolist())
+        for name in data.files:
+            if "/" not in name:
+                continue
+            key, column = name.rsplit("/", 1)
+            if key == "extra":
+                records.extra[column] = data[name].tolist()
+            else:
+                records.columns.setdefault(key, {})[column] = data[name].tolist()
+    return records
