@@ -1,0 +1,137 @@
+"""bench/bench_gpu.py's measuring functions on the CPU at tiny sizes: the figures are finite and in range, the
+data-wait fraction and the PGD ratio follow where the time really goes, and training steps really train."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from attacks import build_attack
+from bench import bench_gpu
+from models import build_model
+from tests.sop_fixture import make_root
+
+BATCH, IMG, AUDIO_LEN, CLASSES = 2, 32, 2048, 3
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("smallcnn", "anet", "concat", cls_num=CLASSES, frame_dim=8, sound_dim=8)
+
+
+def tiny_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.rand(BATCH, 3, 1, IMG, IMG, generator=generator)
+    audio = torch.rand(BATCH, 1, AUDIO_LEN, generator=generator) * 2 - 1
+    return frames, audio, torch.tensor([0, 2])
+
+
+def test_training_throughput_is_finite_and_positive_and_the_steps_train() -> None:
+    model = tiny_model()
+    frames, audio, labels = tiny_batch()
+    before = [p.detach().clone() for p in model.parameters()]
+    figures = bench_gpu.measure_training(model, frames, audio, labels, bench_gpu.TRAIN_CONFIGS, warmup=1, iters=1,
+                                         repeats=2)
+    assert list(figures) == [c.name for c in bench_gpu.TRAIN_CONFIGS]
+    for throughput in figures.values():
+        assert math.isfinite(throughput.samples_per_s) and throughput.samples_per_s > 0
+        assert throughput.peak_mib is None  # CPU
+    # Each config trains its own copy: the model given stays as it was.
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_train_step_updates_weights_and_lowers_the_loss_on_a_fixed_batch(amp: bool) -> None:
+    model = tiny_model()
+    frames, audio, labels = tiny_batch()
+    step = bench_gpu.make_train_step(model, amp=amp, lr=0.05)
+    first = step(frames, audio, labels).item()
+    for _ in range(8):
+        last = step(frames, audio, labels).item()
+    assert math.isfinite(first) and last < first
+
+
+class SlowItems(Dataset):
+    """Batches in the mains' format whose every item takes ``seconds`` to load."""
+
+    def __init__(self, seconds: float, length: int = 16) -> None:
+        self.seconds, self.length = seconds, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        time.sleep(self.seconds)
+        return {"frames": torch.rand(3, 1, IMG, IMG), "audio": torch.rand(1, AUDIO_LEN) * 2 - 1,
+                "label": torch.tensor(index % CLASSES)}
+
+
+def sleeping_step(seconds: float) -> bench_gpu.TrainStep:
+    def step(frames: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        time.sleep(seconds)
+        return torch.zeros(())
+
+    return step
+
+
+def test_data_wait_fraction_follows_where_the_time_goes() -> None:
+    cpu = torch.device("cpu")
+    slow_data = bench_gpu.measure_data_wait(DataLoader(SlowItems(0.02), batch_size=BATCH), sleeping_step(0.002),
+                                            cpu, warmup=1)
+    slow_step = bench_gpu.measure_data_wait(DataLoader(SlowItems(0.0), batch_size=BATCH), sleeping_step(0.04),
+                                            cpu, warmup=1)
+    assert slow_data.batches == slow_step.batches == 16 // BATCH - 1
+    for wait in (slow_data, slow_step):
+        assert 0 <= wait.fraction <= 1 and wait.step_s > 0
+    assert slow_data.fraction > 0.7  # 40 ms loading vs 2 ms stepping per batch
+    assert slow_step.fraction < 0.3  # next to nothing loading vs 40 ms stepping
+    assert slow_data.wait_s >= 0.9 * slow_data.batches * BATCH * 0.02
+
+
+def test_data_wait_over_a_dataset_on_disk(tmp_path: Path) -> None:
+    root = make_root(tmp_path / "root", per_class=2, size=(40, 48))
+    loader = bench_gpu.bench_loader(str(root), IMG, AUDIO_LEN, BATCH, workers=0, num_batches=4, seed=0,
+                                    pin_memory=False)
+    wait = bench_gpu.measure_data_wait(loader, bench_gpu.make_train_step(tiny_model(), amp=False),
+                                       torch.device("cpu"), warmup=1)
+    assert wait.batches == 3
+    assert 0 < wait.fraction < 1 and math.isfinite(wait.step_s)
+
+
+def test_data_wait_needs_batches_after_the_warm_up() -> None:
+    with pytest.raises(ValueError, match="none after the 8 warm-up"):
+        bench_gpu.measure_data_wait(DataLoader(SlowItems(0.0, length=4), batch_size=BATCH), sleeping_step(0.0),
+                                    torch.device("cpu"), warmup=8)
+
+
+def test_pgd_ratio_comes_from_the_measured_times() -> None:
+    model = tiny_model().eval()
+    frames, audio, labels = tiny_batch()
+    eps = {"visual": 0.006, "audio": 0.006}
+    same = bench_gpu.measure_pgd(model, frames, audio, labels, build_attack("pgd", model, eps=eps, steps=2),
+                                 steps=2, warmup=1, repeats=5)
+    assert math.isfinite(same.ratio) and same.pgd_s > 0 and same.limit_s > 0
+    assert same.ratio == pytest.approx(same.pgd_s / same.limit_s)
+    assert 0.5 < same.ratio < 2.0  # PGD-2 does the work of its limit, plus a little
+    # Three times the steps against the same 2-step limit: the ratio has to see the extra work.
+    triple = bench_gpu.measure_pgd(model, frames, audio, labels, build_attack("pgd", model, eps=eps, steps=6),
+                                   steps=2, warmup=1, repeats=5)
+    assert triple.ratio > 1.8
+
+
+def test_verdicts_and_cpu_only_arguments() -> None:
+    assert bench_gpu.verdict(1.6, bench_gpu.AMP_TARGET, higher_is_better=True) == "met"
+    assert bench_gpu.verdict(1.2, bench_gpu.AMP_TARGET, higher_is_better=True) == "MISSED"
+    assert bench_gpu.verdict(0.06, bench_gpu.DATA_WAIT_TARGET, higher_is_better=False) == "MISSED"
+    assert bench_gpu.verdict(1.05, bench_gpu.PGD_TARGET, higher_is_better=False) == "met"
+    args = bench_gpu.parse_args(["--device", "cpu", "--small", "--batch", "3"])
+    assert (args.img, args.audio_len, args.batch) == (64, 8192, 3)
+    with pytest.raises(SystemExit):
+        bench_gpu.parse_args(["--device", "cpu", "--iters", "0"])
