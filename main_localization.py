@@ -6,12 +6,13 @@
 Takes the flags the model was trained with (main_attack.py --mode train) plus the attack flags of
 main_attack.py --mode eval, loads the run's best checkpoint and evaluates the head's localization map
 (--arch_classifier loc or attention) on the test split. With --boxes (a synthetic dataset's boxes.json)
-it reports the pointing game, cIoU@0.5, mean IoU and AUC against the sounding object's box; without it,
+it reports the pointing game, cIoU@0.5, mean cIoU and AUC against the sounding object's box (cIoU in the
+published LVS convention by default, --ciou_mode), accuracies and fractions with 95 % intervals; without it,
 how far the map moves under attack. Two attack objectives (--loc_attack): 'class', the untargeted
 attack on the label, and 'map', which pushes the map's mass out of the box.
 
-Writes RUN/localization/: loc_results.json, loc_table.md, ciou_vs_eps.png and index.html (map overlays,
-clean beside adversarial).
+Writes RUN/localization/: loc_results.json, per_sample.npz, loc_table.md, ciou_vs_eps.png and index.html
+(map overlays, clean beside adversarial).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arguments import ArgParser
 from dataset.index import DataError
 from dataset.loaders import build_dataset, build_loader
-from evaluation.loc_metrics import Boxes
+from evaluation.loc_metrics import CIOU_CONVENTIONS, DEFAULT_CIOU_MODE, Boxes
 from evaluation.loc_report import loc_table_markdown, write_loc_outputs
 from evaluation.localization import OBJECTIVES, evaluate_localization
 from evaluation.protocol import budgets_from_args
@@ -43,6 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--loc_attack", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES),
                    help="attack objectives: 'class' (untargeted, --attack_loss) and 'map' (maximise the map's "
                         "mass outside the box; without boxes, outside the clean map's top region)")
+    g.add_argument("--ciou_mode", choices=sorted(CIOU_CONVENTIONS), default=DEFAULT_CIOU_MODE,
+                   help="cIoU convention: 'lvs' (the published one: the map above its median against the boxes, "
+                        "Chen et al. 2021) or 'threshold0.5' (the min-max normalised map >= 0.5; not comparable "
+                        "with the literature)")
     args = builder.parse(argv)
     head = FUSION_HEADS.get(args.arch_classifier)
     if not (head.needs_fmap and callable(getattr(head, "attention", None)) and "audio" in head.modalities):
@@ -67,11 +72,14 @@ def evaluate_run(args: argparse.Namespace, info: DistInfo) -> dict:
             raise DataError(f"--boxes: none of the {len(dataset)} test samples of {args.list_test} has a box in "
                             f"{args.boxes}")
     loader = build_loader(dataset, args, info, train=False)
-    results, vis = evaluate_localization(model, loader, args, info, budgets_from_args(args), args.attack_type,
-                                         args.loc_attack, boxes, args.num_vis)
+    results, records, vis = evaluate_localization(model, loader, args, info, budgets_from_args(args),
+                                                  args.attack_type, args.loc_attack, boxes, args.num_vis)
     results["epoch"] = epoch
     if info.is_main:
-        written = write_loc_outputs(run_dir_of(args) / "localization", results, vis, args.categories)
+        out_dir = run_dir_of(args) / "localization"
+        written = write_loc_outputs(out_dir, results, vis, args.categories)
+        records.save(out_dir / "per_sample.npz")
+        written.append(out_dir / "per_sample.npz")
         print(loc_table_markdown(results))
         print("wrote " + ", ".join(str(p) for p in written))
     return results

@@ -1,21 +1,27 @@
-"""Sound-source localization under multimodal attacks: the map of a head, the map attack and the
-evaluation loop (metrics in ``evaluation.loc_metrics``, outputs in ``evaluation.loc_report``).
+"""Sound-source localization under multimodal attacks, on the evaluation engine: the map of a head, the
+map attack, and the per-sample localization metrics an engine observer records (metrics in
+``evaluation.loc_metrics``, outputs in ``evaluation.loc_report``).
+
+Objectives are engine variants: ``class``, the untargeted attack on the label (``--attack_loss``), and
+``map``, which maximises the map's mass outside the box (without a box: outside the clean map's region
+above ``MAP_THRESHOLD``). Per sample and condition the records hold correctness, the pointing-game hit and
+the cIoU (samples with a box), and how far the map moved from the clean one.
 """
 from __future__ import annotations
 
 import argparse
-import time
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
-from attacks import LossFn, build_attack
-from dataset.loaders import to_device
+from attacks import LossFn
+from evaluation.engine import CASCADES, AttackEngine, BatchContext, Variant
 from evaluation.loc_metrics import (
-    CIOU_THRESHOLD,
+    MAP_THRESHOLD,
+    SUCCESS_THRESHOLD,
     TOP_MASS,
     Boxes,
     auc,
@@ -30,14 +36,13 @@ from evaluation.loc_metrics import (
     upsample_maps,
 )
 from evaluation.protocol import Budget
+from evaluation.records import Key, Records
 from models.av_model import AVModel, ModelOutput
 from models.fusion import FusionHead
-from utils.distributed import DistInfo, all_gather_list, all_reduce_sum
+from utils.distributed import DistInfo
 
 OBJECTIVES = ("class", "map")
-
-
-# ------------------------------------------------------------------------------- maps and the attack
+CHANGE_FIELDS = ("map_iou_top_mass", "map_iou_threshold", "peak_shift_px")
 
 
 def map_head(model: AVModel) -> FusionHead:
@@ -67,145 +72,168 @@ def outside_mass_loss(head: FusionHead, regions: Tensor) -> LossFn:
     return outside_mass
 
 
-# ------------------------------------------------------------------------------------ the evaluation
+def objective_variants(head: FusionHead, objectives: Sequence[str], attack_loss: str) -> list[Variant]:
+    variants = {"class": Variant("class", attack_loss),
+                "map": Variant("map", lambda ctx: outside_mass_loss(head, ctx.data["regions"]))}
+    return [variants[o] for o in objectives]
 
 
-@dataclass
-class _Tally:
-    """Per-sample results of one condition (clean, the centre prior or one attack)."""
+class LocalizationObserver:
+    """Records the localization metrics of every clean and adversarial pass (see the module docstring)."""
 
-    correct: list[bool] = field(default_factory=list)
-    hits: list[bool] = field(default_factory=list)  # samples with a box only
-    ious: list[float] = field(default_factory=list)  # samples with a box only
-    iou_top_mass: list[float] = field(default_factory=list)  # against the clean map (attacks only)
-    iou_threshold: list[float] = field(default_factory=list)
-    peak_shift: list[float] = field(default_factory=list)  # pixels of the model input
-    seconds: float = 0.0
+    def __init__(self, head: FusionHead, boxes: Boxes | None, img_size: int, ciou_mode: str) -> None:
+        self.head = head
+        self.boxes = boxes
+        self.size = (img_size, img_size)
+        self.ciou_mode = ciou_mode
+        self.map_size: list[int] | None = None
 
-    def add(self, maps: Tensor, masks: Tensor | None, has_box: Tensor, logits: Tensor | None = None,
-            labels: Tensor | None = None, clean_maps: Tensor | None = None) -> Tensor | None:
-        """Record a batch; returns the per-sample box IoUs (None without boxes)."""
-        if logits is not None:
-            self.correct += (logits.argmax(dim=1) == labels).tolist()
-        ious = None
-        if masks is not None:
-            ious = ciou(maps, masks)
-            self.hits += pointing_hits(maps, masks)[has_box].tolist()
-            self.ious += ious[has_box].tolist()
-        if clean_maps is not None:
-            self.iou_top_mass += mask_iou(top_mass_masks(maps), top_mass_masks(clean_maps)).tolist()
-            self.iou_threshold += mask_iou(threshold_masks(maps), threshold_masks(clean_maps)).tolist()
-            self.peak_shift += (peak_locations(maps) - peak_locations(clean_maps)).norm(dim=1).tolist()
-        return ious
+    def _box_metrics(self, maps: Tensor, ctx: BatchContext) -> dict[str, Tensor]:
+        if "masks" not in ctx.data:
+            return {}
+        masks, has_box = ctx.data["masks"], ctx.data["has_box"]
+        nan = torch.full_like(has_box, math.nan, dtype=torch.float64)
+        return {"pointing": torch.where(has_box, pointing_hits(maps, masks).double(), nan),
+                "ciou": torch.where(has_box, ciou(maps, masks, self.ciou_mode).double(), nan)}
 
-    def gather(self, info: DistInfo) -> None:
-        """Collect every rank's samples on every rank."""
-        if not info.enabled:
-            return
-        for name in ("correct", "hits", "ious", "iou_top_mass", "iou_threshold", "peak_shift"):
-            setattr(self, name, all_gather_list(getattr(self, name), info))
-        seconds = all_reduce_sum(torch.tensor(self.seconds, dtype=torch.float64), info).item()
-        self.seconds = seconds / info.world_size
+    def on_clean(self, ctx: BatchContext, batch: dict) -> dict[str, Tensor]:
+        with torch.no_grad():
+            maps = localization_maps(self.head, ctx.clean_out, self.size)
+        self.map_size = list(ctx.clean_out.fmap_v.shape[-2:])
+        ctx.data["clean_maps"] = maps
+        regions = threshold_masks(maps, MAP_THRESHOLD)
+        if self.boxes is not None:
+            masks, has_box = self.boxes.input_masks(batch["info"], self.size[0], maps.device)
+            ctx.data.update(masks=masks, has_box=has_box)
+            regions = torch.where(has_box.view(-1, 1, 1), masks, regions)
+        ctx.data["regions"] = regions
+        values = {f"clean_{k}": v for k, v in self._box_metrics(maps, ctx).items()}
+        if self.boxes is not None:
+            prior = center_prior_maps(maps.shape[0], *self.size, device=maps.device)
+            values.update({f"prior_{k}": v for k, v in self._box_metrics(prior, ctx).items()})
+            values["has_box"] = ctx.data["has_box"]
+        return values
 
-    def summary(self, img_size: int) -> dict:
-        """Accuracy in %; pointing, cIoU@0.5 and AUC as fractions; peak shift in pixels and in frame sides."""
-        out: dict = {}
-        if self.correct:
-            out["acc"] = 100.0 * sum(self.correct) / len(self.correct)
-        if self.ious:
-            out.update(num_boxed=len(self.ious), pointing=sum(self.hits) / len(self.hits),
-                       ciou=sum(i >= CIOU_THRESHOLD for i in self.ious) / len(self.ious),
-                       miou=sum(self.ious) / len(self.ious), auc=auc(self.ious), ious=self.ious)
-        if self.peak_shift:
-            n = len(self.peak_shift)
-            out.update(map_iou_top_mass=sum(self.iou_top_mass) / n, map_iou_threshold=sum(self.iou_threshold) / n,
-                       peak_shift_px=sum(self.peak_shift) / n, peak_shift_frac=sum(self.peak_shift) / n / img_size)
-        return out
+    def on_adv(self, key: Key, ctx: BatchContext, adv_frames: Tensor, adv_audio: Tensor,
+               out: ModelOutput) -> dict[str, Tensor]:
+        with torch.no_grad():
+            maps = localization_maps(self.head, out, self.size)
+        clean = ctx.data["clean_maps"]
+        values = self._box_metrics(maps, ctx)
+        values["map_iou_top_mass"] = mask_iou(top_mass_masks(maps), top_mass_masks(clean)).double()
+        values["map_iou_threshold"] = mask_iou(threshold_masks(maps), threshold_masks(clean)).double()
+        values["peak_shift_px"] = (peak_locations(maps) - peak_locations(clean)).norm(dim=1).double()
+        return values
+
+
+def condition_summary(correct: np.ndarray, pointing: np.ndarray | None, cious: np.ndarray | None,
+                      changes: dict[str, np.ndarray] | None, img_size: int) -> dict:
+    """Accuracy in %, pointing / cIoU@0.5 / AUC as fractions (over samples with a box) with their counts,
+    map changes as means; ``None`` inputs are left out."""
+    out: dict = {}
+    if correct is not None:
+        out.update(num_samples=int(correct.size), num_correct=int(correct.sum()),
+                   acc=100.0 * float(correct.mean()) if correct.size else 0.0)
+    if pointing is not None and cious is not None:
+        boxed = ~np.isnan(cious)
+        hits, values = pointing[boxed] > 0, cious[boxed]
+        if values.size:
+            out.update(num_boxed=int(values.size), pointing_hits=int(hits.sum()), pointing=float(hits.mean()),
+                       ciou_hits=int((values >= SUCCESS_THRESHOLD).sum()),
+                       ciou=float((values >= SUCCESS_THRESHOLD).mean()), miou=float(values.mean()),
+                       auc=auc(values.tolist()), ious=values.tolist())
+    if changes:
+        out.update({k: float(np.nanmean(v)) for k, v in changes.items()})
+        out["peak_shift_frac"] = out["peak_shift_px"] / img_size
+    return out
+
+
+def _final_values(records: Records, keys: list[str], name: str) -> np.ndarray:
+    """Per sample, ``name`` of the last key that attacked it (a cascade's final adversarial input)."""
+    values = np.full(records.num_samples, np.nan)
+    for key in keys:
+        if name in records.columns[key]:
+            column = records.column(key, name).astype(np.float64)
+            values = np.where(np.isnan(column), values, column)
+    return values
+
+
+def _correct(records: Records, keys: list[str], cascade: bool) -> np.ndarray:
+    if cascade:
+        return records.robust(keys)
+    return records.column(keys[0]) == 1
 
 
 def evaluate_localization(model: AVModel, loader, args: argparse.Namespace, info: DistInfo, budgets: list[Budget],
                           attack_types: list[str], objectives: Sequence[str], boxes: Boxes | None,
-                          num_vis: int = 0) -> tuple[dict, list[dict]]:
-    """Localization clean and under every (objective, attack type, budget); returns (results, vis samples).
-
-    Objective ``class`` is the untargeted attack on the label (``--attack_loss``); ``map`` maximises the
-    map's mass outside the box (without a box: outside the clean map's >= 0.5 region). The first
-    ``num_vis`` samples of rank 0 come back with their maps for the HTML page.
-    """
+                          num_vis: int = 0) -> tuple[dict, Records, list[dict]]:
+    """Localization clean and under every (objective, attack type, budget); returns (results, per-sample
+    records, vis samples). The first ``num_vis`` samples of rank 0 come back with their maps for the HTML page."""
     model.eval()
     head = map_head(model)
-    size = (args.imgSize, args.imgSize)
-    conditions = [(o, a, b) for o in objectives for a in attack_types for b in budgets]
-    clean, prior = _Tally(), _Tally()
-    tallies = {c: _Tally() for c in conditions}
-    map_size = None
-    vis: list[dict] = []
-    for batch in tqdm(loader, desc="localization", disable=not info.is_main, dynamic_ncols=True):
-        frames, audio, labels = to_device(batch, info.device)
-        with torch.no_grad():
-            out = model(frames, audio)
-            maps = localization_maps(head, out, size)
-        map_size = list(out.fmap_v.shape[-2:])
-        masks, has_box = None, torch.zeros(labels.numel(), dtype=torch.bool, device=labels.device)
-        if boxes is not None:
-            masks, has_box = boxes.input_masks(batch["info"], args.imgSize, labels.device)
-            prior.add(center_prior_maps(labels.numel(), *size, device=labels.device), masks, has_box)
-        ious = clean.add(maps, masks, has_box, out.logits, labels)
-        regions = threshold_masks(maps)
-        if masks is not None:
-            regions = torch.where(has_box.view(-1, 1, 1), masks, regions)
-        keep = max(0, num_vis - len(vis)) if info.is_main else 0
-        batch_vis = [{"info": batch["info"][i], "label": int(labels[i]), "pred": int(out.logits[i].argmax()),
-                      "frames": frames[i].cpu(), "map": normalize_maps(maps[i:i + 1])[0].cpu(),
-                      "box": masks[i].cpu() if masks is not None and has_box[i] else None,
-                      "iou": None if ious is None or not has_box[i] else float(ious[i]), "adv": {}}
-                     for i in range(min(keep, labels.numel()))]
-        for condition in conditions:
-            objective, attack_type, budget = condition
-            loss = args.attack_loss if objective == "class" else outside_mass_loss(head, regions)
-            attacker = build_attack(attack_type, model, eps={"visual": budget.eps_visual, "audio": budget.eps_audio},
-                                    steps=args.attack_steps, alpha=args.attack_alpha, loss=loss,
-                                    eps_units=args.eps_units, random_start=args.random_start, restarts=args.restarts)
-            start = time.perf_counter()
-            adv_frames, adv_audio = attacker(frames, audio, labels)
-            if info.device.type == "cuda":
-                torch.cuda.synchronize(info.device)
-            tallies[condition].seconds += time.perf_counter() - start
-            with torch.no_grad():
-                adv_out = model(adv_frames, adv_audio)
-                adv_maps = localization_maps(head, adv_out, size)
-            adv_ious = tallies[condition].add(adv_maps, masks, has_box, adv_out.logits, labels, clean_maps=maps)
-            if attack_type == attack_types[0] and not budget.grid:
-                for i, sample in enumerate(batch_vis):
-                    sample["adv"][f"{objective} {budget.name}"] = {
-                        "frames": adv_frames[i].cpu(), "map": normalize_maps(adv_maps[i:i + 1])[0].cpu(),
-                        "pred": int(adv_out.logits[i].argmax()), "budget": budget,
-                        "iou": None if adv_ious is None or not has_box[i] else float(adv_ious[i])}
-        vis += batch_vis
-    results = _results(clean, prior if boxes is not None else None, tallies, map_size, args, info)
-    return results, vis
+    observer = LocalizationObserver(head, boxes, args.imgSize, args.ciou_mode)
+    variants = objective_variants(head, objectives, args.attack_loss)
+    engine = AttackEngine(model, args, info, budgets, attack_types, variants, observer=observer, num_vis=num_vis)
+    run = engine.run(loader)
+    records = run.records
+    img_size = args.imgSize
 
+    def boxed(prefix: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if f"{prefix}ciou" not in records.extra:
+            return None, None
+        return (np.asarray(records.extra[f"{prefix}pointing"], dtype=np.float64),
+                np.asarray(records.extra[f"{prefix}ciou"], dtype=np.float64))
 
-def _results(clean: _Tally, prior: _Tally | None, tallies: dict, map_size: list[int] | None,
-             args: argparse.Namespace, info: DistInfo) -> dict:
-    clean.gather(info)
+    clean_correct = np.asarray(records.clean_correct, dtype=bool)
     entries = []
-    for (objective, attack_type, budget), tally in tallies.items():
-        tally.gather(info)
-        entries.append({"objective": objective, "attack": attack_type, "budget": budget.name,
-                        "eps_visual": budget.eps_visual, "eps_audio": budget.eps_audio, "grid": budget.grid,
-                        "seconds": tally.seconds, **tally.summary(args.imgSize)})
+    for attack in engine.attack_types:
+        cascade = attack in CASCADES
+        for objective in (["+".join(objectives)] if cascade else objectives):
+            for budget in budgets:
+                keys = [k for k in records.keys() if k.split("|")[1] == budget.key
+                        and (k.startswith(f"{attack}/") if cascade else k == f"{attack}|{budget.key}|{objective}")]
+                if not keys:
+                    continue
+                pointing = _final_values(records, keys, "pointing") if boxes is not None else None
+                cious = _final_values(records, keys, "ciou") if boxes is not None else None
+                changes = {name: _final_values(records, keys, name) for name in CHANGE_FIELDS}
+                entries.append({"objective": objective, "attack": attack, "budget": budget.name,
+                                "eps_visual": budget.eps_visual, "eps_audio": budget.eps_audio, "grid": budget.grid,
+                                "seconds": sum(run.seconds.get(k, 0.0) for k in keys),
+                                **condition_summary(_correct(records, keys, cascade), pointing, cious, changes,
+                                                    img_size)})
     results = {
         "run": args.id, "arch_classifier": args.arch_classifier, "boxes": args.boxes,
-        "num_samples": len(clean.correct), "num_boxed": len(clean.ious), "input_size": args.imgSize,
-        "map_size": map_size, "ciou_threshold": CIOU_THRESHOLD, "top_mass": TOP_MASS,
-        "eps_units": args.eps_units, "attack_steps": args.attack_steps, "attack_alpha": args.attack_alpha,
-        "attack_loss": args.attack_loss, "random_start": args.random_start, "restarts": args.restarts,
-        "clean": clean.summary(args.imgSize), "attacks": entries,
+        "num_samples": records.num_samples, "input_size": img_size, "map_size": observer.map_size,
+        "ciou_mode": args.ciou_mode, "success_threshold": SUCCESS_THRESHOLD, "map_threshold": MAP_THRESHOLD,
+        "top_mass": TOP_MASS, "eps_units": args.eps_units, "attack_steps": args.attack_steps,
+        "attack_alpha": args.attack_alpha, "attack_loss": args.attack_loss, "random_start": args.random_start,
+        "restarts": args.restarts, "clean": condition_summary(clean_correct, *boxed("clean_"), None, img_size),
+        "attacks": entries,
     }
-    if prior is not None:
-        prior.gather(info)
-        results["center_prior"] = prior.summary(args.imgSize)
-    return results
+    results["num_boxed"] = results["clean"].get("num_boxed", 0)
+    if boxes is not None:
+        results["center_prior"] = condition_summary(None, *boxed("prior_"), None, img_size)
+    return results, records, _vis_with_maps(run.vis, head, model, img_size, boxes, args.ciou_mode)
 
 
+def _vis_with_maps(vis: list[dict], head: FusionHead, model: AVModel, img_size: int, boxes: Boxes | None,
+                   ciou_mode: str) -> list[dict]:
+    """The engine's HTML samples with the normalised maps (clean and adversarial), box and cIoU added."""
+    size = (img_size, img_size)
+    for sample in vis:
+        masks = None
+        if boxes is not None:
+            mask, has = boxes.input_masks([sample["info"]], img_size)
+            masks = mask if bool(has[0]) else None
+        sample["box"] = None if masks is None else masks[0]
+        views = [sample] + list(sample["adv"].values())
+        for view in views:
+            frames, audio = view["frames"].unsqueeze(0), view["audio"].unsqueeze(0)
+            device = next(model.parameters()).device
+            with torch.no_grad():
+                maps = localization_maps(head, model(frames.to(device), audio.to(device)), size).cpu()
+            view["map"] = normalize_maps(maps)[0]
+            view["iou"] = None if masks is None else float(ciou(maps, masks, ciou_mode)[0])
+        sample["pred"] = sample["clean_pred"]
+    return vis

@@ -1,0 +1,203 @@
+"""The evaluation engine on purpose-built toy models: per-sample worst case over variants, cascades on the
+samples still standing, per-sample records, and each gradient-masking check firing where it should."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from evaluation.checks import check_eps_monotone
+from evaluation.engine import Variant
+from evaluation.pipeline import evaluate_robustness
+from evaluation.protocol import Budget
+from evaluation.records import Records, load_records
+from models.av_model import ModelOutput
+from utils.distributed import DistInfo
+
+NUM_CLASSES = 4
+LENGTH = 32
+
+
+def make_args(**overrides) -> SimpleNamespace:
+    args = dict(id="toy", arch_classifier="toy", categories=[f"c{i}" for i in range(NUM_CLASSES)],
+                cls_num=NUM_CLASSES, attack_type=["pgd"], epsilons=[(0.0, 0.5)], eps_grid=None,
+                eps_grid_modality=["audio"], attack_steps=None, attack_alpha=None, attack_loss="ce",
+                eps_units="pixel", random_start=False, restarts=1, eot_iter=1, square_queries=300,
+                square_p_init=0.8, seed=0, num_vis=0, sanity_eps=0.0, audRate=11025)
+    args.update(overrides)
+    return SimpleNamespace(**args)
+
+
+class AudioLinear(nn.Module):
+    """An audio-only linear classifier with a fixed seed; ``quantise`` rounds the waveform first (a zero
+    input gradient almost everywhere), ``noise`` adds fresh noise on every forward pass."""
+
+    uses_visual, uses_audio = False, True
+
+    def __init__(self, quantise: bool = False, noise: float = 0.0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.weight = nn.Parameter(torch.randn(LENGTH, NUM_CLASSES, generator=gen), requires_grad=False)
+        self.quantise, self.noise = quantise, noise
+
+    def forward(self, frames: Tensor, audio: Tensor) -> ModelOutput:
+        x = audio.flatten(1)
+        if self.quantise:
+            x = torch.round(x * 2) / 2
+        if self.noise:
+            x = x + self.noise * torch.randn_like(x)
+        return ModelOutput(x @ self.weight, None, None, None)
+
+
+def toy_loader(model: nn.Module, n: int = 16, batch: int = 8, scale: float = 0.05) -> list[dict]:
+    """Batches whose labels are the model's clean predictions (every sample correct on clean inputs)."""
+    gen = torch.Generator().manual_seed(1)
+    audio = (torch.rand(n, 1, LENGTH, generator=gen) * 2 - 1) * scale
+    frames = torch.rand(n, 3, 1, 4, 4, generator=gen)
+    with torch.no_grad():
+        labels = model(frames, audio).logits.argmax(dim=1)
+    return [{"frames": frames[i:i + batch], "audio": audio[i:i + batch], "label": labels[i:i + batch],
+             "index": torch.arange(i, min(i + batch, n)), "info": [f"c/{j}" for j in range(i, min(i + batch, n))]}
+            for i in range(0, n, batch)]
+
+
+def masked_ce(keep) -> Variant:
+    """A variant whose loss only has a gradient for the samples ``keep(labels)`` selects."""
+    def factory(ctx):
+        def loss(out: ModelOutput, labels: Tensor) -> Tensor:
+            return F.cross_entropy(out.logits, labels, reduction="none") * keep(labels).float()
+        return loss
+    return factory
+
+
+def run(model, tmp_path: Path, variants=None, loader=None, **overrides) -> dict:
+    args = make_args(**overrides)
+    return evaluate_robustness(model, loader or toy_loader(model), args, DistInfo(), tmp_path, variants)
+
+
+def test_worst_case_over_variants_is_per_sample_and_below_each_variant(tmp_path: Path) -> None:
+    model = AudioLinear()
+    loader = toy_loader(model)
+    labels = torch.cat([b["label"] for b in loader])
+    split = labels.median()
+    variants = [Variant("low", masked_ce(lambda y: y <= split)), Variant("high", masked_ce(lambda y: y > split))]
+    results = run(model, tmp_path, variants, loader)
+    entry = results["attacks"][0]
+    low, high = entry["variant_acc"]["low"], entry["variant_acc"]["high"]
+    # each variant fools only its own samples (a large budget fools any sample it attacks) ...
+    assert low == pytest.approx(100 * float((labels > split).float().mean()))
+    assert high == pytest.approx(100 * float((labels <= split).float().mean()))
+    # ... so a sample survives both only if neither attacked it: none does, strictly below both variants
+    assert entry["adv_acc"] == 0.0 < min(low, high)
+    assert entry["n"] == 16 and entry["correct"] == 0 and entry["ci"][0] == 0.0 < entry["ci"][1]
+    # the records recombine afterwards into the same figure, indexed by sample id
+    records = load_records(tmp_path / "per_sample.npz")
+    assert records.ids == [f"c/{i}" for i in range(16)]
+    assert records.robust(records.keys()).sum() == 0
+    saved = json.loads((tmp_path / "attack_results.json").read_text())
+    assert saved["attacks"][0]["adv_acc"] == 0.0 and "checks" in saved
+
+
+def test_cascade_attacks_only_the_samples_still_standing(tmp_path: Path) -> None:
+    model = AudioLinear()
+    seen: list[int] = []
+    original = model.forward
+
+    def counting_forward(frames, audio):
+        seen.append(audio.shape[0])
+        return original(frames, audio)
+
+    model.forward = counting_forward
+    results = run(model, tmp_path, attack_type=["autoattack"], epsilons=[(0.0, 0.5)], attack_steps=5,
+                  square_queries=20)
+    entry = results["attacks"][0]
+    names = [c["component"] for c in entry["components"]]
+    assert names == ["apgd-ce", "apgd-t", "square"]
+    # APGD-CE at a large budget fools every sample: the later components get nothing to attack
+    assert entry["components"][0]["correct"] == 0 and entry["adv_acc"] == 0.0
+    records = load_records(tmp_path / "per_sample.npz")
+    later = [k for k in records.keys() if "apgd-t" in k or "square" in k]
+    assert all((records.column(k) == -1).all() for k in later)
+    assert max(seen) == 8
+
+
+def test_checks_stay_silent_on_a_plain_model(tmp_path: Path) -> None:
+    results = run(AudioLinear(), tmp_path, attack_type=["pgd", "square"], epsilons=[(0.0, 0.02), (0.0, 0.05)],
+                  sanity_eps=1.0)
+    checks = results["checks"]
+    assert checks["verdict"] == "passed", checks
+    assert checks["sanity"]["acc"] < 100 / NUM_CLASSES
+
+
+def test_zero_gradient_black_box_and_sanity_checks_fire_on_a_quantised_model(tmp_path: Path) -> None:
+    model = AudioLinear(quantise=True)
+    results = run(model, tmp_path, attack_type=["pgd", "square"], epsilons=[(0.0, 0.5)], sanity_eps=0.5)
+    checks = results["checks"]
+    assert checks["zero_gradient"]["flag"] and checks["zero_gradient"]["fraction"]["audio"] == 1.0
+    pgd = next(e for e in results["attacks"] if e["attack"] == "pgd")
+    square = next(e for e in results["attacks"] if e["attack"] == "square")
+    assert pgd["adv_acc"] == 100.0 and square["adv_acc"] < 100.0  # gradients see nothing, random search does
+    assert checks["black_box"]["flag"]
+    assert checks["sanity"]["flag"]  # PGD cannot move it at a large budget either
+    assert "zero_gradient" in checks["verdict"] and "black_box" in checks["verdict"]
+
+
+def test_randomness_check_fires_on_a_noisy_model_and_suggests_eot(tmp_path: Path) -> None:
+    results = run(AudioLinear(noise=0.05), tmp_path, epsilons=[(0.0, 0.01)])
+    assert results["checks"]["randomness"]["flag"]
+    assert "--eot_iter" in results["checks"]["randomness"]["message"]
+
+
+class PerturbationDetector(nn.Module):
+    """Answers class 0 whenever the waveform has a sample beyond 0.3 (a detector of large perturbations), else
+    a linear classifier biased towards class 0: small budgets fool it, large ones do not."""
+
+    uses_visual, uses_audio = False, True
+
+    def forward(self, frames: Tensor, audio: Tensor) -> ModelOutput:
+        x = audio.flatten(1)
+        logits = torch.stack([0.5 - x.sum(dim=1), x.sum(dim=1), -x.sum(dim=1), -1 - x.sum(dim=1)], dim=1)
+        detected = (x.abs().amax(dim=1) > 0.3).float()
+        return ModelOutput(logits + 100 * detected[:, None] * F.one_hot(torch.zeros_like(detected).long(), 4),
+                           None, None, None)
+
+
+def test_eps_monotone_check_fires_when_accuracy_rises_with_eps(tmp_path: Path) -> None:
+    model = PerturbationDetector()
+    loader = toy_loader(model, scale=0.01)
+    assert all(int(b["label"].max()) == 0 for b in loader)
+    results = run(model, tmp_path, loader=loader, attack_type=["fgsm"], epsilons=[(0.0, 0.05)],
+                  eps_grid=[0.5], eps_grid_modality=["audio"])
+    accs = [e["adv_acc"] for e in results["attacks"]]
+    assert accs == [0.0, 100.0]
+    assert results["checks"]["eps_monotone"]["flag"]
+    assert "fgsm A" in results["checks"]["eps_monotone"]["rises"][0]
+
+
+def test_eps_monotone_check_reads_per_sample_records() -> None:
+    records = Records(ids=["a", "b"], index=[0, 1], labels=[0, 0], clean_correct=[True, True])
+    small, large = Budget(0.0, 0.01), Budget(0.0, 0.02, grid=True)
+    records.add(("pgd", small.key, "default"), {"correct": torch.tensor([1, 0])}, 2)
+    records.add(("pgd", large.key, "default"), {"correct": torch.tensor([0, 0])}, 2)
+    assert not check_eps_monotone(records, [small, large])["flag"]
+    records.columns[f"pgd|{large.key}|default"]["correct"] = [1, 1]
+    assert check_eps_monotone(records, [small, large])["flag"]
+
+
+def test_records_fill_missing_fields_and_keep_one_row_per_sample() -> None:
+    records = Records()
+    records.add_samples(["a", "b"], torch.tensor([1, 0]), torch.tensor([0, 1]), torch.tensor([True, False]))
+    key = ("pgd", "A@v0,a0.1", "default")
+    records.add(key, {"correct": torch.tensor([1, 0])}, 2)
+    records.add_samples(["a"], torch.tensor([1]), torch.tensor([0]), torch.tensor([True]))  # a padded repeat
+    records.add(key, {"correct": torch.tensor([1]), "snr_a": torch.tensor([20.0])}, 1)
+    records.gather(DistInfo())
+    assert records.ids == ["b", "a"] and records.index == [0, 1]
+    assert records.column(key).tolist() == [0, 1]
+    assert np.isnan(records.column(key, "snr_a")[0]) and np.isnan(records.column(key, "snr_a")[1])
