@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataset.index import DataError, IndexRow, drop_bad_rows, frames_needed, read_index
+from dataset.index import DataError, IndexRow, drop_bad_rows, frames_needed, read_index, stratified_subset
 from dataset.layout import frame_name, frame_time
 from dataset.media import load_audio_window, load_frame
 from dataset.transforms import transform_audio, transform_frames
@@ -22,6 +22,12 @@ class AVDataset(Dataset):
     ``label``, ``index`` and ``info`` ("<class>/<id>"). The random choices of a training item
     (centre frame, crop, flip, volume) come from a generator seeded by (seed, epoch, index), so they do
     not depend on the number of loader workers; call :meth:`set_epoch` once per epoch.
+
+    A bad row raises DataError naming the CSV line and the file when the item is loaded — a missing or
+    undecodable frame, a wav that cannot be read or is shorter than its header says, a frame count above
+    the frames on disk (the row's last listed frame must exist). ``skip_bad`` checks every row once at
+    start-up instead and drops and lists the bad ones. ``max_samples`` keeps a class-stratified subset
+    (:func:`dataset.index.stratified_subset`).
     """
 
     def __init__(self, index_csv: str, audio_path: str, frame_path: str, categories: list[str], *,
@@ -42,7 +48,7 @@ class AVDataset(Dataset):
         self.epoch = 0
         rows = read_index(index_csv, self.categories, frames_needed(num_frames, stride_frames))
         if max_samples is not None:
-            rows = rows[:max_samples]
+            rows = stratified_subset(rows, max_samples)
         if skip_bad:
             rows, bad = drop_bad_rows(rows, self.audio_path, self.frame_path, check_workers)
             if bad:
@@ -98,6 +104,10 @@ class AVDataset(Dataset):
                 if not os.path.exists(path):
                     raise DataError(f"frame {path}: file not found (the index says {row.num_frames} frames)")
                 imgs.append(load_frame(path))
+            # a count above the frames on disk would shift the centre frame and the audio window silently
+            last = os.path.join(frame_dir, frame_name(row.num_frames))
+            if not os.path.exists(last):
+                raise DataError(f"frame {last}: file not found (the index says {row.num_frames} frames)")
             wave = load_audio_window(wav, frame_time(center, self.frame_rate), self.aud_len, self.aud_rate)
             frames = transform_frames(imgs, self.img_size, self.train, rng)
             audio = transform_audio(wave, self.train, rng)

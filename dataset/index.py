@@ -15,10 +15,36 @@ import soundfile as sf
 from tqdm import tqdm
 
 from dataset.layout import count_frames_on_disk, frame_name, split_relpath
+from dataset.wav_header import wav_truncation
 
 
 class DataError(ValueError):
-    """A sample, file or index row that cannot be used; the message names where it came from."""
+    """A sample, file or index row that cannot be used; the message names where it came from.
+
+    The message is one line. A DataLoader worker hands its exception to the main process as text and
+    PyTorch re-raises it there as ``DataError("Caught DataError in DataLoader worker process 0.\\n
+    Original Traceback ...")`` (``torch._utils.ExceptionWrapper.reraise``); the constructor recognises
+    that form and keeps only the original message, so ``str(err)`` reads the same with or without workers.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_message_from_worker(type(self), message))
+
+
+def _message_from_worker(cls: type, message: str) -> str:
+    """The original message inside a worker re-raise of ``cls``; any other message unchanged."""
+    if not (isinstance(message, str) and message.startswith(f"Caught {cls.__name__} ")
+            and "\nOriginal Traceback" in message):
+        return message
+    # traceback.format_exception ends with "<module>.<qualname>: <message>" ("<qualname>: ..." for
+    # builtins and __main__); the worker's message is what follows the last such line's prefix.
+    prefixes = (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: ")
+    lines = message.rstrip("\n").split("\n")
+    for i in range(len(lines) - 1, 0, -1):
+        for prefix in prefixes:
+            if lines[i].startswith(prefix):
+                return "\n".join([lines[i][len(prefix):], *lines[i + 1:]])
+    return message
 
 
 @dataclass(frozen=True)
@@ -93,6 +119,30 @@ def _parse_row(fields: list[str], label_of: dict[str, int], csv_path: str, line_
                     csv_path, line_no)
 
 
+def stratified_subset(rows: list[IndexRow], count: int) -> list[IndexRow]:
+    """``count`` rows spread over the classes, for quick runs (``--max_samples``).
+
+    Classes take turns in label order, each taking its next row in CSV order, until ``count`` rows are
+    taken: every class gets ``count // classes`` rows, the first ``count % classes`` classes one more,
+    and a class with too few rows gives its share to the others. Deterministic; the result keeps the
+    CSV order. An index of at most ``count`` rows is returned whole.
+    """
+    if count >= len(rows):
+        return list(rows)
+    by_label: dict[int, list[IndexRow]] = {}
+    for row in rows:
+        by_label.setdefault(row.label, []).append(row)
+    queues = [by_label[label] for label in sorted(by_label)]
+    taken: list[IndexRow] = []
+    depth = 0
+    while len(taken) < count:
+        for queue in queues:
+            if depth < len(queue) and len(taken) < count:
+                taken.append(queue[depth])
+        depth += 1
+    return sorted(taken, key=lambda row: row.line)
+
+
 def _is_complete_jpeg(path: str) -> bool:
     """JPEG start-of-image marker at the start and end-of-image marker at the end (a cheap truncation test)."""
     try:
@@ -114,6 +164,9 @@ def row_problem(row: IndexRow, audio_path: str, frame_path: str) -> str | None:
         return f"audio {wav}: {err}"
     if info.frames <= 0:
         return f"audio {wav}: no samples"
+    truncation = wav_truncation(wav)
+    if truncation is not None:
+        return f"audio {wav}: {truncation}"
     frame_dir = os.path.join(frame_path, row.frames_rel.lstrip("/"))
     if not os.path.isdir(frame_dir):
         return f"frames {frame_dir}: folder not found"

@@ -2,7 +2,8 @@
 
 A video is indexed when ``ROOT/audio/<class>/<id>.wav`` exists and ``ROOT/frames/<class>/<id>.mp4/``
 is a complete frame folder (an unfinished ``<id>.mp4.partial/`` does not count). The split is
-stratified by class and deterministic for a seed.
+stratified by class and deterministic for a seed. The index format is the released one, unquoted
+CSV, so a class or video name holding a comma or a line break cannot be written: it is an error.
 """
 from __future__ import annotations
 
@@ -14,11 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from dataset.index import DataError
 from dataset.layout import FRAME_DIR_SUFFIX, audio_relpath, count_frames_on_disk, frames_relpath
 from utils.fileio import write_text_atomic
 
 SPLITS = ("train", "val", "test")
 CATEGORIES_FILE = "categories.txt"
+CSV_UNSAFE = (",", "\n", "\r")  # would split the unquoted row into other fields or lines
+
+
+def csv_unsafe(name: str) -> bool:
+    """Whether a class or video name cannot stand in an unquoted index row."""
+    return any(char in name for char in CSV_UNSAFE)
 
 
 @dataclass(frozen=True, order=True)
@@ -27,18 +35,28 @@ class Entry:
     vid: str
     num_frames: int
 
+    def __post_init__(self) -> None:
+        if csv_unsafe(self.cls) or csv_unsafe(self.vid):
+            raise ValueError(f"class {self.cls!r} / video {self.vid!r}: a comma or line break cannot stand in "
+                             "an unquoted index row")
+
     def csv_row(self) -> str:
         return f"{audio_relpath(self.cls, self.vid)},{frames_relpath(self.cls, self.vid)},{self.num_frames}"
 
 
 def scan_root(root: str | Path, min_frames: int = 1) -> list[Entry]:
-    """Every complete video under ``root`` with at least ``min_frames`` frames, sorted."""
+    """Every complete video under ``root`` with at least ``min_frames`` frames, sorted.
+
+    Raises DataError listing every frame folder whose class or video name holds a comma or a line
+    break (the unquoted index CSV cannot hold it; rename the video and its wav).
+    """
     root = Path(root)
     frames_dir, audio_dir = root / "frames", root / "audio"
     for needed in (frames_dir, audio_dir):
         if not needed.is_dir():
             raise FileNotFoundError(f"{needed} not found (expected the layout written by scripts/preprocess.py)")
     entries = []
+    unsafe: list[Path] = []
     for class_dir in sorted(frames_dir.iterdir()):
         if class_dir.name.startswith(".") or not class_dir.is_dir():
             continue
@@ -49,9 +67,16 @@ def scan_root(root: str | Path, min_frames: int = 1) -> list[Entry]:
             vid = name[: -len(FRAME_DIR_SUFFIX)]
             if not (audio_dir / class_dir.name / f"{vid}.wav").is_file():
                 continue
+            if csv_unsafe(class_dir.name) or csv_unsafe(vid):
+                unsafe.append(frame_dir)
+                continue
             num_frames = count_frames_on_disk(frame_dir)
             if num_frames >= min_frames:
                 entries.append(Entry(class_dir.name, vid, num_frames))
+    if unsafe:
+        listed = ", ".join(repr(str(path)) for path in unsafe)
+        raise DataError(f"{listed}: a comma or line break in the class or video name cannot stand in the "
+                        "unquoted index CSV; rename the frame folder and its wav")
     return entries
 
 

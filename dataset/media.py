@@ -10,6 +10,7 @@ from PIL import Image
 from scipy.signal import resample_poly
 
 from dataset.index import DataError
+from dataset.wav_header import wav_truncation
 
 # Extra source samples read on each side of a window that gets resampled, so the polyphase
 # filter sees real signal rather than an edge.
@@ -44,7 +45,8 @@ def load_audio_window(path: str, center_time: float, length: int, rate: int) -> 
     """``length`` mono samples at ``rate`` Hz centred on ``center_time`` seconds.
 
     Stereo is averaged to mono, other sample rates are resampled (polyphase), and a window that runs
-    past either end of the clip wraps around, so audio shorter than the window is tiled.
+    past either end of the clip wraps around, so audio shorter than the window is tiled. A wav holding
+    fewer frames than its header declares (cut short) raises DataError rather than being tiled.
     """
     try:
         info = sf.info(path)
@@ -52,6 +54,9 @@ def load_audio_window(path: str, center_time: float, length: int, rate: int) -> 
         raise DataError(f"audio {path}: cannot open ({err})") from None
     if info.frames <= 0:
         raise DataError(f"audio {path}: no samples")
+    truncation = wav_truncation(path)
+    if truncation is not None:
+        raise DataError(f"audio {path}: {truncation}")
     src_rate = info.samplerate
     ratio = Fraction(rate, src_rate)
     try:

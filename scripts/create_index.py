@@ -3,6 +3,7 @@
     python scripts/create_index.py --root ROOT [--split 0.6 0.2 0.2] [--seed 0] [--min_frames 1]
 
 Only videos with both a wav and a complete frame folder are indexed; the split is stratified by class.
+A class or video name with a comma or a line break is an error (the index CSV is unquoted).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dataset.index import DataError  # noqa: E402
 from dataset.index_builder import (  # noqa: E402
     CATEGORIES_FILE,
     check_fractions,
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         entries = scan_root(args.root, args.min_frames)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if not entries:

@@ -1,5 +1,8 @@
 """Print a dataset's statistics: samples per class and split, clip lengths, and one loaded batch.
 
+Warns (on stderr) about classes missing from a split or imbalanced (largest class more than twice the
+smallest), and about clips whose audio is shorter than the --audLen window (the loader repeats it).
+
     python scripts/dataset_stats.py --dataset MUSIC [--data_root ROOT] [--skip_bad]
 """
 import sys
@@ -7,6 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import argparse
 import os
 
 import numpy as np
@@ -16,37 +20,46 @@ from torch.utils.data import DataLoader
 
 from arguments import ArgParser
 from dataset.av_dataset import AVDataset
-from dataset.index import DataError
+from dataset.index import DataError, IndexRow
+from dataset.stats import class_counts, imbalance_warning, short_audio_warning
 
 
-def main() -> None:
-    args = ArgParser(__doc__).add_data_arguments().parse()
-    splits = {"train": args.list_train, "val": args.list_val, "test": args.list_test}
-    datasets = {}
+def audio_seconds(row: IndexRow, audio_path: str) -> float:
+    wav = os.path.join(audio_path, row.audio_rel.lstrip("/"))
     try:
-        for split, csv_path in splits.items():
-            datasets[split] = AVDataset(
-                csv_path, args.audio_path, args.frame_path, args.categories,
-                num_frames=args.num_frames, stride_frames=args.stride_frames, frame_rate=args.frameRate,
-                img_size=args.imgSize, aud_len=args.audLen, aud_rate=args.audRate,
-                train=split == "train", seed=args.seed, skip_bad=args.skip_bad)
-    except DataError as err:
-        sys.exit(f"error: {err}")
+        return sf.info(wav).duration
+    except Exception as err:  # soundfile raises several types for missing and corrupt files
+        raise DataError(f"{row.where}: audio {wav}: cannot open ({err})") from None
+
+
+def report(args: argparse.Namespace) -> None:
+    splits = {"train": args.list_train, "val": args.list_val, "test": args.list_test}
+    datasets = {
+        split: AVDataset(csv_path, args.audio_path, args.frame_path, args.categories,
+                         num_frames=args.num_frames, stride_frames=args.stride_frames, frame_rate=args.frameRate,
+                         img_size=args.imgSize, aud_len=args.audLen, aud_rate=args.audRate,
+                         train=split == "train", seed=args.seed, skip_bad=args.skip_bad)
+        for split, csv_path in splits.items()
+    }
 
     print(f"dataset {args.dataset} at {args.data_root}: {args.cls_num} classes")
+    counts = {s: class_counts(datasets[s].rows, len(args.categories)) for s in splits}
     width = max(len(c) for c in args.categories)
     print(f"{'class':<{width}} " + " ".join(f"{s:>6}" for s in splits))
     for label, name in enumerate(args.categories):
-        counts = [sum(1 for r in datasets[s].rows if r.label == label) for s in splits]
-        print(f"{name:<{width}} " + " ".join(f"{c:>6}" for c in counts))
+        print(f"{name:<{width}} " + " ".join(f"{counts[s][label]:>6}" for s in splits))
     print(f"{'total':<{width}} " + " ".join(f"{len(datasets[s]):>6}" for s in splits))
+    warnings = [imbalance_warning(s, counts[s], args.categories) for s in splits]
 
     rows = [r for d in datasets.values() for r in d.rows]
     frames = np.array([r.num_frames for r in rows])
-    seconds = np.array([sf.info(os.path.join(args.audio_path, r.audio_rel.lstrip("/"))).duration for r in rows])
+    seconds = np.array([audio_seconds(r, args.audio_path) for r in rows])
     print(f"frames per clip: min {frames.min()}, mean {frames.mean():.1f}, max {frames.max()} "
           f"({args.frameRate:g} fps -> {frames.mean() / args.frameRate:.1f} s)")
     print(f"audio per clip: min {seconds.min():.2f} s, mean {seconds.mean():.2f} s, max {seconds.max():.2f} s")
+    warnings.append(short_audio_warning(rows, seconds.tolist(), args.audLen, args.audRate))
+    for warning in filter(None, warnings):
+        print(f"warning: {warning}", file=sys.stderr)
 
     loader = DataLoader(datasets["train"], batch_size=min(8, len(datasets["train"])), shuffle=True,
                         generator=torch.Generator().manual_seed(args.seed))
@@ -54,6 +67,14 @@ def main() -> None:
     f, a = batch["frames"], batch["audio"]
     print(f"one train batch: frames {tuple(f.shape)} in [{f.min():.2f}, {f.max():.2f}], "
           f"audio {tuple(a.shape)} in [{a.min():.2f}, {a.max():.2f}], labels {batch['label'].tolist()}")
+
+
+def main() -> None:
+    args = ArgParser(__doc__).add_data_arguments().parse()
+    try:
+        report(args)
+    except DataError as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dataset.index import DataError
 from dataset.index_builder import Entry, check_fractions, scan_root, split_counts, stratified_split, write_index
 from dataset.layout import frame_name
 from dataset.preprocess import preprocess_tree
@@ -148,3 +149,22 @@ def test_cli_on_preprocessed_videos(video_tree, tmp_path):
     assert sorted(row.split(",")[1].strip("/").removesuffix(".mp4") for row in rows) == with_audio
     counts = Counter(int(row.split(",")[2]) for row in rows)
     assert counts == Counter({17: 2, 12: 1, 10: 1})  # floor(duration * 8) of fast, slow, pcm, opus
+
+
+@pytest.mark.parametrize("cls, vid", [("accordion", "solo,take2"), ("brass,wind", "v00"), ("cello", "line\nbreak")])
+def test_names_the_unquoted_csv_cannot_hold_are_rejected(sop_root, cls, vid):
+    add_video(sop_root, cls, vid, 3)
+    with pytest.raises(DataError) as err:
+        scan_root(sop_root)
+    assert repr(str(sop_root / "frames" / cls / f"{vid}.mp4")) in str(err.value)
+    assert "comma or line break" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="comma or line break"):
+        Entry(cls, vid, 3)
+
+
+def test_cli_rejects_a_comma_in_a_video_name(sop_root):
+    add_video(sop_root, "cello", "solo,take2", 4)
+    proc = run_create_index("--root", str(sop_root))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and "solo,take2.mp4" in proc.stderr
+    assert not (sop_root / "train.csv").exists()
