@@ -5,16 +5,19 @@ of the visual feature map (the ``loc`` and ``attention`` heads have one). Every 
 upsampled bilinearly to the model input (``imgSize`` x ``imgSize``), against boxes mapped from the
 generated frame into that input through the eval transform (resize the shorter side, centre crop).
 
-Metrics against a box (the common weakly supervised localization protocol):
+Metrics against the boxes (gt: the binary union of a sample's boxes):
 
 * pointing game: the map's argmax lies inside the box;
-* cIoU: IoU between the box and the min-max normalised map thresholded at 0.5; cIoU@0.5 is the
-  fraction of samples with IoU >= 0.5;
-* AUC: area under the success rate (fraction with IoU >= t) against t over 21 points of [0, 1].
+* cIoU, by default in the published convention (``CIOU_LVS``: LVS, Chen et al. CVPR 2021; EZ-VSL follows
+  it): pred = the pixels above the map's median, cIoU = Σ(pred·gt) / (Σgt + Σpred·[gt = 0]).
+  ``CIOU_THRESHOLD05`` is this project's earlier convention: the IoU of gt with the min-max normalised
+  map thresholded at ``MAP_THRESHOLD`` (0.5). Either way cIoU@0.5 is the fraction of samples with
+  cIoU >= ``SUCCESS_THRESHOLD`` (0.5);
+* AUC: area under the success rate (fraction with cIoU >= t) against t = 0, 0.05, ..., 1 (trapezoids).
 
 Without boxes (real data) the change of the map under attack is measured instead: IoU between the
 clean and the adversarial top regions (the highest locations holding ``TOP_MASS`` of the map's mass,
-and the normalised map >= 0.5), and the shift of the map's peak.
+and the normalised map >= ``MAP_THRESHOLD``), and the shift of the map's peak.
 """
 from __future__ import annotations
 
@@ -30,9 +33,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CIOU_THRESHOLD = 0.5  # of the min-max normalised map
+CIOU_LVS = "lvs"  # the published convention: the map above its median against the boxes
+CIOU_THRESHOLD05 = "threshold0.5"  # the IoU of the boxes with the normalised map >= MAP_THRESHOLD
+DEFAULT_CIOU_MODE = CIOU_LVS
+CIOU_CONVENTIONS = {
+    CIOU_LVS: "LVS convention (Chen et al. CVPR 2021; EZ-VSL follows it): pred = the pixels above the map's "
+              "median, gt = the union of the boxes, cIoU = Σ(pred·gt) / (Σgt + Σpred·[gt = 0])",
+    CIOU_THRESHOLD05: "fixed-threshold convention: cIoU = IoU of the union of the boxes with the min-max "
+                      "normalised map >= 0.5",
+}
+SUCCESS_THRESHOLD = 0.5  # a sample counts in cIoU@0.5 when its cIoU is at least this
+MAP_THRESHOLD = 0.5  # of the min-max normalised map (CIOU_THRESHOLD05 and the map-change regions)
+CIOU_THRESHOLD = SUCCESS_THRESHOLD  # the name the localization loop imports today; new code uses the two above
 TOP_MASS = 0.2  # share of the map's mass in the top region of the real-data comparison
-AUC_THRESHOLDS = 21  # IoU thresholds 0, 0.05, ..., 1
+AUC_THRESHOLDS = 21  # cIoU thresholds 0, 0.05, ..., 1
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels, x1 and y1 exclusive
 
 
@@ -133,26 +147,61 @@ def mask_iou(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 
-def threshold_masks(maps: Tensor, threshold: float = CIOU_THRESHOLD) -> Tensor:
+def threshold_masks(maps: Tensor, threshold: float = MAP_THRESHOLD) -> Tensor:
+    """Where the min-max normalised maps reach ``threshold``."""
     return normalize_maps(maps) >= threshold
 
 
-def ciou(maps: Tensor, masks: Tensor, threshold: float = CIOU_THRESHOLD) -> Tensor:
-    """Per-sample IoU between the box masks and the normalised maps thresholded at ``threshold``."""
-    return mask_iou(threshold_masks(maps, threshold), masks)
+def median_masks(maps: Tensor) -> Tensor:
+    """Where each map lies strictly above its median (for an even pixel count the lower of the two middle
+    values): the LVS prediction, the top half of the pixels when their values are distinct.
+
+    The convention min-max normalises first; a rescaling that keeps the order keeps this set, so the raw
+    map is used (normalising in floating point could merge nearby values into ties). Pixels tied with the
+    median are 0, so a constant map predicts nothing. With N pixels and ``v = sorted(values)[N // 2]``,
+    EZ-VSL's code keeps the pixels >= v: the same set for distinct values and an even N (an even imgSize);
+    LVS's code keeps those > v, one pixel fewer.
+    """
+    flat = maps.flatten(1)
+    median = flat.median(dim=1, keepdim=True).values
+    return (flat > median).view_as(maps)
 
 
-def success_rates(ious: Sequence[float], thresholds: Sequence[float]) -> np.ndarray:
-    """Fraction of samples with IoU >= t, for every t."""
-    values = np.asarray(ious, dtype=np.float64)
+def ciou(maps: Tensor, masks: Tensor, mode: str = DEFAULT_CIOU_MODE) -> Tensor:
+    """Per-sample cIoU ``[B]`` of ``maps [B, H, W]`` against the boolean box masks ``[B, H, W]`` (the union of
+    each sample's boxes) in convention ``mode`` (``CIOU_LVS`` or ``CIOU_THRESHOLD05``, see the module doc).
+
+    With a binary gt the LVS denominator Σgt + Σpred·[gt = 0] is the size of pred ∪ gt, so LVS is the IoU
+    of the median mask with the boxes. That mask covers half the frame, so a box of area A (pixels N)
+    scores at most 2A/N when A < N/2: below a quarter of the frame no sample reaches cIoU 0.5. A sample
+    without a box has no cIoU: it gives 0 here and its caller must leave it out.
+    """
+    if maps.shape != masks.shape or masks.dtype != torch.bool:
+        raise ValueError(f"ciou needs maps and boolean box masks of one shape, got maps {tuple(maps.shape)} and "
+                         f"masks {tuple(masks.shape)} of {masks.dtype}")
+    if not torch.isfinite(maps).all():
+        raise ValueError("ciou: the localization maps hold NaN or infinite values")
+    if mode == CIOU_LVS:
+        pred, gt = median_masks(maps).flatten(1), masks.flatten(1)
+        inter = (pred & gt).sum(dim=1).float()
+        denominator = gt.sum(dim=1).float() + (pred & ~gt).sum(dim=1).float()
+        return inter / denominator.clamp_min(1)
+    if mode == CIOU_THRESHOLD05:
+        return mask_iou(threshold_masks(maps, MAP_THRESHOLD), masks)
+    raise ValueError(f"unknown cIoU mode {mode!r}; choose one of {sorted(CIOU_CONVENTIONS)}")
+
+
+def success_rates(cious: Sequence[float], thresholds: Sequence[float]) -> np.ndarray:
+    """Fraction of samples with cIoU >= t, for every t."""
+    values = np.asarray(cious, dtype=np.float64)
     return np.array([(values >= t).mean() if values.size else 0.0 for t in thresholds])
 
 
-def auc(ious: Sequence[float], num_thresholds: int = AUC_THRESHOLDS) -> float:
-    """Area under the success-rate curve over ``num_thresholds`` evenly spaced IoU thresholds in [0, 1]
-    (trapezoidal rule)."""
+def auc(cious: Sequence[float], num_thresholds: int = AUC_THRESHOLDS) -> float:
+    """Area under the success-rate curve over ``num_thresholds`` evenly spaced cIoU thresholds in [0, 1]
+    (trapezoidal rule; 21 gives the published 0, 0.05, ..., 1)."""
     thresholds = np.linspace(0.0, 1.0, num_thresholds)
-    rates = success_rates(ious, thresholds)
+    rates = success_rates(cious, thresholds)
     return float(((rates[1:] + rates[:-1]) / 2 * np.diff(thresholds)).sum())
 
 

@@ -1,4 +1,17 @@
-"""Localization outputs: loc_table.md, ciou_vs_eps.png, the HTML page of map overlays, loc_results.json."""
+"""Localization outputs: loc_table.md, ciou_vs_eps.png, the HTML page of map overlays, loc_results.json.
+
+The results dict (what ``evaluation.localization`` returns and loc_results.json holds) is read through these
+keys. Top level: ``run``, ``num_samples``, ``num_boxed``, ``map_size``, ``input_size``, ``eps_units``,
+``attack_steps``, ``attack_loss``, ``clean``, ``attacks`` (a list of entries with ``objective``, ``attack``,
+``budget``, ``eps_visual``, ``eps_audio``, ``grid``, ``seconds``), optionally ``center_prior``, and
+``ciou_mode`` (the cIoU convention of ``evaluation.loc_metrics``; when absent, the default of ``ciou``).
+Per condition (``clean``, ``center_prior``, every attack entry): ``acc`` in %; ``pointing`` and ``ciou``
+(cIoU@0.5) as fractions, ``miou`` (mean cIoU), ``auc``; ``map_iou_top_mass``, ``map_iou_threshold``,
+``peak_shift_px``. The proportions carry a 95% Wilson interval; it needs their counts: ``num_correct`` out of
+``num_samples``, ``pointing_hits`` and ``ciou_hits`` out of ``num_boxed`` (a condition's own size, else the
+top level's). A missing count is recovered from the fraction and the size (exact, since the fraction is
+count / size), so older loc_results.json files still render.
+"""
 from __future__ import annotations
 
 import html
@@ -11,32 +24,78 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from evaluation.html_report import STYLE, frame_image, safe_name, save_png
-from evaluation.loc_metrics import CIOU_THRESHOLD, TOP_MASS
+from evaluation.loc_metrics import CIOU_CONVENTIONS, DEFAULT_CIOU_MODE, MAP_THRESHOLD, SUCCESS_THRESHOLD, TOP_MASS
 from evaluation.report import budget_label
+from evaluation.stats import format_accuracy, format_fraction
 from utils.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 # ------------------------------------------------------------------------------------------- outputs
 
-BOX_COLUMNS = (("pointing", "pointing", ".3f"), ("ciou", f"cIoU@{CIOU_THRESHOLD}", ".3f"), ("miou", "mean IoU", ".3f"),
+CIOU_AT = f"cIoU@{SUCCESS_THRESHOLD}"
+# proportions of the table: value key -> (count key, size key, scale of the stored value, printed form)
+PROPORTIONS = {
+    "acc": ("num_correct", "num_samples", 100.0, format_accuracy),
+    "pointing": ("pointing_hits", "num_boxed", 1.0, format_fraction),
+    "ciou": ("ciou_hits", "num_boxed", 1.0, format_fraction),
+}
+BOX_COLUMNS = (("pointing", "pointing", ".3f"), ("ciou", CIOU_AT, ".3f"), ("miou", "mean cIoU", ".3f"),
                ("auc", "AUC", ".3f"))
 CHANGE_COLUMNS = (("map_iou_top_mass", f"map IoU top {TOP_MASS:.0%} mass", ".3f"),
-                  ("map_iou_threshold", f"map IoU >= {CIOU_THRESHOLD}", ".3f"),
+                  ("map_iou_threshold", f"map IoU >= {MAP_THRESHOLD}", ".3f"),
                   ("peak_shift_px", "peak shift (px)", ".1f"))
+
+
+def ciou_mode(results: dict) -> str:
+    """The cIoU convention of ``results`` (a key of ``loc_metrics.CIOU_CONVENTIONS``)."""
+    mode = results.get("ciou_mode", DEFAULT_CIOU_MODE)
+    if mode not in CIOU_CONVENTIONS:
+        raise ValueError(f"results of run {results.get('run')!r}: unknown ciou_mode {mode!r}; "
+                         f"known: {sorted(CIOU_CONVENTIONS)}")
+    return mode
+
+
+def proportion_count(values: dict, results: dict, key: str) -> tuple[int, int]:
+    """(count, size) behind the proportion ``values[key]`` (``acc``, ``pointing`` or ``ciou``)."""
+    count_key, size_key, scale, _ = PROPORTIONS[key]
+    size = values.get(size_key, results.get(size_key))
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError(f"results of run {results.get('run')!r}: {key} needs a sample count {size_key!r} > 0, "
+                         f"got {size!r}")
+    if count_key in values:
+        return int(values[count_key]), size
+    exact = values[key] / scale * size
+    count = round(exact)
+    if abs(exact - count) > 1e-6:
+        raise ValueError(f"results of run {results.get('run')!r}: {key} = {values[key]} is not a whole number "
+                         f"of the {size} samples ({size_key})")
+    return count, size
+
+
+def _cell(values: dict, results: dict, key: str, fmt: str) -> str:
+    if values.get(key) is None:
+        return ""
+    if key in PROPORTIONS:
+        count, size = proportion_count(values, results, key)
+        return PROPORTIONS[key][3](count, size)
+    return format(values[key], fmt)
 
 
 def loc_table_markdown(results: dict) -> str:
     """One row per condition (clean, the centre prior, every protocol attack): accuracy, the box metrics
-    (with boxes) and how far the map moved from the clean one."""
+    (with boxes) and how far the map moved from the clean one; proportions with their 95% Wilson interval."""
+    mode = ciou_mode(results)
     columns = [("acc", "acc (%)", ".2f")] + (list(BOX_COLUMNS) if results["num_boxed"] else []) + list(CHANGE_COLUMNS)
     h, w = results["map_size"] or ("?", "?")
-    lines = [f"# {results['run']}: sound-source localization", "",
+    box_text = (f"Pointing and {CIOU_AT} (the fraction of samples with cIoU >= {SUCCESS_THRESHOLD}) are fractions; "
+                f"AUC is the area under that fraction over cIoU thresholds 0, 0.05, ..., 1. cIoU: "
+                f"{CIOU_CONVENTIONS[mode]}. " if results["num_boxed"] else "")
+    lines = [f"# {results['run']}: sound-source localization (cIoU convention: {mode})", "",
              f"{results['num_samples']} test samples, {results['num_boxed']} with a box; map {h}x{w} upsampled to "
              f"{results['input_size']}x{results['input_size']}; visual eps in {results['eps_units']} units, audio eps "
              f"in waveform amplitude; {results['attack_steps'] or 'default'} steps. Objective 'class': untargeted "
              f"{results['attack_loss']} on the label; 'map': maximise the map's mass outside the box (without "
-             f"boxes: outside the clean map's >= {CIOU_THRESHOLD} region). Pointing, cIoU@{CIOU_THRESHOLD} (fraction "
-             f"of samples with IoU >= {CIOU_THRESHOLD}) and AUC are fractions; map IoU compares the adversarial map's "
-             "top region with the clean one's.", "",
+             f"boxes: outside the clean map's >= {MAP_THRESHOLD} region). {box_text}Map IoU compares the adversarial "
+             "map's top region with the clean one's. [a, b]: 95% Wilson interval.", "",
              "| objective | attack | budget | " + " | ".join(title for _, title, _ in columns) + " |",
              "|---" * (len(columns) + 3) + "|"]
     clean = {**results["clean"], "map_iou_top_mass": 1.0, "map_iou_threshold": 1.0, "peak_shift_px": 0.0}
@@ -45,7 +104,7 @@ def loc_table_markdown(results: dict) -> str:
         rows.append(("-", "-", "centre prior", results["center_prior"]))
     rows += [(e["objective"], e["attack"].upper(), budget_label(e), e) for e in results["attacks"] if not e["grid"]]
     for objective, attack, budget, values in rows:
-        cells = ["" if values.get(key) is None else format(values[key], fmt) for key, _, fmt in columns]
+        cells = [_cell(values, results, key, fmt) for key, _, fmt in columns]
         lines.append(f"| {objective} | {attack} | {budget} | " + " | ".join(cells) + " |")
     seconds = sum(e["seconds"] for e in results["attacks"])
     lines += ["", f"Attack time: {seconds:.1f} s in all."]
@@ -57,10 +116,11 @@ LINESTYLES = ("-", "--", ":", "-.")
 
 
 def plot_ciou_vs_eps(results: dict, path: str | os.PathLike) -> None:
-    """cIoU@0.5 and mean IoU (without boxes: IoU of the clean and adversarial top-mass regions) against
+    """cIoU@0.5 and mean cIoU (without boxes: IoU of the clean and adversarial top-mass regions) against
     the per-modality budget: one column per objective, one line per (attack, attacked modalities)."""
     if results["num_boxed"]:
-        metrics = [("ciou", f"cIoU@{CIOU_THRESHOLD}"), ("miou", "mean IoU")]
+        mode = ciou_mode(results)
+        metrics = [("ciou", f"{CIOU_AT} ({mode})"), ("miou", f"mean cIoU ({mode})")]
         clean = results["clean"]
     else:
         metrics = [("map_iou_top_mass", f"IoU with the clean top-{TOP_MASS:.0%}-mass region")]
@@ -109,8 +169,14 @@ def overlay_image(frames: Tensor, heat: Tensor, box: Tensor | None = None, alpha
 
 
 def write_loc_visualization(samples: list[dict], out_dir: str | os.PathLike, categories: list[str],
-                            title: str) -> Path:
-    """``out_dir/index.html``: per sample the map over the frame, clean beside every adversarial one."""
+                            title: str, mode: str) -> Path:
+    """``out_dir/index.html``: per sample the map over the frame, clean beside every adversarial one, with
+    each sample's cIoU in convention ``mode``.
+
+    A sample: ``info``, ``label``, ``pred``, ``frames`` ``[3, T, H, W]``, ``map`` (normalised, ``[H, W]``),
+    ``box`` (mask or None), ``iou`` (its cIoU or None) and ``adv``: column name -> ``frames``, ``map``,
+    ``pred``, ``iou`` and ``budget`` (a dict with ``eps_visual`` and ``eps_audio``, as the engine gives it).
+    """
     out_dir = Path(out_dir)
     assets = out_dir / "assets"
     assets.mkdir(parents=True, exist_ok=True)
@@ -130,14 +196,15 @@ def write_loc_visualization(samples: list[dict], out_dir: str | os.PathLike, cat
             name = f"{stem}_{safe_name(column)}.png"
             save_png(overlay_image(adv["frames"], adv["map"], sample["box"]), assets / name)
             budget = adv["budget"]
-            caption = f"εv={budget.eps_visual:g}, εa={budget.eps_audio:g}"
+            caption = f"εv={budget['eps_visual']:g}, εa={budget['eps_audio']:g}"
             cells.append(_loc_cell(name, caption, categories, adv["pred"], sample["label"], adv["iou"]))
         rows.append("<tr>" + "".join(cells) + "</tr>")
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>Sound-source localization under attack</h1>"
             f"<p>{html.escape(title)}</p><p>Each cell: the min-max normalised map (jet colours) over the model's "
-            "input frame, the sounding object's box in white, the prediction and the box IoU of the map "
-            f"thresholded at {CIOU_THRESHOLD}. 'class' attacks the label, 'map' pushes the map out of the box.</p>"
+            "input frame, the sounding object's box in white, the prediction and the sample's cIoU "
+            f"({html.escape(CIOU_CONVENTIONS[mode])}). 'class' attacks the label, 'map' pushes the map out of "
+            "the box.</p>"
             f"<table><tr><th>sample</th><th>clean</th>{head}</tr>{''.join(rows)}</table></body></html>\n")
     index = out_dir / "index.html"
     write_text_atomic(index, page)
@@ -150,7 +217,7 @@ def _loc_cell(image: str, caption: str, categories: list[str], pred: int, label:
              f"<img src='assets/{html.escape(image)}' width='160' alt='map overlay'>",
              f"<div class='{status}'>pred: {html.escape(categories[pred])}</div>"]
     if iou is not None:
-        parts.append(f"<div>IoU {iou:.2f}</div>")
+        parts.append(f"<div>cIoU {iou:.2f}</div>")
     return "".join(parts) + "</td>"
 
 
@@ -163,5 +230,6 @@ def write_loc_outputs(out_dir: Path, results: dict, vis: list[dict], categories:
     plot_ciou_vs_eps(results, written[2])
     if vis:
         attack = results["attacks"][0]["attack"].upper() if results["attacks"] else "no"
-        written.append(write_loc_visualization(vis, out_dir, categories, f"{results['run']}: {attack} attacks"))
+        written.append(write_loc_visualization(vis, out_dir, categories, f"{results['run']}: {attack} attacks",
+                                               ciou_mode(results)))
     return written

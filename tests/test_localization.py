@@ -17,6 +17,8 @@ from dataset.layout import frame_name
 from dataset.synthetic import SynthConfig, class_names, clip_rngs, make_spec, render_audio, render_video, spec_metadata
 from dataset.transforms import transform_frames
 from evaluation.loc_metrics import (
+    CIOU_LVS,
+    CIOU_THRESHOLD05,
     Boxes,
     auc,
     box_masks,
@@ -24,10 +26,12 @@ from evaluation.loc_metrics import (
     center_prior_maps,
     ciou,
     mask_iou,
+    median_masks,
     peak_locations,
     pointing_hits,
     top_mass_masks,
 )
+from evaluation.loc_report import loc_table_markdown, write_loc_outputs
 from evaluation.localization import localization_maps, map_head, outside_mass_loss
 from models import build_model
 from training.engine import run_dir_of
@@ -45,23 +49,149 @@ def box_mask(x0: float, y0: float, x1: float, y1: float, size: int = 8) -> torch
 # ------------------------------------------------------------------------------------------- metrics
 
 
-def test_pointing_ciou_and_auc_of_hand_made_maps() -> None:
+def ramp(size: int = 8) -> torch.Tensor:
+    """A ``[1, size, size]`` map rising in raster order (0 at the top left, size² - 1 at the bottom right)."""
+    return torch.arange(size * size, dtype=torch.float32).view(1, size, size)
+
+
+def test_lvs_ciou_is_one_when_the_above_median_half_is_the_box() -> None:
+    top_half = box_mask(0, 0, 8, 4)  # rows 0-3: 32 of the 64 pixels
+    falling = 63 - ramp()  # distinct values, the 32 highest in rows 0-3
+    binary = top_half.float()  # ties: 32 ones, 32 zeros; the (lower) median is 0
+    assert median_masks(falling).equal(top_half) and median_masks(binary).equal(top_half)
+    torch.testing.assert_close(ciou(torch.cat([falling, binary]), top_half.expand(2, 8, 8)), torch.ones(2))
+    # the pixels above the median are unchanged by any increasing rescaling (e.g. min-max normalisation)
+    assert ciou(3 * falling - 7, top_half).item() == 1.0
+
+
+def test_lvs_ciou_of_a_map_peaked_away_from_the_box() -> None:
+    # the ramp peaks at the bottom right; above its median: rows 4-7 (32 pixels)
+    box = box_mask(2, 2, 6, 6)  # rows and columns 2-5: 16 pixels, 8 of them (rows 4-5) in the prediction
+    assert ciou(ramp(), box).item() == pytest.approx(8 / (16 + (32 - 8)))  # 0.2
+    corner = box_mask(0, 0, 4, 4)  # the top left: no overlap
+    assert ciou(ramp(), corner).item() == 0.0
+    assert ciou(ramp(), corner, mode=CIOU_THRESHOLD05).item() == 0.0
+
+
+def test_lvs_denominator_counts_the_predicted_pixels_outside_the_box() -> None:
+    box = box_mask(0, 0, 8, 2)  # rows 0-1: 16 pixels, all inside the predicted rows 0-3
+    falling = 63 - ramp()
+    assert ciou(falling, box).item() == pytest.approx(16 / (16 + 16))  # 16 predicted pixels outside the box
+    big_box = box_mask(0, 0, 8, 6)  # rows 0-5: 48 pixels, the 32 predicted ones all inside
+    assert ciou(falling, big_box).item() == pytest.approx(32 / (48 + 0))
+
+
+def test_lvs_leaves_pixels_tied_with_the_median_out() -> None:
+    box = box_mask(2, 2, 6, 6)
+    small_blob = box.float()  # 16 ones among 64 pixels: the median is 0, so exactly the box is predicted
+    assert ciou(small_blob, box).item() == 1.0
+    assert ciou(torch.full((1, 8, 8), 0.3), box).item() == 0.0  # a constant map predicts nothing
+    assert median_masks(torch.full((1, 8, 8), 0.3)).sum().item() == 0
+
+
+def test_fixed_threshold_convention_keeps_its_values_and_pointing_is_unchanged() -> None:
     target = box_mask(2, 2, 6, 6).expand(3, 8, 8)  # 16 pixels
     maps = torch.zeros(3, 8, 8)
     maps[0, 2:6, 2:6] = 1.0  # exactly the box
     maps[1, 2:6, 4:8] = 1.0  # shifted right by 2: 8 of 24 pixels shared, peak (first max) at (2, 4) inside
     maps[2, 0, 0] = 1.0  # a peak outside the box
     assert pointing_hits(maps, target).tolist() == [True, True, False]
-    torch.testing.assert_close(ciou(maps[:2], target[:2]), torch.tensor([1.0, 1 / 3]))
+    torch.testing.assert_close(ciou(maps[:2], target[:2], mode=CIOU_THRESHOLD05), torch.tensor([1.0, 1 / 3]))
     # every pixel >= 0.5 after min-max normalisation: a map of 0.5 to 1 inside the box only
     graded = torch.zeros(1, 8, 8)
     graded[0, 2:6, 2:6] = torch.linspace(0.5, 1.0, 16).view(4, 4)
-    assert ciou(graded, target[:1]).item() == 1.0
-    assert ciou(maps[2:], target[2:]).item() == 0.0
+    assert ciou(graded, target[:1], mode=CIOU_THRESHOLD05).item() == 1.0
+    assert ciou(maps[2:], target[2:], mode=CIOU_THRESHOLD05).item() == 0.0
+    # the ramp normalised: pixel k is k / 63, >= 0.5 from k = 32 on, the same rows 4-7 as its median mask
+    assert ciou(ramp(), box_mask(2, 2, 6, 6), mode=CIOU_THRESHOLD05).item() == pytest.approx(8 / 40)
+    # the two conventions differ on the shifted map: its median is 0, so LVS predicts its 16 ones only
+    assert ciou(maps[1:2], target[1:2], mode=CIOU_LVS).item() == pytest.approx(8 / (16 + 8))
+
+
+def test_ciou_refuses_bad_input() -> None:
+    box = box_mask(2, 2, 6, 6)
+    with pytest.raises(ValueError, match="unknown cIoU mode"):
+        ciou(ramp(), box, mode="median")
+    with pytest.raises(ValueError, match="boolean box masks of one shape"):
+        ciou(ramp(), box.float())
+    with pytest.raises(ValueError, match="boolean box masks of one shape"):
+        ciou(ramp(4), box)
+    with pytest.raises(ValueError, match="NaN"):
+        ciou(torch.full((1, 8, 8), float("nan")), box)
+
+
+def test_auc_of_known_cious() -> None:
     # success rate 1 at t = 0, 2/3 up to 1/3, 1/3 up to 1; trapezoids over 0, 0.05, ..., 1
     assert auc([1.0, 1 / 3, 0.0]) == pytest.approx(0.05 * (5 / 6 + 5 * 2 / 3 + 1 / 2 + 13 / 3))
+    # success rate 1 for t <= 0.2 (5 points), 1/2 for 0.25 <= t <= 0.5 (6 points), 0 above (10 points)
+    assert auc([0.5, 0.2]) == pytest.approx(0.05 * (4 * 1 + (1 + 0.5) / 2 + 5 * 0.5 + 0.5 / 2))
     assert auc([1.0, 1.0]) == pytest.approx(1.0)
     assert auc([0.0]) == pytest.approx(0.025)
+
+
+# -------------------------------------------------------------------------------------------- report
+
+
+def hand_made_results(**top) -> dict:
+    """A results dict as the localization loop writes it: 263 samples, 29 with a box."""
+    attack = {"objective": "map", "attack": "pgd", "budget": "V", "eps_visual": 1.0, "eps_audio": 0.0,
+              "grid": False, "seconds": 2.0, "acc": 100 * 81 / 263, "pointing": 0 / 29, "ciou": 1 / 29,
+              "miou": 0.1, "auc": 0.2, "num_boxed": 29, "map_iou_top_mass": 0.4, "map_iou_threshold": 0.3,
+              "peak_shift_px": 5.0, "peak_shift_frac": 0.1}
+    return {"run": "hand-made", "num_samples": 263, "num_boxed": 29, "map_size": [6, 6], "input_size": 96,
+            "eps_units": "pixel", "attack_steps": 3, "attack_loss": "ce", "attacks": [attack],
+            "clean": {"acc": 100 * 81 / 263, "pointing": 1 / 29, "ciou": 0 / 29, "miou": 0.3, "auc": 0.4,
+                      "num_boxed": 29},
+            "center_prior": {"pointing": 1 / 29, "ciou": 1 / 29, "miou": 0.2, "auc": 0.3, "num_boxed": 29},
+            **top}
+
+
+def table_rows(table: str) -> dict[str, list[str]]:
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return {row[2]: row[3:] for row in rows[2:]}  # budget column -> the metric cells
+
+
+def test_table_prints_proportions_with_wilson_intervals_and_names_the_convention() -> None:
+    table = loc_table_markdown(hand_made_results())
+    assert "(cIoU convention: lvs)" in table and "above the map's median" in table
+    header = next(line for line in table.splitlines() if line.startswith("| objective"))
+    assert "| acc (%) | pointing | cIoU@0.5 | mean cIoU | AUC |" in header
+    rows = table_rows(table)
+    # Newcombe (1998): 81/263 -> [0.2553, 0.3662], 1/29 -> [0.0061, 0.1718]; 0/29 -> [0, z² / (29 + z²)]
+    assert rows["clean"][:3] == ["30.80 [25.5, 36.6]", "0.034 [0.006, 0.172]", "0.000 [0.000, 0.117]"]
+    assert rows["centre prior"][:3] == ["", "0.034 [0.006, 0.172]", "0.034 [0.006, 0.172]"]
+    assert rows["V (εv=1)"][:3] == ["30.80 [25.5, 36.6]", "0.000 [0.000, 0.117]", "0.034 [0.006, 0.172]"]
+    assert rows["V (εv=1)"][3:] == ["0.100", "0.200", "0.400", "0.300", "5.0"]
+    fixed = loc_table_markdown(hand_made_results(ciou_mode=CIOU_THRESHOLD05))
+    assert "(cIoU convention: threshold0.5)" in fixed and "above the map's median" not in fixed
+    with pytest.raises(ValueError, match="unknown ciou_mode"):
+        loc_table_markdown(hand_made_results(ciou_mode="median"))
+
+
+def test_table_prefers_the_loops_counts_and_refuses_fractions_of_no_count() -> None:
+    results = hand_made_results()
+    results["clean"].update(num_correct=0, pointing_hits=29)  # counts win over the stored fractions
+    rows = table_rows(loc_table_markdown(results))
+    assert rows["clean"][:2] == ["0.00 [0.0, 1.4]", "1.000 [0.883, 1.000]"]
+    results = hand_made_results()
+    results["clean"]["ciou"] = 0.5  # not k / 29
+    with pytest.raises(ValueError, match="not a whole number of the 29 samples"):
+        loc_table_markdown(results)
+
+
+def test_outputs_of_a_run_without_boxes(tmp_path: Path) -> None:
+    results = hand_made_results(num_boxed=0)
+    del results["center_prior"]
+    for values in (results["clean"], results["attacks"][0]):
+        for key in ("pointing", "ciou", "miou", "auc", "num_boxed"):
+            values.pop(key)
+    written = write_loc_outputs(tmp_path, results, [], ["a", "b"])
+    table = written[1].read_text()
+    assert "| pointing |" not in table and "cIoU convention" in table
+    assert table_rows(table)["V (εv=1)"] == ["30.80 [25.5, 36.6]", "0.400", "0.300", "5.0"]
+    assert json.loads(written[0].read_text()) == results
+    assert written[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_top_mass_regions_iou_and_peak_shift() -> None:
