@@ -44,7 +44,6 @@ CIOU_CONVENTIONS = {
 }
 SUCCESS_THRESHOLD = 0.5  # a sample counts in cIoU@0.5 when its cIoU is at least this
 MAP_THRESHOLD = 0.5  # of the min-max normalised map (CIOU_THRESHOLD05 and the map-change regions)
-CIOU_THRESHOLD = SUCCESS_THRESHOLD  # the name the localization loop imports today; new code uses the two above
 TOP_MASS = 0.2  # share of the map's mass in the top region of the real-data comparison
 AUC_THRESHOLDS = 21  # cIoU thresholds 0, 0.05, ..., 1
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels, x1 and y1 exclusive
