@@ -180,7 +180,7 @@ class AttackEngine:
             loss = variant.loss_for(ctx) if attack in USES_LOSS else None
             adv_frames, adv_audio, out = self._attack(key, self._build(attack, budget, loss, False), ctx)
             self._record(records, key, ctx, everyone, adv_frames, adv_audio, out, ctx.labels.numel())
-            vis_adv.setdefault((attack, budget), (adv_frames, adv_audio, out))
+            vis_adv.setdefault((attack, budget, variant.name), (adv_frames, adv_audio, out))
 
     def _cascade(self, records: Records, cascade: str, budget: Budget, ctx: BatchContext, clean_correct: Tensor,
                  vis_adv: dict) -> None:
@@ -212,7 +212,7 @@ class AttackEngine:
             final[0][idx], final[1][idx] = adv_frames.detach(), adv_audio.detach()
             standing[idx] = out.logits.argmax(dim=1) == sub.labels
         with torch.no_grad():
-            vis_adv.setdefault((cascade, budget), (final[0], final[1], self.model(final[0], final[1])))
+            vis_adv.setdefault((cascade, budget, None), (final[0], final[1], self.model(final[0], final[1])))
 
     def _sanity(self, records: Records, ctx: BatchContext) -> None:
         """A short PGD with a large budget on both modalities (random start, step 2.5 eps / steps)."""
@@ -268,16 +268,17 @@ class AttackEngine:
 
     def _vis_samples(self, batch: dict, ctx: BatchContext, vis_adv: dict, have: int) -> list[dict]:
         """The first ``num_vis`` samples of rank 0 with their clean and adversarial inputs (first attack type,
-        protocol budgets) for the HTML page."""
+        protocol budgets; one column per budget, or per variant and budget) for the HTML page."""
         keep = max(0, self.num_vis - have) if self.info.is_main else 0
         samples = []
         for i in range(min(keep, ctx.labels.numel())):
             sample = {"info": batch["info"][i], "label": int(ctx.labels[i]),
                       "clean_pred": int(ctx.clean_out.logits[i].argmax()), "frames": ctx.frames[i].cpu(),
                       "audio": ctx.audio[i].cpu(), "adv": {}}
-            for (attack, budget), (adv_frames, adv_audio, out) in vis_adv.items():
+            for (attack, budget, variant), (adv_frames, adv_audio, out) in vis_adv.items():
                 if attack == self.attack_types[0] and not budget.grid:
-                    sample["adv"][budget.name] = {"frames": adv_frames[i].cpu(), "audio": adv_audio[i].cpu(),
+                    column = budget.name if variant is None or len(self.variants) == 1 else f"{variant} {budget.name}"
+                    sample["adv"][column] = {"frames": adv_frames[i].cpu(), "audio": adv_audio[i].cpu(),
                                                   "pred": int(out.logits[i].argmax()),
                                                   "budget": {"eps_visual": budget.eps_visual,
                                                              "eps_audio": budget.eps_audio}}
