@@ -83,7 +83,8 @@ class ArgParser:
         g.add_argument("--skip_bad", action="store_true",
                        help="check every index row's files at start-up; drop and list the bad ones")
         g.add_argument("--max_samples", type=_positive_int, default=None,
-                       help="use only the first N rows of each index (quick runs)")
+                       help="use a class-stratified subset of N rows of each index: about N/classes per class, the "
+                            "first rows of each class in CSV order (quick runs)")
         g.add_argument("--batch_size_per_gpu", type=_positive_int, default=32,
                        help="batch size per process (per GPU; the whole batch on CPU)")
         g.add_argument("--workers", type=_non_negative_int, default=4, help="data loader workers per process")
