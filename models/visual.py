@@ -39,6 +39,12 @@ class FrameEncoder(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def channels_last_weights(self) -> bool:
+        """Whether the first convolution's weight is channels-last (``model.to(memory_format=channels_last)``,
+        done on CUDA), checked on the first 4-D parameter."""
+        first = next((p for p in self.parameters() if p.dim() == 4), None)
+        return first is not None and first.is_contiguous(memory_format=torch.channels_last)
+
     def normalize(self, x: Tensor) -> Tensor:
         """ImageNet-normalise ``[N, 3, H, W]`` images in [0, 1]."""
         return (x - self.mean) / self.std
@@ -53,6 +59,8 @@ class FrameEncoder(nn.Module):
             raise ValueError(f"frames must be [B, 3, T, H, W], got {tuple(frames.shape)}")
         b, c, t, h, w = frames.shape
         x = frames.transpose(1, 2).reshape(b * t, c, h, w)
+        if self.channels_last_weights():  # else every convolution converts its input itself
+            x = x.contiguous(memory_format=torch.channels_last)
         fmap = self.features(self.normalize(x))
         fmap = fmap.reshape(b, t, *fmap.shape[1:])
         if self.img_pool == "max":

@@ -1,4 +1,5 @@
-"""Tests of the training loop of main_attack.py: optimiser, schedule, checkpoints, resume, eval, DDP.
+"""Tests of the training loop of main_attack.py: optimiser, schedule, checkpoints, resume, eval, DDP; the
+training objectives' precision and budgets (main_defense.py); flags that evaluation rejects.
 
 Every run trains tiny models (smallcnn / anet of width 16, 32 px frames, 2048-sample audio) on a
 12-clip SoP-layout dataset written by tests/sop_fixture.py, in-process through ``main_attack.main``
@@ -23,8 +24,11 @@ from PIL import Image
 from torch.utils.data import DistributedSampler
 
 import main_attack
+import main_defense
+import main_localization
 from dataset.av_dataset import AVDataset
 from models import build_model
+from models.visual import ResNet18Frame, SmallCNNFrame
 from tests.sop_fixture import make_root
 from training import engine
 from training.checkpoint import (
@@ -35,6 +39,7 @@ from training.checkpoint import (
     model_meta,
     save_checkpoint,
 )
+from training.objectives import PGDAdversarialTraining, Trades, full_precision
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("cat_a", "cat_b", "cat_c")
@@ -583,7 +588,7 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(data_root:
     epochs = 2
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
     ddp_argv = [*model_flags(batch=2), "--data_root", str(data_root), "--ckpt", str(tmp_path / "ddp"),
-                "--num_epoch", str(epochs), "--freeze_bn", "--mode", "train"]
+                "--num_epoch", str(epochs), "--freeze_bn", "--mode", "train", "--num_gpus", "2"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "main_attack.py"), *ddp_argv]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
@@ -604,3 +609,141 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(data_root:
         variances = [v for k, v in stats.items() if k.endswith("running_var")]
         assert means and all(torch.equal(m, torch.zeros_like(m)) for m in means)
         assert all(torch.equal(v, torch.ones_like(v)) for v in variances)
+
+
+# ------------------------------------------------------------------------- evaluation takes no --weights_*
+
+@pytest.mark.parametrize(("entry_point", "extra"), [
+    (main_attack, ["--mode", "eval"]),
+    (main_defense, ["--mode", "eval"]),
+    (main_defense, ["--mode", "build_bank"]),
+    (main_localization, ["--arch_classifier", "loc"]),  # its only mode: eval
+], ids=["attack-eval", "defense-eval", "defense-build_bank", "localization"])
+def test_evaluation_modes_reject_initial_weights_naming_the_best_checkpoint(
+        data_root: Path, tmp_path: Path, entry_point, extra: list[str]) -> None:
+    argv = flags(data_root, tmp_path, *extra, "--weights_sound", str(tmp_path / "no_such.pth"))
+    with pytest.raises(SystemExit) as exc:
+        entry_point.main(argv)
+    message = str(exc.value)
+    mode = extra[1] if extra[0] == "--mode" else "eval"
+    assert message.startswith(f"error: --weights_sound {tmp_path / 'no_such.pth'}: --mode {mode} loads the run's "
+                              "best checkpoint"), message
+    run = Path(entry_point.parse_args(argv).ckpt) / entry_point.parse_args(argv).id
+    assert str(run) in message and "--mode train only" in message
+    assert not list(tmp_path.iterdir())  # stopped before any work
+
+
+# -------------------------------------------------------------------------------- objectives: precision
+
+class Recorder(torch.nn.Module):
+    """Wraps a model as DDP does (``.module``, which the objectives attack): records the inputs of every
+    training forward pass and whether autocast was on in it."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
+
+    def forward(self, frames: torch.Tensor, audio: torch.Tensor):
+        self.calls.append((frames.detach().clone(), audio.detach().clone(), torch.is_autocast_enabled("cpu")))
+        return self.module(frames, audio)
+
+
+def _tiny_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    frames = torch.rand(4, 3, 1, 32, 32, generator=generator)
+    audio = torch.rand(4, 1, 2048, generator=generator) * 1.6 - 0.8
+    return frames, audio, torch.tensor([0, 1, 2, 0])
+
+
+def _run_objective(objective, autocast=full_precision, freeze_bn: bool = False):
+    """One call of ``objective`` on a freshly seeded tiny model in train mode; returns (recorder, loss, model)."""
+    torch.manual_seed(0)
+    model = _tiny_model()
+    engine.set_train_mode(model, freeze_bn)
+    recorder = Recorder(model)
+    loss, _ = objective(recorder, *_tiny_batch(), autocast)
+    return recorder, loss, model
+
+
+OBJECTIVES = {
+    "adv": lambda eps: PGDAdversarialTraining(eps, steps=3, eps_units="pixel"),
+    "trades": lambda eps: Trades(eps, steps=3, eps_units="pixel", beta=6.0),
+}
+
+
+@pytest.mark.parametrize("mode", OBJECTIVES)
+def test_amp_covers_the_training_forward_and_leaves_the_inner_attack_in_fp32(mode: str) -> None:
+    """With a bf16 autocast for the training forward (what --amp does in fp16 on CUDA) the adversarial examples
+    are those of the float32 run: the inner maximisation runs outside autocast."""
+    objective = OBJECTIVES[mode]({"visual": 0.05, "audio": 0.05})
+    fp32, fp32_loss, _ = _run_objective(objective)
+    bf16, bf16_loss, _ = _run_objective(objective, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    assert [on for *_, on in fp32.calls] == [False] * len(fp32.calls)
+    assert [on for *_, on in bf16.calls] == [True] * len(bf16.calls)  # the training forward is autocast
+    assert len(fp32.calls) == len(bf16.calls) == (1 if mode == "adv" else 2)
+    for (frames32, audio32, _), (frames16, audio16, _) in zip(fp32.calls, bf16.calls):
+        assert torch.equal(frames16, frames32) and torch.equal(audio16, audio32)
+    clean_frames, clean_audio, _ = _tiny_batch()
+    adv_frames, adv_audio, _ = fp32.calls[-1]
+    assert not torch.equal(adv_frames, clean_frames) and not torch.equal(adv_audio, clean_audio)
+    assert torch.isfinite(bf16_loss) and bf16_loss.dtype == torch.float32
+    assert bf16_loss.item() != fp32_loss.item()  # the bf16 forward did run in bf16
+
+
+def test_trades_keeps_batchnorm_frozen_by_freeze_bn() -> None:
+    """TRADES' clean target is computed in eval mode; afterwards each module is back in its own mode."""
+    recorder, _, model = _run_objective(OBJECTIVES["trades"]({"visual": 0.05, "audio": 0.05}), freeze_bn=True)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and not any(m.training for m in norms)
+    assert all(torch.equal(m.running_mean, torch.zeros_like(m.running_mean)) for m in norms)
+    assert model.net_classifier.training and len(recorder.calls) == 2
+
+
+# ------------------------------------------------------------------- objectives: one attacked modality
+
+@pytest.mark.parametrize("mode", OBJECTIVES)
+@pytest.mark.parametrize("attacked", ["visual", "audio"])
+def test_one_modality_budget_perturbs_only_that_modality(mode: str, attacked: str) -> None:
+    eps = 0.05
+    budgets = {"visual": 0.0, "audio": 0.0, attacked: eps}
+    recorder, loss, _ = _run_objective(OBJECTIVES[mode](budgets))
+    clean = dict(zip(("visual", "audio"), _tiny_batch()[:2]))
+    adv = dict(zip(("visual", "audio"), recorder.calls[-1][:2]))
+    other = "audio" if attacked == "visual" else "visual"
+    assert torch.equal(adv[other], clean[other])
+    assert not torch.equal(adv[attacked], clean[attacked])
+    assert (adv[attacked] - clean[attacked]).abs().max().item() <= eps + 1e-6
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("mode", ["adv", "trades"])
+@pytest.mark.parametrize("train_eps", [("0.012", "0"), ("0", "0.012")], ids=["visual-only", "audio-only"])
+def test_main_defense_trains_with_a_budget_on_one_modality(data_root: Path, tmp_path: Path, mode: str,
+                                                           train_eps: tuple[str, str]) -> None:
+    argv = ["--mode", "train", "--train_mode", mode, "--train_eps", *train_eps, "--train_attack_steps", "1",
+            *flags(data_root, tmp_path, epochs=1)]
+    main_defense.main(argv)
+    args = main_defense.parse_args(argv)
+    hist = history(Path(args.ckpt) / args.id)
+    assert len(hist) == 1 and np.isfinite(hist[0]["train_loss"]) and np.isfinite(hist[0]["val_loss"])
+
+
+# ------------------------------------------------------------------------------------- channels-last input
+
+@pytest.mark.parametrize("encoder", [lambda: SmallCNNFrame(dim=16), ResNet18Frame], ids=["smallcnn", "resnet18"])
+def test_frame_encoder_gives_channels_last_convolutions_a_channels_last_input(encoder) -> None:
+    torch.manual_seed(0)
+    net = encoder().eval()
+    first_conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    first_conv.register_forward_pre_hook(
+        lambda _m, inputs: seen.append(inputs[0].is_contiguous(memory_format=torch.channels_last)))
+    frames = torch.rand(2, 3, 2, 32, 32)
+    with torch.no_grad():
+        feat, fmap = net(frames)
+        net.to(memory_format=torch.channels_last)
+        feat_cl, fmap_cl = net(frames)
+    assert seen == [False, True]
+    torch.testing.assert_close(feat_cl, feat, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fmap_cl, fmap, rtol=1e-4, atol=1e-5)

@@ -1,14 +1,20 @@
 """The training loop the entry points share, imagenet-example shape: ``train_one_epoch``, ``evaluate``,
 checkpoints each epoch, ``train`` top to bottom; plus building the model of the flags and the wrapper every
-entry point runs its work in (process group, one-line errors).
+entry point runs its work in (flag checks, process group, one-line errors).
+
+Precision: ``--amp`` (CUDA only) runs the model's training forward passes in float16 autocast with a
+GradScaler; which passes those are, the objective decides (its inner maximisation stays in float32).
+Validation and evaluation always run in float32.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,8 +38,8 @@ from training.checkpoint import (
     save_checkpoint,
     train_state_path,
 )
-from training.objectives import CrossEntropy, Objective
-from utils.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
+from training.objectives import Autocast, CrossEntropy, Objective, full_precision
+from utils.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed, launch_world_size
 from utils.fileio import write_json_atomic
 from utils.meters import AverageMeter, ConfusionCounter
 
@@ -66,6 +72,15 @@ def build_optimizer(model: AVModel, args: argparse.Namespace) -> torch.optim.Opt
             groups.append({"params": list(net.parameters()), "lr": lr})
     return torch.optim.SGD(groups, momentum=args.beta1, weight_decay=args.weight_decay)
 
+def amp_enabled(args: argparse.Namespace, info: DistInfo) -> bool:
+    return args.amp and info.device.type == "cuda"
+
+def training_autocast(args: argparse.Namespace, info: DistInfo) -> Autocast:
+    """The context of the model's training forward passes: float16 autocast under --amp on CUDA, else float32."""
+    if amp_enabled(args, info):
+        return partial(torch.autocast, device_type=info.device.type, dtype=torch.float16)
+    return full_precision
+
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
     model.train()
     if freeze_bn:
@@ -77,13 +92,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     epoch: int, args: argparse.Namespace, info: DistInfo, writer: SummaryWriter | None,
                     objective: Objective) -> dict[str, float]:
     set_train_mode(model, args.freeze_bn)
-    use_amp = args.amp and info.device.type == "cuda"
+    autocast = training_autocast(args, info)
     loss_meter, acc_meter, cos_meter = AverageMeter(), AverageMeter(), AverageMeter()
     bar = tqdm(loader, desc=f"epoch {epoch} train", disable=not info.is_main, leave=False, dynamic_ncols=True)
     for step, batch in enumerate(bar):
         frames, audio, labels = to_device(batch, info.device)
-        with torch.autocast(device_type=info.device.type, dtype=torch.float16, enabled=use_amp):
-            loss, out = objective(model, frames, audio, labels)
+        loss, out = objective(model, frames, audio, labels, autocast)
         logits = out.logits
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step} "
@@ -113,16 +127,14 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, args: argparse.Namespace, info: DistInfo,
              desc: str = "eval") -> tuple[ConfusionCounter, float]:
-    """Accuracy counts over the whole split (summed over ranks) and the mean cross-entropy."""
+    """Accuracy counts over the whole split (summed over ranks) and the mean cross-entropy, in float32."""
     model.eval()
     counter = ConfusionCounter(args.cls_num)
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    use_amp = args.amp and info.device.type == "cuda"
+    loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
     for batch in tqdm(loader, desc=desc, disable=not info.is_main, leave=False, dynamic_ncols=True):
         frames, audio, labels = to_device(batch, info.device)
-        with torch.autocast(device_type=info.device.type, dtype=torch.float16, enabled=use_amp):
-            logits = model(frames, audio).logits.float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double().cpu()
+        logits = model(frames, audio).logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         counter.update(logits, labels)
     counter.all_reduce(info)
     loss_sum = all_reduce_sum(loss_sum, info)
@@ -141,7 +153,7 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
     model = create_model(args, info)
     optimizer = build_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.lr_steps, gamma=0.1)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=args.amp and info.device.type == "cuda")
+    scaler = torch.amp.GradScaler(info.device.type, enabled=amp_enabled(args, info))
     start_epoch, best_acc, history = 0, -1.0, []
     if args.resume:
         if not train_state_path(run_dir).is_file():
@@ -162,7 +174,9 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "args.json", vars(args))
-    ddp_model = DistributedDataParallel(model) if info.enabled else model
+    ddp_model = model
+    if info.enabled:
+        ddp_model = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
     writer = SummaryWriter(str(run_dir / "tensorboard")) if info.is_main else None
 
     for epoch in range(start_epoch, args.num_epoch):
@@ -229,12 +243,37 @@ def evaluate_clean(model: AVModel, loader, args: argparse.Namespace, info: DistI
         write_json_atomic((out_dir or run_dir_of(args)) / "metrics.json", metrics)
     return metrics
 
+INIT_WEIGHT_FLAGS = ("weights_frame", "weights_sound", "weights_classifier")
+
+def num_gpus_problem(args: argparse.Namespace, script: str) -> str | None:
+    """What is wrong when --num_gpus differs from the processes this launch started (None when they agree)."""
+    processes = launch_world_size()
+    if args.num_gpus == processes:
+        return None
+    return (f"--num_gpus {args.num_gpus} but this process group has {processes} process"
+            f"{'es' if processes > 1 else ''} (WORLD_SIZE={processes}): launch with "
+            f"`torchrun --nproc_per_node {args.num_gpus} {script} ...` or NUM_GPUS={args.num_gpus} bash "
+            f"scripts/<workflow>_<dataset>.sh, or pass --num_gpus {processes}; see README, Training")
+
+def init_weights_problem(args: argparse.Namespace) -> str | None:
+    """--weights_* initialise training only: outside --mode train they would be silently ignored."""
+    given = [f"--{flag} {getattr(args, flag)}" for flag in INIT_WEIGHT_FLAGS if getattr(args, flag, "")]
+    if args.mode == "train" or not given:
+        return None
+    return (f"{', '.join(given)}: --mode {args.mode} loads the run's best checkpoint "
+            f"({run_dir_of(args)}/<frame|sound|classifier>_best.pth), not initial weights; the --weights_* flags "
+            f"initialise --mode train only, so drop them")
+
 def run_entry_point(args: argparse.Namespace, action: Callable[[argparse.Namespace, DistInfo], object]) -> None:
-    """What every entry point does around its work: --print_run_dir, joining the process group, one-line
-    errors for bad data and checkpoints, and leaving the group."""
+    """What every entry point does around its work: --print_run_dir, checks of flags that would otherwise be
+    silently wrong, joining the process group, one-line errors for bad data and checkpoints, and leaving the
+    group."""
     if args.print_run_dir:
         print(run_dir_of(args))
         return
+    for problem in (num_gpus_problem(args, Path(inspect.getfile(action)).name), init_weights_problem(args)):
+        if problem:
+            sys.exit(f"error: {problem}")
     info = init_distributed(args.device)
     if args.amp and info.device.type != "cuda" and info.is_main:
         print("note: --amp applies on CUDA only; running in float32 on the CPU")

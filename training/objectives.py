@@ -1,13 +1,21 @@
-"""Training objectives: ``objective(model, frames, audio, labels) -> (loss, ModelOutput)``.
+"""Training objectives: ``objective(model, frames, audio, labels, autocast) -> (loss, ModelOutput)``.
 
 The plain cross-entropy of the recognition models, the paper's dissimilarity constraint, and the
 adversarial-training baselines (PGD adversarial training, Madry et al. 2018; TRADES, Zhang et al.
-2019) on both modalities. Adversarial examples are made on the unwrapped model in eval mode (the
-attacks switch it and restore train mode), so BatchNorm statistics see only the training inputs.
+2019) on the modalities with a budget > 0. Adversarial examples are made on the unwrapped model in
+eval mode (the attacks switch it and restore each module's mode), so BatchNorm statistics see only
+the training inputs.
+
+Precision: an objective is called outside any autocast region. Only the model's training forward
+passes run inside ``autocast()`` (``torch.autocast`` under ``--amp``); the inner maximisation (its
+input gradients and the TRADES target) and the losses stay in float32, so an attack never takes an
+unscaled fp16 gradient.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +24,39 @@ from torch import Tensor, nn
 from attacks import build_attack
 from models import ModelOutput
 
-Objective = Callable[[nn.Module, Tensor, Tensor, Tensor], tuple[Tensor, ModelOutput]]
+Autocast = Callable[[], AbstractContextManager]
+
+
+def full_precision() -> AbstractContextManager:
+    """The ``autocast`` of a float32 run: no change of precision."""
+    return nullcontext()
+
+
+class Objective(Protocol):
+    def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor,
+                 autocast: Autocast = full_precision) -> tuple[Tensor, ModelOutput]: ...
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode, then every module back in its own mode (BatchNorm frozen by --freeze_bn stays so)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def pgd_step_sizes(eps: Mapping[str, float], steps: int) -> dict[str, float]:
+    """The PGD step 2.5 eps / steps (Madry et al.) of each attacked modality; one with eps 0 is not
+    attacked and gets no step."""
+    return {m: 2.5 * e / steps for m, e in eps.items() if e > 0}
 
 
 def mean_cosine(feat_v: Tensor | None, feat_a: Tensor | None) -> Tensor | None:
@@ -39,58 +75,60 @@ class CrossEntropy:
     def __init__(self, lambda_cos: float = 0.0) -> None:
         self.lambda_cos = lambda_cos
 
-    def loss(self, out, labels: Tensor) -> Tensor:
+    def loss(self, out: ModelOutput, labels: Tensor) -> Tensor:
         loss = F.cross_entropy(out.logits.float(), labels)
         cos = mean_cosine(out.feat_v, out.feat_a) if self.lambda_cos else None
         return loss if cos is None else loss + self.lambda_cos * cos
 
-    def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor) -> tuple[Tensor, ModelOutput]:
-        out = model(frames, audio)
+    def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor,
+                 autocast: Autocast = full_precision) -> tuple[Tensor, ModelOutput]:
+        with autocast():
+            out = model(frames, audio)
         return self.loss(out, labels), out
 
 
 class PGDAdversarialTraining(CrossEntropy):
-    """Train on PGD examples (random start) that attack both modalities within ``eps``."""
+    """Train on PGD examples (random start) within ``eps``; a modality with eps 0 stays clean."""
 
     def __init__(self, eps: dict[str, float], steps: int, eps_units: str, lambda_cos: float = 0.0) -> None:
         super().__init__(lambda_cos)
         self.eps, self.steps, self.eps_units = eps, steps, eps_units
 
-    def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor) -> tuple[Tensor, ModelOutput]:
+    def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor,
+                 autocast: Autocast = full_precision) -> tuple[Tensor, ModelOutput]:
         attack = build_attack("pgd", _unwrap(model), self.eps, steps=self.steps,
-                              alpha={m: 2.5 * e / self.steps for m, e in self.eps.items()},
-                              eps_units=self.eps_units, random_start=True)
+                              alpha=pgd_step_sizes(self.eps, self.steps), eps_units=self.eps_units, random_start=True)
         adv_frames, adv_audio = attack(frames, audio, labels)
-        out = model(adv_frames, adv_audio)
+        with autocast():
+            out = model(adv_frames, adv_audio)
         return self.loss(out, labels), out
 
 
 class Trades(CrossEntropy):
-    """CE on clean inputs + ``beta`` * KL(p(x_adv) || p(x)), x_adv maximising that KL inside ``eps``."""
+    """CE on clean inputs + ``beta`` * KL(p(x_adv) || p(x)), x_adv maximising that KL inside ``eps``
+    (a modality with eps 0 stays clean)."""
 
     def __init__(self, eps: dict[str, float], steps: int, eps_units: str, beta: float = 6.0,
                  lambda_cos: float = 0.0) -> None:
         super().__init__(lambda_cos)
         self.eps, self.steps, self.eps_units, self.beta = eps, steps, eps_units, beta
 
-    def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor) -> tuple[Tensor, ModelOutput]:
+    def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor,
+                 autocast: Autocast = full_precision) -> tuple[Tensor, ModelOutput]:
         inner = _unwrap(model)
-        was_training = inner.training
-        inner.eval()
-        with torch.no_grad():
+        with torch.no_grad(), _eval_mode(inner):
             clean_prob = F.softmax(inner(frames, audio).logits.float(), dim=1)
-        inner.train(was_training)
 
-        def kl_to_clean(out, _labels: Tensor) -> Tensor:
+        def kl_to_clean(out: ModelOutput, _labels: Tensor) -> Tensor:
             log_adv = F.log_softmax(out.logits.float(), dim=1)
             return F.kl_div(log_adv, clean_prob, reduction="none").sum(dim=1)
 
-        attack = build_attack("pgd", inner, self.eps, steps=self.steps,
-                              alpha={m: 2.5 * e / self.steps for m, e in self.eps.items()},
+        attack = build_attack("pgd", inner, self.eps, steps=self.steps, alpha=pgd_step_sizes(self.eps, self.steps),
                               loss=kl_to_clean, eps_units=self.eps_units, random_start=True)
         adv_frames, adv_audio = attack(frames, audio, labels)
-        out = model(frames, audio)
-        adv_logits = model(adv_frames, adv_audio).logits.float()
-        robust = F.kl_div(F.log_softmax(adv_logits, dim=1), F.softmax(out.logits.float(), dim=1),
+        with autocast():
+            out = model(frames, audio)
+            adv_out = model(adv_frames, adv_audio)
+        robust = F.kl_div(F.log_softmax(adv_out.logits.float(), dim=1), F.softmax(out.logits.float(), dim=1),
                           reduction="batchmean")
         return self.loss(out, labels) + self.beta * robust, out

@@ -25,7 +25,7 @@ class AverageMeter:
 
 
 class ConfusionCounter:
-    """Correct / total counts per class, summed over batches (and over processes by the caller)."""
+    """Correct / total counts per class (on the CPU), summed over batches and, by ``all_reduce``, processes."""
 
     def __init__(self, num_classes: int) -> None:
         self.correct = torch.zeros(num_classes, dtype=torch.long)
@@ -39,9 +39,9 @@ class ConfusionCounter:
         self.correct += torch.bincount(labels[pred == labels], minlength=n)
 
     def all_reduce(self, info: DistInfo) -> None:
-        """Sum the counts over processes (a no-op in a single process)."""
-        self.correct = all_reduce_sum(self.correct, info)
-        self.total = all_reduce_sum(self.total, info)
+        """Sum the counts over processes in one collective on ``info.device`` (a no-op in a single process);
+        the counts stay on the CPU."""
+        self.correct, self.total = all_reduce_sum(torch.stack([self.correct, self.total]), info).unbind(0)
 
     @property
     def accuracy(self) -> float:
