@@ -1,9 +1,11 @@
-"""Atomic writes: a file appears under its final name complete or not at all."""
+"""Atomic writes: a file appears under its final name complete or not at all; durable ones (fsync) and atomic
+symlink switches for what must survive a power cut."""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,3 +46,26 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's data, or a folder's entries, to the disk: a new or renamed name is durable only once
+    the folder holding it is fsynced too."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_symlink(target: str, link: str | os.PathLike) -> None:
+    """Make ``link`` a symlink to ``target`` in one atomic rename: a reader sees the previous entry or the
+    new link, never no entry. ``link`` must not be a real folder (a rename cannot replace one)."""
+    link = Path(link)
+    tmp = link.parent / f".{link.name}.{uuid.uuid4().hex[:12]}.tmp"
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        os.unlink(tmp)
+        raise
