@@ -110,9 +110,12 @@ class ArgParser:
         g.add_argument("--stft_frame", type=_positive_int, default=1022, help="STFT window of stft / mel encoders")
         g.add_argument("--stft_hop", type=_positive_int, default=256, help="STFT hop of stft / mel encoders")
         g.add_argument("--weights_frame", default="",
-                       help="initial visual weights: 'imagenet' (torchvision download) or a checkpoint path")
-        g.add_argument("--weights_sound", default="", help="initial audio encoder weights (checkpoint path)")
-        g.add_argument("--weights_classifier", default="", help="initial fusion head weights (checkpoint path)")
+                       help="initial visual weights (--mode train only): 'imagenet' (torchvision download) or a "
+                            "checkpoint path")
+        g.add_argument("--weights_sound", default="",
+                       help="initial audio encoder weights (--mode train only; checkpoint path)")
+        g.add_argument("--weights_classifier", default="",
+                       help="initial fusion head weights (--mode train only; checkpoint path)")
         return self
 
     def add_run_arguments(self, modes: list[str]) -> ArgParser:
@@ -121,10 +124,13 @@ class ArgParser:
         g.add_argument("--id", default="", help="run id prefix; the flags that define the model are appended")
         g.add_argument("--ckpt", default="./ckpt", help="folder of run folders")
         g.add_argument("--num_gpus", type=_positive_int, default=1,
-                       help="GPUs to use; the scripts start one torchrun process per GPU when > 1")
+                       help="processes of the run, one per GPU; must equal the launch's (torchrun "
+                            "--nproc_per_node; 1 for plain python); the scripts set it from NUM_GPUS")
         g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="auto: CUDA when present, else CPU")
-        g.add_argument("--amp", action="store_true", help="mixed precision (CUDA only; ignored on the CPU)")
+        g.add_argument("--amp", action="store_true",
+                       help="fp16 for the training forward passes (CUDA only); attacks, validation and evaluation "
+                            "stay fp32")
         g.add_argument("--print_run_dir", action="store_true",
                        help="print the run folder these flags select (--ckpt/<run id>) and exit")
         g.add_argument("--disp_iter", type=_positive_int, default=20, help="batches between progress lines")
@@ -164,7 +170,13 @@ class ArgParser:
         g.add_argument("--eps_grid_modality", nargs="+", choices=["audio", "visual", "both"],
                        default=["audio", "visual", "both"], help="modalities the --eps_grid sweep attacks")
         g.add_argument("--attack_steps", type=_positive_int, default=None,
-                       help="iterations (default: 10 for PGD and MIM as in the paper, 100 for APGD)")
+                       help="PGD and MIM iterations (default 10, the paper's)")
+        g.add_argument("--apgd_steps", type=_positive_int, default=100,
+                       help="APGD-CE and APGD-T iterations, alone and in AutoAttack (100: AutoAttack's standard "
+                            "version)")
+        g.add_argument("--apgd_targets", type=_positive_int, default=9,
+                       help="APGD-T target classes: the top ones other than the label (9 as AutoAttack; at most "
+                            "classes - 1)")
         g.add_argument("--attack_alpha", type=_positive_float, default=None,
                        help="step size in the budget's units (default eps/8, the paper's)")
         g.add_argument("--attack_loss", choices=["ce", "ce+cos", "dlr"], default="ce",

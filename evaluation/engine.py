@@ -130,7 +130,10 @@ class AttackEngine:
             options["random_start"] = args.random_start or args.restarts > 1 or None
         if attack == "square":
             options.update(queries=args.square_queries, p_init=args.square_p_init, seed=args.seed)
-        steps = args.attack_steps if attack != "square" else None
+        steps = {"fgsm": None, "pgd": args.attack_steps, "mim": args.attack_steps, "square": None}.get(
+            attack, args.apgd_steps)
+        if attack == "apgd-t":
+            options["n_target_classes"] = args.apgd_targets
         alpha = args.attack_alpha if attack in ("fgsm", "pgd", "mim") else None
         return build_attack(attack, self.model, eps={"visual": budget.eps_visual, "audio": budget.eps_audio},
                             steps=steps, alpha=alpha, loss=loss if loss is not None else "ce",

@@ -22,7 +22,7 @@ paper_flags() {
     esac
     # shellcheck disable=SC2206
     PAPER_FLAGS=(--dataset "$dataset" --data_root "$root"
-        --arch_frame resnet18 --img_pool max --weights_frame "${WEIGHTS_FRAME-imagenet}" --arch_sound anet
+        --arch_frame resnet18 --img_pool max --arch_sound anet
         --num_frames 1 --stride_frames 8 --frameRate 8 --imgSize 224 --audLen 65535 --audRate 11025
         --num_epoch "$epochs" --lr_steps $steps --lr_frame 1e-4 --lr_sound 1e-3 --lr_classifier 1e-3
         --batch_size_per_gpu 32 --workers 8 --num_gpus "${NUM_GPUS:-1}")
@@ -44,7 +44,8 @@ train_attack() {
     shift
     paper_flags "$dataset"
     for head in ${HEADS:-audio visual concat}; do
-        launch main_attack.py --mode train --arch_classifier "$head" "${PAPER_FLAGS[@]}" "$@"
+        launch main_attack.py --mode train --arch_classifier "$head" "${PAPER_FLAGS[@]}" \
+            --weights_frame "${WEIGHTS_FRAME-imagenet}" "$@"
     done
 }
 
@@ -83,7 +84,7 @@ train_defense() {
     done
     for lambda_cos in 0 1; do
         "$PYTHON" main_defense.py --mode build_bank --arch_classifier "$head" "${PAPER_FLAGS[@]}" \
-            --lambda_cos "$lambda_cos" "$@"
+            --lambda_cos "$lambda_cos" "$@" --num_gpus 1
     done
 }
 

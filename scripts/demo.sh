@@ -65,8 +65,8 @@ echo "== 7/8 sound-source localization of loc: its map against the boxes, clean 
 echo "== 8/8 defending concat: dissimilarity constraint + memory banks (the paper's), PGD adversarial training"
 base="${runs[2]}"
 DEFENSE_FLAGS=(--arch_classifier concat "${MODEL_FLAGS[@]}" --num_epoch 5 --lr_steps 4
-    --lr_frame 0.001 --lr_sound 0.001 --lr_classifier 0.001 --train_attack_steps 3
-    --weights_frame "$base/frame_best.pth" --weights_sound "$base/sound_best.pth"
+    --lr_frame 0.001 --lr_sound 0.001 --lr_classifier 0.001 --train_attack_steps 3)
+INIT=(--weights_frame "$base/frame_best.pth" --weights_sound "$base/sound_best.pth"
     --weights_classifier "$base/classifier_best.pth")
 defended=()
 for mode in "--train_mode standard --lambda_cos 1" "--train_mode adv --lambda_cos 0"; do
@@ -75,7 +75,7 @@ for mode in "--train_mode standard --lambda_cos 1" "--train_mode adv --lambda_co
     run="$("$PYTHON" main_defense.py --print_run_dir "${DEFENSE_FLAGS[@]}" "${flags[@]}")"
     resume=()
     [ -f "$run/train_state_latest.pth" ] && resume=(--resume)
-    "$PYTHON" main_defense.py --mode train "${DEFENSE_FLAGS[@]}" "${flags[@]}" "${resume[@]}"
+    "$PYTHON" main_defense.py --mode train "${DEFENSE_FLAGS[@]}" "${INIT[@]}" "${flags[@]}" "${resume[@]}"
     banks=()
     if [ "${flags[1]}" = standard ]; then
         "$PYTHON" main_defense.py --mode build_bank "${DEFENSE_FLAGS[@]}" "${flags[@]}"

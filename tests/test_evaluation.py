@@ -27,7 +27,8 @@ LENGTH = 32
 def make_args(**overrides) -> SimpleNamespace:
     args = dict(id="toy", arch_classifier="toy", categories=[f"c{i}" for i in range(NUM_CLASSES)],
                 cls_num=NUM_CLASSES, attack_type=["pgd"], epsilons=[(0.0, 0.5)], eps_grid=None,
-                eps_grid_modality=["audio"], attack_steps=None, attack_alpha=None, attack_loss="ce",
+                eps_grid_modality=["audio"], attack_steps=None, apgd_steps=100, apgd_targets=9, attack_alpha=None,
+                attack_loss="ce",
                 eps_units="pixel", random_start=False, restarts=1, eot_iter=1, square_queries=300,
                 square_p_init=0.8, seed=0, num_vis=0, sanity_eps=0.0, audRate=11025)
     args.update(overrides)
@@ -114,7 +115,7 @@ def test_cascade_attacks_only_the_samples_still_standing(tmp_path: Path) -> None
         return original(frames, audio)
 
     model.forward = counting_forward
-    results = run(model, tmp_path, attack_type=["autoattack"], epsilons=[(0.0, 0.5)], attack_steps=5,
+    results = run(model, tmp_path, attack_type=["autoattack"], epsilons=[(0.0, 0.5)], apgd_steps=5,
                   square_queries=20)
     entry = results["attacks"][0]
     names = [c["component"] for c in entry["components"]]
