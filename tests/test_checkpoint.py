@@ -26,7 +26,7 @@ from tests.test_training import (  # noqa: F401  (data_root, straight_run: fixtu
     train,
     weights,
 )
-from training import engine
+from training import checkpoint, engine
 from training.checkpoint import (
     MODULES,
     STORE,
@@ -312,3 +312,45 @@ def test_a_load_that_loses_a_race_with_a_save_reads_one_set(tmp_path: Path, monk
     assert load_checkpoint(run, fresh, "latest", META) == 1
     assert_same_weights(weights_of(fresh), weights_of(second))
     assert len(loads) == 1 + len(MODULES)  # the first attempt stopped at its second file
+
+
+def test_the_files_and_folders_of_a_set_are_fsynced_before_the_pointer_switch_and_the_switch_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order that makes a set survive a power cut: every file written then fsynced, its folder and the
+    store fsynced, the stable links (first save) made and the run folder fsynced, then the pointer switch,
+    then the store fsynced again."""
+    run, events = tmp_path / "run", []
+    real_fsync_path, real_replace, real_save = checkpoint.fsync_path, os.replace, torch.save
+
+    def fsync_path(path):
+        events.append(("fsync", Path(path)))
+        real_fsync_path(path)
+
+    def replace(src, dst):
+        events.append(("replace", Path(dst)))
+        real_replace(src, dst)
+
+    def save(obj, f):
+        events.append(("save", Path(f)))
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoint, "fsync_path", fsync_path)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(torch, "save", save)
+    store, pointer = run / STORE, run / STORE / "latest"
+    for epoch in (0, 1):  # the first save also makes the stable links
+        events.clear()
+        save_checkpoint(run, tiny_model(epoch), "latest", META, epoch, train_state(epoch))
+        switch = events.index(("replace", pointer))
+        before, after = events[:switch], events[switch + 1:]
+        folder = store / os.readlink(pointer)
+        saved = [path for op, path in events if op == "save"]
+        assert sorted(p.name for p in saved) == sorted(f"{m}_latest.pth" for m in [*MODULES, "train_state"])
+        for path in saved:
+            assert path.parent == folder
+            assert events.index(("save", path)) < events.index(("fsync", path)) < switch
+        assert ("fsync", folder) in before and ("fsync", store) in before and ("fsync", store) in after
+        links = [i for i, (op, path) in enumerate(before) if op == "replace" and path.parent == run]
+        assert len(links) == (len(saved) if epoch == 0 else 0)
+        if links:
+            assert ("fsync", run) in before[links[-1]:]
