@@ -38,22 +38,27 @@ class APGD(Attack):
     from the highest-loss point. Update: ``z = P(x_k + eta * sign(grad))``,
     ``x_{k+1} = P(x_k + momentum * (z - x_k) + (1 - momentum) * (x_k - x_{k-1}))``.
     Returns, per sample, the fooling iterate with the highest loss, or else the highest-loss iterate.
-    ``steps`` forward-backward passes plus one.
+    ``steps`` forward-backward passes plus one (times ``eot_iter``). ``restarts``, ``eot_iter`` and ``seed``
+    as in ``Attack``.
     """
 
     default_step = 2.0
 
     def __init__(self, model: nn.Module, eps: Mapping[str, float], *, steps: int = 100,
-                 random_start: bool = False, momentum: float = 0.75, rho: float = 0.75,
-                 loss: str | LossFn = "ce", eps_units: str = "normalized",
-                 std: Sequence[float] = IMAGENET_STD) -> None:
-        super().__init__(model, eps, steps=steps, random_start=random_start, loss=loss, eps_units=eps_units,
-                         std=std)
+                 random_start: bool = False, restarts: int = 1, eot_iter: int = 1, seed: int | None = None,
+                 momentum: float = 0.75, rho: float = 0.75, loss: str | LossFn = "ce",
+                 eps_units: str = "normalized", std: Sequence[float] = IMAGENET_STD) -> None:
+        super().__init__(model, eps, steps=steps, random_start=random_start, restarts=restarts, eot_iter=eot_iter,
+                         seed=seed, loss=loss, eps_units=eps_units, std=std)
         self.momentum = momentum
         self.rho = rho
         self.checkpoints = apgd_checkpoints(steps)
 
     def perturb(self, problem: Problem) -> Inputs:
+        return self.run(problem).x
+
+    def run(self, problem: Problem) -> BestSoFar:
+        """One APGD run on ``problem``; per sample its best iterate with that iterate's loss and success."""
         x = problem.start(self.random_start)
         losses, logits, grads = problem.loss_and_grad(x)
         x = {m: v.detach() for m, v in x.items()}
@@ -91,4 +96,4 @@ class APGD(Attack):
                     f_prev = torch.where(reduce, f_max, f_prev)
                     f_max_at_check, reduced_at_check, last_check = f_max, reduce, k + 1
                     increases.zero_()
-        return best.x
+        return best

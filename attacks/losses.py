@@ -2,10 +2,12 @@
 
 Per-sample values let an attack keep the best iterate of every sample; the gradient is taken of
 their sum, so a sample's gradient does not depend on the batch size. Adding a loss is one function
-plus one line in ``LOSSES``.
+plus one line in ``LOSSES`` (the untargeted losses that any attack can use). The targeted DLR, which
+needs the targets, is built per batch by ``targeted_difference_of_logits_ratio``; ``margin`` is Square's.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -48,6 +50,34 @@ def difference_of_logits_ratio(out: ModelOutput, labels: Tensor) -> Tensor:
     z_y = z.gather(1, labels[:, None]).squeeze(1)
     z_other = torch.where(order[:, 0] == labels, top[:, 1], top[:, 0])
     return (z_other - z_y) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def targeted_difference_of_logits_ratio(targets: Tensor) -> LossFn:
+    """The targeted DLR loss (Croce & Hein 2020) towards ``targets [B]``:
+    ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)`` with ``pi`` the logits sorted in descending order.
+
+    Returns the loss for one batch of targets (the samples' order must match); it needs at least 4 classes.
+    """
+
+    def targeted_dlr(out: ModelOutput, labels: Tensor) -> Tensor:
+        z = out.logits
+        if z.shape[1] < 4:
+            raise ValueError(f"the targeted DLR loss needs at least 4 classes, the model has {z.shape[1]}")
+        if targets.shape != labels.shape:
+            raise ValueError(f"{targets.numel()} targets for {labels.numel()} samples")
+        top = z.topk(4, dim=1).values
+        z_y = z.gather(1, labels[:, None]).squeeze(1)
+        z_t = z.gather(1, targets[:, None]).squeeze(1)
+        return (z_t - z_y) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
+
+    return targeted_dlr
+
+
+def margin(out: ModelOutput, labels: Tensor) -> Tensor:
+    """``max_{i!=y} z_i - z_y``, the negated logit margin (maximised by attacks): > 0 when misclassified."""
+    z = out.logits
+    z_y = z.gather(1, labels[:, None]).squeeze(1)
+    return z.scatter(1, labels[:, None], -math.inf).amax(dim=1) - z_y
 
 
 LOSSES: dict[str, LossFn] = {

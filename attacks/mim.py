@@ -17,14 +17,18 @@ class MIM(Attack):
     """``g <- decay * g + grad / ||grad||_1``, then a projected step ``alpha * sign(g)``.
 
     The L1 norm is taken per sample and per modality, so every sample's and every modality's momentum
-    weighs each step's gradient equally whatever its scale. The paper's: 10 steps, α = ε/8, decay 1.0.
+    weighs each step's gradient equally whatever its scale. The paper's: 10 steps, α = ε/8, decay 1.0, no
+    random start. Every restart starts with zero momentum. ``restarts``, ``eot_iter`` and ``seed``
+    as in ``Attack``.
     """
 
     def __init__(self, model: nn.Module, eps: Mapping[str, float], *, steps: int = 10,
                  alpha: float | Mapping[str, float] | None = None, decay: float = 1.0,
+                 random_start: bool = False, restarts: int = 1, eot_iter: int = 1, seed: int | None = None,
                  loss: str | LossFn = "ce", eps_units: str = "normalized",
                  std: Sequence[float] = IMAGENET_STD) -> None:
-        super().__init__(model, eps, steps=steps, alpha=alpha, loss=loss, eps_units=eps_units, std=std)
+        super().__init__(model, eps, steps=steps, alpha=alpha, random_start=random_start, restarts=restarts,
+                         eot_iter=eot_iter, seed=seed, loss=loss, eps_units=eps_units, std=std)
         self.decay = decay
 
     def direction(self, modality: str, grad: Tensor, state: dict[str, Tensor]) -> Tensor:

@@ -14,14 +14,22 @@ from models.registry import Registry
 ATTACKS: Registry[type] = Registry("attack")
 
 
+# Options that repeat an attack's work; an attack without the option must not be asked for more than one.
+REPEAT_OPTIONS = {"restarts": 1, "eot_iter": 1}
+
+
 def build_attack(name: str, model: nn.Module, eps: Mapping[str, float], steps: int | None = None,
                  alpha: float | Mapping[str, float] | None = None, loss: str | LossFn = "ce",
                  eps_units: str = "normalized", **options: Any) -> Attack:
     """Build ``ATTACKS[name]`` so that one set of options (e.g. the CLI flags) builds every attack.
 
     ``steps``, ``alpha`` and ``options`` that are None keep the attack's default. An option the chosen
-    attack does not have is ignored (FGSM has no steps or alpha, APGD no alpha, only PGD has
-    restarts ...), but one that no registered attack has raises ValueError, as does an unknown name.
+    attack does not have is ignored (FGSM has no steps or alpha, APGD no alpha, APGD-T and Square have their
+    own objective so no ``loss``, Square no steps, alpha or random start, only Square has queries ...),
+    unless ignoring it would change what was asked: ``restarts`` or ``eot_iter`` above 1 (FGSM has no
+    restarts, Square neither restarts nor EOT) and a loss *function* (a caller's own objective, as opposed
+    to a loss name from the shared flags) raise ValueError. An option that no registered attack has raises
+    ValueError, as does an unknown name.
     """
     cls = ATTACKS.get(name)
     accepted = inspect.signature(cls).parameters
@@ -29,5 +37,14 @@ def build_attack(name: str, model: nn.Module, eps: Mapping[str, float], steps: i
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"no attack takes {unknown}; options: {sorted(known - {'model', 'eps'})}")
-    kwargs = {k: v for k, v in {"steps": steps, "alpha": alpha, **options}.items() if v is not None and k in accepted}
-    return cls(model, eps, loss=loss, eps_units=eps_units, **kwargs)
+    for option, single in REPEAT_OPTIONS.items():
+        value = options.get(option)
+        if value is not None and value != single and option not in accepted:
+            raise ValueError(f"attack '{name}' does not support {option} (got {option}={value}); "
+                             f"use {option}=1 for it")
+    if callable(loss) and "loss" not in accepted:
+        raise ValueError(f"attack '{name}' has its own objective and cannot optimise the loss function "
+                         f"{getattr(loss, '__name__', loss)!r}")
+    kwargs = {k: v for k, v in {"steps": steps, "alpha": alpha, "loss": loss, **options}.items()
+              if v is not None and k in accepted}
+    return cls(model, eps, eps_units=eps_units, **kwargs)

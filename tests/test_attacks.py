@@ -1,5 +1,6 @@
-"""Tests of the multimodal attacks: budgets and units, untouched modalities and model state, strength
-ordering, the MIM update, the losses, the registry, and agreement with torchattacks' PGD."""
+"""Tests of the multimodal attacks: budgets and units, untouched modalities and model state, the model
+interface, strength ordering, restarts, EOT, float32 under autocast, the MIM update, the losses, the
+registry, and agreement with torchattacks' PGD."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +13,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks import APGD, ATTACKS, FGSM, LOSSES, MIM, PGD, apgd_checkpoints, build_attack, normalized_eps_to_pixel
+from attacks import (
+    APGD,
+    ATTACKS,
+    FGSM,
+    LOSSES,
+    MIM,
+    PGD,
+    VALID_RANGE,
+    Ball,
+    Problem,
+    apgd_checkpoints,
+    build_attack,
+    normalized_eps_to_pixel,
+)
 from models import AVModel, ModelOutput, build_model
 
 C, N, SIZE, L = 5, 32, 32, 2048
@@ -230,6 +244,91 @@ def test_single_modality_attacks_encode_the_fixed_modality_once(trained, name: s
             hook.remove()
 
 
+class SplitModel(nn.Module):
+    """Not an ``AVModel``: only the public interface (``encode_visual``, ``encode_audio``, ``fuse``,
+    ``uses_*``) around one, recording every encoder call's grad mode. Its ``forward`` must not be used."""
+
+    uses_visual = uses_audio = True
+
+    def __init__(self, model: AVModel) -> None:
+        super().__init__()
+        self.model = model
+        self.grad_modes: dict[str, list[bool]] = {"visual": [], "audio": []}
+
+    def encode_visual(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        self.grad_modes["visual"].append(torch.is_grad_enabled())
+        return self.model.encode_visual(frames)
+
+    def encode_audio(self, audio: Tensor) -> Tensor:
+        self.grad_modes["audio"].append(torch.is_grad_enabled())
+        return self.model.encode_audio(audio)
+
+    def fuse(self, feat_v: Tensor | None, feat_a: Tensor | None, fmap_v: Tensor | None) -> ModelOutput:
+        return self.model.fuse(feat_v, feat_a, fmap_v)
+
+    def forward(self, frames: Tensor, audio: Tensor) -> ModelOutput:
+        raise AssertionError("attacks must run this model through encode_visual / encode_audio / fuse")
+
+
+class PurifiedAudio(AVModel):
+    """An ``AVModel`` subclass that changes ``encode_audio`` (a stand-in for a memory-bank purification) and
+    records its grad modes; attacks must use it, not the plain audio encoder."""
+
+    def __init__(self, model: AVModel) -> None:
+        super().__init__(model.net_frame, model.net_sound, model.net_classifier)
+        self.grad_modes: list[bool] = []
+
+    def encode_audio(self, audio: Tensor) -> Tensor:
+        self.grad_modes.append(torch.is_grad_enabled())
+        return super().encode_audio(audio).tanh().mul(3)
+
+
+class ForwardOverride(AVModel):
+    """An ``AVModel`` subclass whose ``forward`` does more than ``fuse(*encode(...))``."""
+
+    def __init__(self, model: AVModel) -> None:
+        super().__init__(model.net_frame, model.net_sound, model.net_classifier)
+
+    def forward(self, frames: Tensor, audio: Tensor) -> ModelOutput:
+        out = super().forward(frames, audio)
+        return out._replace(logits=out.logits.flip(1))
+
+
+@pytest.mark.parametrize("name", ["pgd", "apgd"])
+def test_attacks_use_only_the_public_model_interface(trained, name: str) -> None:
+    """A duck-typed model is run through encode / fuse: the fixed modality is encoded once, without
+    gradients; the results equal those of calling the whole model at every step."""
+    model, (frames, audio, labels) = trained
+    steps = {"pgd": 10, "apgd": 11}[name]
+    for attacked, eps in (("visual", {"visual": 0.1}), ("both", {"visual": 0.1, "audio": 0.1})):
+        split = SplitModel(model)
+        adv = build_attack(name, split, eps, **QUICK[name])(frames, audio, labels)
+        reference = build_attack(name, Recorder(model), eps, **QUICK[name])(frames, audio, labels)
+        assert all(torch.equal(a, b) for a, b in zip(adv, reference)), attacked
+        assert split.grad_modes["visual"] == [True] * steps
+        assert split.grad_modes["audio"] == ([True] * steps if attacked == "both" else [False])
+
+
+def test_a_subclass_encoder_is_used_and_its_fixed_modality_is_not_differentiated(trained) -> None:
+    model, (frames, audio, labels) = trained
+    purified = PurifiedAudio(model).eval()
+    eps = {"visual": 0.1}
+    adv = PGD(purified, eps)(frames, audio, labels)
+    assert purified.grad_modes == [False]
+    whole = PGD(Recorder(purified), eps)(frames, audio, labels)
+    assert all(torch.equal(a, b) for a, b in zip(adv, whole))
+    assert not torch.equal(adv[0], PGD(model, eps)(frames, audio, labels)[0])  # the purification matters
+
+
+def test_a_subclass_that_overrides_forward_is_called_whole(trained) -> None:
+    model, (frames, audio, labels) = trained
+    flipped = ForwardOverride(model).eval()
+    eps = {"visual": 0.1}
+    adv = PGD(flipped, eps)(frames, audio, labels)
+    assert all(torch.equal(a, b) for a, b in zip(adv, PGD(Recorder(flipped), eps)(frames, audio, labels)))
+    assert not torch.equal(adv[0], PGD(model, eps)(frames, audio, labels)[0])
+
+
 # ------------------------------------------------------------------ strength (no gradient masking)
 
 
@@ -276,6 +375,30 @@ def test_pgd_restarts_keep_the_best_restart_per_sample(trained) -> None:
     best_frames, best_audio, pick = best_of(finals, labels)
     assert torch.equal(adv[0], best_frames) and torch.equal(adv[1], best_audio)
     assert len(set(pick.tolist())) > 1
+
+
+@pytest.mark.parametrize("name", ["mim", "apgd"])
+def test_restarts_never_do_worse_than_their_first_run(trained, name: str) -> None:
+    """With one seed the first restart is the single run; later restarts attack only the samples it left
+    robust, and each sample keeps its best run, so no sample ends worse (fooled, then CE)."""
+    model, (frames, audio, labels) = trained
+    eps = {"visual": 0.03, "audio": 0.03}
+    recorders = {n: Recorder(model) for n in (1, 4)}
+    adv = {n: build_attack(name, recorders[n], eps, steps=5, random_start=True, restarts=n, seed=7)(
+        frames, audio, labels) for n in (1, 4)}
+    with torch.no_grad():
+        logits = {n: model(*adv[n]).logits for n in (1, 4)}
+    fooled = {n: logits[n].argmax(1) != labels for n in (1, 4)}
+    ce = {n: F.cross_entropy(logits[n], labels, reduction="none") for n in (1, 4)}
+    assert (fooled[4] >= fooled[1]).all()
+    same = fooled[4] == fooled[1]
+    assert (ce[4][same] >= ce[1][same] - 1e-5).all()
+    assert fooled[4].sum() > fooled[1].sum() or (ce[4] > ce[1] + 1e-4).any()  # the restarts did something
+    single = len(recorders[1].calls)
+    assert len(recorders[4].calls) > single
+    assert recorders[4].calls[single][0].shape[0] == N  # the evaluation of the first run's result
+    later = {c[0].shape[0] for c in recorders[4].calls[single + 1:]}
+    assert max(later) <= int((~fooled[1]).sum())  # later restarts skip the samples the first run fooled
 
 
 def test_apgd_checkpoints_follow_the_paper() -> None:
@@ -344,6 +467,101 @@ def test_mim_steps_match_the_hand_computed_update() -> None:
         assert any(not torch.allclose(a, b) for a, b in zip(by_hand(normalise)[1], expected[1]))
 
 
+# ------------------------------------------------------------------ expectation over transformation
+
+
+class NoisyLinear(LinearAV):
+    """``LinearAV`` plus logit noise that cycles through fixed draws: a randomised model with known states."""
+
+    def __init__(self, *args, noises: Tensor) -> None:
+        super().__init__(*args)
+        self.noises = noises
+        self.calls = 0
+
+    def forward(self, frames: Tensor, audio: Tensor) -> ModelOutput:
+        noise = self.noises[self.calls % len(self.noises)]
+        self.calls += 1
+        out = super().forward(frames, audio)
+        return out._replace(logits=out.logits + noise)
+
+
+def test_eot_averages_losses_and_gradients_over_forward_passes() -> None:
+    torch.manual_seed(3)
+    frames = 0.5 + 0.05 * torch.randn(4, 3, 1, 2, 2)
+    audio = 0.05 * torch.randn(4, 1, 8)
+    labels = torch.tensor([0, 1, 2, 0])
+    model = NoisyLinear((3, 1, 2, 2), 8, 3, noises=3 * torch.randn(3, 4, 3))
+    eps, alpha = {"visual": 0.2, "audio": 0.2}, {"visual": 0.1, "audio": 0.1}
+
+    def by_hand() -> tuple[Tensor, list[Tensor]]:
+        losses, grads = [], []
+        for noise in model.noises:
+            x = [frames.clone().requires_grad_(), audio.clone().requires_grad_()]
+            loss = F.cross_entropy(LinearAV.forward(model, *x).logits + noise, labels, reduction="none")
+            grads.append(torch.autograd.grad(loss.sum(), x))
+            losses.append(loss.detach())
+        return torch.stack(losses).mean(0), [torch.stack(g).mean(0) for g in zip(*grads)]
+
+    mean_loss, mean_grads = by_hand()
+    expected = [(x + a * g.sign()).clamp(*r) for x, a, g, r in zip((frames, audio), alpha.values(), mean_grads,
+                                                                    [(0, 1), (-1, 1)])]
+    got = PGD(model, eps, alpha=alpha, steps=1, eot_iter=3, eps_units="pixel")(frames, audio, labels)
+    assert model.calls == 3
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    # one pass per step would follow another gradient: the average is what makes the difference
+    single = PGD(model, eps, alpha=alpha, steps=1, eps_units="pixel")(frames, audio, labels)
+    assert not all(torch.allclose(a, b) for a, b in zip(single, expected))
+
+    model.calls = 0
+    balls = {m: Ball(x, torch.tensor(0.2), torch.tensor(0.1), VALID_RANGE[m])
+             for m, x in (("visual", frames), ("audio", audio))}
+    losses, _, grads = Problem(model, LOSSES["ce"], labels, balls, {}, eot_iter=3).loss_and_grad(
+        {"visual": frames.clone().requires_grad_(), "audio": audio.clone().requires_grad_()})
+    torch.testing.assert_close(losses, mean_loss)
+    torch.testing.assert_close(grads["visual"], mean_grads[0])
+    torch.testing.assert_close(grads["audio"], mean_grads[1])
+    model.calls = 0
+    PGD(model, eps, steps=4, eot_iter=5)(frames, audio, labels)
+    assert model.calls == 4 * 5
+
+
+def test_eot_re_encodes_the_fixed_modality_without_gradients(trained) -> None:
+    model, (frames, audio, labels) = trained
+    split = SplitModel(model)
+    PGD(split, {"visual": 0.1}, steps=3, eot_iter=2)(frames, audio, labels)
+    assert split.grad_modes == {"visual": [True] * 6, "audio": [False] * 6}
+
+
+# ------------------------------------------------------------------ precision
+
+
+def test_attacks_run_in_float32_under_autocast(trained) -> None:
+    """Under CPU autocast (bfloat16) the model would compute in bfloat16; inside the attack it does not,
+    so the adversarial inputs equal the float32 run's exactly (bfloat16 inputs are cast first)."""
+    model, (frames, audio, labels) = trained
+    eps = {"visual": 0.1, "audio": 0.05}
+    logit_dtypes: list[torch.dtype] = []
+
+    def recording_ce(out: ModelOutput, labels: Tensor) -> Tensor:
+        logit_dtypes.append(out.logits.dtype)
+        return F.cross_entropy(out.logits, labels, reduction="none")
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(frames, audio).logits.dtype == torch.bfloat16  # the region does change the model
+    for name in ("pgd", "apgd", "square"):
+        options = {"square": {"queries": 20, "seed": 0}, "apgd": {"steps": 5}}.get(name, {"loss": recording_ce})
+        attack = build_attack(name, model, eps, **options)
+        expected = attack(frames, audio, labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = attack(frames, audio, labels)
+            from_bf16 = attack(frames.bfloat16(), audio.bfloat16(), labels)
+        assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(got, expected)), name
+        reference = attack(frames.bfloat16().float(), audio.bfloat16().float(), labels)
+        assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(from_bf16, reference)), name
+    assert logit_dtypes and set(logit_dtypes) == {torch.float32}
+
+
 # ------------------------------------------------------------------ losses
 
 
@@ -391,7 +609,7 @@ def test_iterative_dlr_attacks_fool_the_model(trained, name: str) -> None:
 
 def test_registry_names_and_the_fsgm_alias(trained) -> None:
     model, (frames, audio, labels) = trained
-    assert ATTACKS.names() == ["apgd", "fgsm", "fsgm", "mim", "pgd"]
+    assert ATTACKS.names() == ["apgd", "apgd-t", "fgsm", "fsgm", "mim", "pgd", "square"]
     assert ATTACKS.get("fsgm") is FGSM
     eps = {"visual": 0.05, "audio": 0.05}
     got = build_attack("fsgm", model, eps)(frames, audio, labels)
@@ -401,19 +619,20 @@ def test_registry_names_and_the_fsgm_alias(trained) -> None:
 
 def test_build_attack_passes_the_options_an_attack_has(trained) -> None:
     model, _ = trained
-    flags = dict(steps=7, alpha=0.01, loss="dlr", eps_units="pixel", random_start=True, restarts=3)
+    flags = dict(steps=7, alpha=0.01, loss="dlr", eps_units="pixel", random_start=True, restarts=3, eot_iter=2,
+                 seed=5)
     pgd = build_attack("pgd", model, {"visual": 0.1}, **flags)
-    assert (pgd.steps, pgd.alpha["visual"], pgd.loss_name, pgd.eps_units, pgd.random_start, pgd.restarts) == (
-        7, 0.01, "dlr", "pixel", True, 3)
-    fgsm = build_attack("fgsm", model, {"visual": 0.1}, **flags)
-    assert (fgsm.steps, fgsm.alpha["visual"]) == (1, 0.1)
+    assert (pgd.steps, pgd.alpha["visual"], pgd.loss_name, pgd.eps_units, pgd.random_start, pgd.restarts,
+            pgd.eot_iter, pgd.seed) == (7, 0.01, "dlr", "pixel", True, 3, 2, 5)
+    fgsm = build_attack("fgsm", model, {"visual": 0.1}, **{**flags, "restarts": 1})
+    assert (fgsm.steps, fgsm.alpha["visual"], fgsm.eot_iter) == (1, 0.1, 2)
     apgd = build_attack("apgd", model, {"visual": 0.1}, steps=None, alpha=0.01)
     assert (apgd.steps, apgd.alpha["visual"]) == (100, 0.2)
 
 
 def test_unknown_names_and_bad_options_raise(trained) -> None:
     model, _ = trained
-    with pytest.raises(ValueError, match="available: apgd, fgsm, fsgm, mim, pgd"):
+    with pytest.raises(ValueError, match="available: apgd, apgd-t, fgsm, fsgm, mim, pgd, square"):
         build_attack("cw", model, {"visual": 0.1})
     with pytest.raises(ValueError, match="available: ce, ce\\+cos, dlr"):
         build_attack("pgd", model, {"visual": 0.1}, loss="hinge")
@@ -429,6 +648,18 @@ def test_unknown_names_and_bad_options_raise(trained) -> None:
         PGD(model, {"visual": -0.1})
     with pytest.raises(ValueError, match="random_start"):
         PGD(model, {"visual": 0.1}, restarts=2)
+    with pytest.raises(ValueError, match="random_start"):
+        MIM(model, {"visual": 0.1}, restarts=2)
+    with pytest.raises(ValueError, match="eot_iter must be >= 1"):
+        APGD(model, {"visual": 0.1}, eot_iter=0)
+    with pytest.raises(ValueError, match="'fgsm' does not support restarts"):
+        build_attack("fgsm", model, {"visual": 0.1}, random_start=True, restarts=2)
+    for option in ("restarts", "eot_iter"):
+        with pytest.raises(ValueError, match=f"'square' does not support {option}"):
+            build_attack("square", model, {"visual": 0.1}, random_start=True, **{option: 2})
+    for name in ("square", "apgd-t"):
+        with pytest.raises(ValueError, match="own objective"):
+            build_attack(name, model, {"visual": 0.1}, loss=LOSSES["ce"])
 
 
 # ------------------------------------------------------------------ reference: torchattacks' PGD
@@ -450,7 +681,7 @@ class FramesOnly(nn.Module):
 def test_visual_pgd_matches_torchattacks(trained, eps: float) -> None:
     import torchattacks  # a dev requirement: the reference must run, not be skipped
     model, (frames, audio, labels) = trained
-    wrapper = FramesOnly(model, audio)
+    wrapper = FramesOnly(model, audio).eval()  # torchattacks restores a training-mode model to training mode
     reference = torchattacks.PGD(wrapper, eps=eps, alpha=eps / 4, steps=10, random_start=False)(frames[:, :, 0], labels)
     ours, ours_audio = PGD(model, {"visual": eps}, alpha=eps / 4, steps=10, eps_units="pixel")(frames, audio, labels)
     assert ours_audio is audio

@@ -1,0 +1,142 @@
+"""Square attack (Andriushchenko et al. 2020), L∞: a score-based random search that needs only logits."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from attacks.base import Attack, Ball, Inputs, Problem, per_sample
+from attacks.losses import margin
+from attacks.registry import ATTACKS
+from models.visual import IMAGENET_STD
+
+# Iterations, on a schedule rescaled to 10000 queries, after which the window's share p is halved.
+HALVING_ITERATIONS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def square_fraction(iteration: int, queries: int, p_init: float) -> float:
+    """The share ``p`` of the input one window covers at ``iteration`` (0-based) of ``queries``: ``p_init``
+    halved at every one of ``HALVING_ITERATIONS`` that ``iteration * 10000 / queries`` has passed."""
+    rescaled = int(iteration / queries * 10000)
+    return p_init / 2 ** sum(rescaled > t for t in HALVING_ITERATIONS)
+
+
+def _random_signs(shape: Sequence[int], generator: torch.Generator, like: Tensor) -> Tensor:
+    """±1 with equal probability, in ``like``'s dtype and device."""
+    bits = torch.randint(0, 2, tuple(shape), generator=generator, device=like.device)
+    return bits.mul_(2).sub_(1).to(like.dtype)
+
+
+def _visual_window(frames: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """``[B, 1, 1, H, W]`` masks: per sample a square of side ``max(1, round(sqrt(p H W)))`` (at most
+    ``min(H, W) - 1``) at a random position, the same on every frame of the clip."""
+    b, _, _, h, w = frames.shape
+    side = max(1, min(round(math.sqrt(p * h * w)), min(h, w) - 1))
+    top = torch.randint(h - side + 1, (b, 1), generator=generator, device=frames.device)
+    left = torch.randint(w - side + 1, (b, 1), generator=generator, device=frames.device)
+    rows, cols = torch.arange(h, device=frames.device), torch.arange(w, device=frames.device)
+    in_rows = (rows >= top) & (rows < top + side)
+    in_cols = (cols >= left) & (cols < left + side)
+    return (in_rows[:, :, None] & in_cols[:, None, :]).view(b, 1, 1, h, w)
+
+
+def _audio_window(audio: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """``[B, 1, L]`` masks: per sample a contiguous window of ``max(1, round(p L))`` samples at a random place."""
+    b, _, length = audio.shape
+    size = min(length, max(1, round(p * length)))
+    start = torch.randint(length - size + 1, (b, 1), generator=generator, device=audio.device)
+    positions = torch.arange(length, device=audio.device)
+    return ((positions >= start) & (positions < start + size)).view(b, 1, length)
+
+
+def _set_window(ball: Ball, current: Tensor, inside: Tensor, generator: torch.Generator) -> Tensor:
+    """``current`` with the window ``inside`` set to ``clean ± radius`` (one random sign per sample and
+    channel), projected into the ball and the range.
+
+    Where that leaves a sample unchanged (its window already held those values) the signs of a random
+    non-empty set of channels are flipped, as the paper redraws: a window always changes the input.
+    """
+    b, channels = current.shape[:2]
+    sign_shape = (b, channels) + (1,) * (current.dim() - 2)
+    signs = _random_signs(sign_shape, generator, current)
+
+    def candidate_for(signs: Tensor) -> Tensor:
+        return ball.project_(torch.where(inside, ball.clean + signs * ball.radius, current))
+
+    candidate = candidate_for(signs)
+    unchanged = (candidate == current).flatten(1).all(dim=1)
+    if unchanged.any():
+        subsets = torch.randint(1, 2**channels, (b, 1), generator=generator, device=current.device)
+        flips = (subsets >> torch.arange(channels, device=current.device)) & 1
+        flipped = signs * (1 - 2 * flips).to(signs.dtype).view(sign_shape)
+        candidate = candidate_for(torch.where(per_sample(unchanged, signs), flipped, signs))
+    return candidate
+
+
+@ATTACKS.register("square")
+class Square(Attack):
+    """Random search on the logit margin ``z_y - max_{i!=y} z_i``: no gradients, one forward pass a query.
+
+    Start: visual, vertical stripes (one random sign per sample, channel and column, the same on every row
+    and frame) of ``±eps``; audio, a random sign per waveform sample (the 1-D counterpart of the stripes:
+    a waveform has no second axis to be constant along). Then ``queries`` iterations; in each, every sample
+    not yet misclassified gets a candidate whose window (a square on the frames, see ``_visual_window``; a
+    contiguous stretch of the waveform, ``_audio_window``; both at once when both have a budget) is set to
+    ``clean ± eps`` with a random sign per channel, of share ``p = square_fraction(...)`` of the input. The
+    candidate is kept if it lowers the sample's margin. Budgets are those of ``Attack`` (per channel for
+    visual budgets in normalised units); every point is clamped into the ball and the valid range.
+
+    ``seed`` as in ``Attack`` (each call draws from its own generator). The gradient attacks' options
+    (steps, alpha, loss, random start) do not apply; ``build_attack`` ignores them, and rejects
+    ``restarts`` or ``eot_iter`` above 1. ``queries + 1`` forward passes at most.
+    """
+
+    def __init__(self, model: nn.Module, eps: Mapping[str, float], *, queries: int = 5000, p_init: float = 0.8,
+                 seed: int | None = None, eps_units: str = "normalized",
+                 std: Sequence[float] = IMAGENET_STD) -> None:
+        if queries < 1:
+            raise ValueError(f"queries must be >= 1, got {queries}")
+        if not 0 < p_init <= 1:
+            raise ValueError(f"p_init must be in (0, 1], got {p_init}")
+        super().__init__(model, eps, steps=queries, seed=seed, loss=margin, eps_units=eps_units, std=std)
+        self.p_init = p_init
+
+    @property
+    def queries(self) -> int:
+        return self.steps
+
+    def __repr__(self) -> str:
+        return (f"Square(eps={self.eps}, queries={self.queries}, p_init={self.p_init}, "
+                f"eps_units='{self.eps_units}', seed={self.seed})")
+
+    def perturb(self, problem: Problem) -> Inputs:
+        generator = problem.generator
+        x = {m: self._initial_point(m, ball, generator) for m, ball in problem.balls.items()}
+        losses, fooled = problem.evaluate(x)
+        for iteration in range(self.queries):
+            index = (~fooled).nonzero().squeeze(1)
+            if index.numel() == 0:
+                break
+            part = problem.subset(index)
+            p = square_fraction(iteration, self.queries, self.p_init)
+            candidate = {}
+            for m, ball in part.balls.items():
+                current = x[m][index]
+                inside = (_visual_window if m == "visual" else _audio_window)(current, p, generator)
+                candidate[m] = _set_window(ball, current, inside, generator)
+            candidate_losses, candidate_fooled = part.evaluate(candidate)
+            improved = candidate_losses > losses[index]
+            rows = index[improved]
+            for m, v in x.items():
+                v.index_copy_(0, rows, candidate[m][improved])
+            losses[rows] = candidate_losses[improved]
+            fooled[rows] = candidate_fooled[improved]
+        return x
+
+    @staticmethod
+    def _initial_point(modality: str, ball: Ball, generator: torch.Generator) -> Tensor:
+        clean = ball.clean
+        shape = (*clean.shape[:2], *[1] * (clean.dim() - 3), clean.shape[-1]) if modality == "visual" else clean.shape
+        return ball.project_(clean + _random_signs(shape, generator, clean) * ball.radius)
