@@ -11,7 +11,7 @@
 Targets: (a) AMP + channels-last >= 1.5 x fp32, (b) data wait < 5 %, (c) ratio <= 1.10.
 
     python bench/bench_gpu.py [--device cuda] [--data_root data/gpu_check/root --workers 8] [--json out.json]
-    python bench/bench_gpu.py --device cpu --small     (a quick CPU run: small sizes; the figures only show it works)
+    python bench/bench_gpu.py --device cpu --small [--threads 1]   (a quick CPU run: the figures only show it works)
 
 Timings: warm-up iterations first, torch.cuda.synchronize around every timed region on CUDA, contenders
 interleaved (alternating order) and the median over --repeats. On the CPU, "AMP" autocasts to bfloat16
@@ -271,6 +271,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
     p.add_argument("--data_batches", type=int, default=None,
                    help="batches in the data-wait run, after 3 warm-up ones (default 40; 6 with --small)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads, 0 for torch's default (1 steadies CPU figures on a shared machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
@@ -290,6 +292,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = build_model("resnet18", "anet", "concat", cls_num=args.classes, weights_frame=None).to(device)
     frames = torch.rand(args.batch, 3, 1, args.img, args.img, device=device)

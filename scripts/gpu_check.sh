@@ -49,7 +49,7 @@ ROOT="$WORK/root"       # SoP layout: audio/, frames/, train/val/test.csv
 CKPT="$WORK/ckpt"
 if [ "$REHEARSAL" = 1 ]; then
     DEVICE=cpu IMG=64 AUDLEN=8192 BATCH=8 WORKERS=2 PER_CLASS=8 EVAL_SAMPLES=16 BANK=16
-    BENCH_FLAGS=(--device cpu --small --workers 2)
+    BENCH_FLAGS=(--device cpu --small --threads 1 --workers 2)
 else
     DEVICE=cuda IMG=224 AUDLEN=65535 BATCH=32 WORKERS=8 PER_CLASS=32 EVAL_SAMPLES=32 BANK=64
     BENCH_FLAGS=(--device cuda --workers 8)
