@@ -12,20 +12,21 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from models.av_model import AVModel, ModelOutput
-from models.sparse_coding import fista, ista_released, lipschitz_constant
+from models.av_model import AVModel
+from models.sparse_coding import fista, implicit_lasso, ista_released, lipschitz_constant
 from training.checkpoint import CheckpointError
 from utils.fileio import atomic_path
 
 BANK_METHODS = ("random", "kmeans")
 SOLVERS = ("fista", "ista")
-PURIFICATION_MODES = ("white_box", "bpda")
+PURIFICATION_MODES = ("implicit", "unrolled", "bpda")
 
 
 class BankError(CheckpointError, ValueError):
@@ -158,6 +159,13 @@ def load_bank(path: str | os.PathLike, expected_dim: int | None = None) -> Tenso
     return D.float()
 
 
+def _autocast_off(device_type: str) -> AbstractContextManager:
+    """A region where autocast is disabled on ``device_type`` (a no-op where autocast does not exist)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
+
+
 class _Identity(torch.autograd.Function):
     """Returns ``purified`` forward and passes the gradient to ``f`` unchanged (BPDA)."""
 
@@ -175,14 +183,18 @@ class MemoryBank(nn.Module):
 
     ``solver``: ``fista`` (step ``1/L``, ``L`` computed once here by power iteration) or ``ista``
     (``ista_released``: the paper's fixed ``step`` and an eigen-decomposition on every call).
-    ``mode``: ``white_box`` keeps the graph through the unrolled solver whenever autograd records (inputs or
-    parameters need gradients), so attacks and training differentiate through the sparse coding as the
-    released code did; ``bpda`` purifies forward and passes gradients through as the identity.
+    ``mode``, the gradient of the purification when autograd records (the input needs gradients):
+    ``implicit`` (the white-box default) differentiates the lasso solution through its optimality conditions
+    (``models.sparse_coding.implicit_lasso``: memory independent of the iteration count, exact at a converged
+    code); ``unrolled`` backpropagates through the solver's iterations as the released code did (memory grows
+    with the iterations); ``bpda`` purifies forward and passes gradients through as the identity.
+    The coding runs in float32 whatever the input's dtype, with autocast disabled around it; the output has the
+    input's dtype.
     """
 
     def __init__(self, D: Tensor, lam: float = 0.1, mix: float = 0.5, solver: str = "fista",
                  step: float | None = None, tol: float = 8e-4, max_iter: int = 2000,
-                 mode: str = "white_box") -> None:
+                 mode: str = "implicit") -> None:
         super().__init__()
         if D.dim() != 2:
             raise ValueError(f"a bank is a [feature_dim, size] matrix, got {tuple(D.shape)}")
@@ -222,18 +234,31 @@ class MemoryBank(nn.Module):
         return self.D.shape[0]
 
     def code(self, f: Tensor, differentiable: bool = False) -> Tensor:
-        """Lasso codes ``α [B, N]`` of ``f [B, d]``."""
+        """Lasso codes ``α [B, N]`` of ``f [B, d]`` (float32; ``differentiable``: the unrolled graph)."""
+        D = self.D.float()  # the bank stays float32 even if the module was cast
         if self.solver == "fista":
-            return fista(self.D, f, self.lam, self.L, self.max_iter, self.tol, differentiable, gram=self.gram)
-        return ista_released(self.D, f, self.lam, self.step, self.tol, self.max_iter, differentiable)
+            return fista(D, f, self.lam, self.L, self.max_iter, self.tol, differentiable, gram=self.gram.float())
+        return ista_released(D, f, self.lam, self.step, self.tol, self.max_iter, differentiable)
 
     def forward(self, f: Tensor) -> Tensor:
         if f.dim() != 2 or f.shape[1] != self.feature_dim:
             raise ValueError(f"features must be [B, {self.feature_dim}] for this bank, got {tuple(f.shape)}")
+        with _autocast_off(f.device.type):
+            purified = self._purify(f.float())
+        return purified.to(f.dtype)
+
+    def _purify(self, f: Tensor) -> Tensor:
+        """``mix·Dα + (1 − mix)·f`` for float32 ``f``, with the gradient of ``self.mode`` when autograd records."""
+        D = self.D.float()
         records = torch.is_grad_enabled() and f.requires_grad
-        differentiable = records and self.mode == "white_box"
-        f_in = f if differentiable else f.detach()
-        purified = self.mix * (self.code(f_in, differentiable) @ self.D.T) + (1 - self.mix) * f_in
+        if records and self.mode == "unrolled":
+            codes, f_in = self.code(f, differentiable=True), f
+        elif records and self.mode == "implicit":
+            codes, f_in = implicit_lasso(D, f, self.code), f
+        else:
+            f_in = f.detach()
+            codes = self.code(f_in)
+        purified = self.mix * (codes @ D.T) + (1 - self.mix) * f_in
         if records and self.mode == "bpda":
             return _Identity.apply(f, purified)
         return purified
@@ -249,9 +274,17 @@ class DefendedModel(AVModel):
 
     Shares the wrapped model's ``net_frame`` / ``net_sound`` / ``net_classifier`` (state-dict names and the
     per-module checkpoints stay those of ``AVModel``). ``bank_v`` / ``bank_a`` may be None (that modality is
-    not purified). Returns ``ModelOutput(logits, feat_v, feat_a, fmap_v)`` with the purified embeddings (the
-    ones the head sees, as the released code returned), so attacks and losses work unchanged.
+    not purified). ``encode_visual`` / ``encode_audio`` return the purified embeddings and ``forward`` is
+    ``AVModel``'s ``fuse(*encode(...))``, so ``ModelOutput(logits, feat_v, feat_a, fmap_v)`` holds the embeddings
+    the head sees (as the released code returned) and an attack that encodes the unattacked modality once
+    (under ``no_grad``) gets its purified embedding without differentiating its sparse coding.
     """
+
+    adaptive_attacks: ClassVar[str] = (
+        "the purification solves a lasso problem in every forward pass (a dynamic defense): evaluate it with "
+        "white-box attacks through the sparse coding (purification 'implicit', or 'unrolled'), BPDA "
+        "(purification 'bpda': identity backward through the purification), the released adaptive loss "
+        "CE + cos(feat_v, feat_a), and a gradient-free attack (Square); report the per-sample worst case")
 
     def __init__(self, model: AVModel, bank_v: MemoryBank | None = None, bank_a: MemoryBank | None = None) -> None:
         super().__init__(model.net_frame, model.net_sound, model.net_classifier)
@@ -267,9 +300,15 @@ class DefendedModel(AVModel):
         self.bank_a = bank_a
 
     @property
+    def dynamic_defense(self) -> bool:
+        """True when a bank purifies some embedding (``mix > 0``): an optimisation runs in every forward pass,
+        so gradient checks must be complemented by the attacks in ``adaptive_attacks``."""
+        return any(bank is not None and bank.mix > 0 for bank in (self.bank_v, self.bank_a))
+
+    @property
     def purification(self) -> str:
-        """``white_box`` or ``bpda`` (see ``MemoryBank``; ``mixed`` when the banks differ, ``none`` without
-        banks); setting it switches both banks."""
+        """``implicit``, ``unrolled`` or ``bpda`` (see ``MemoryBank``; ``mixed`` when the banks differ, ``none``
+        without banks); setting it switches both banks."""
         modes = {bank.mode for bank in (self.bank_v, self.bank_a) if bank is not None}
         return modes.pop() if len(modes) == 1 else "mixed" if modes else "none"
 
@@ -279,10 +318,12 @@ class DefendedModel(AVModel):
             if bank is not None:
                 bank.mode = mode
 
-    def forward(self, frames: Tensor | None, audio: Tensor | None) -> ModelOutput:
-        feat_v, fmap_v, feat_a = self.encode(frames, audio)
-        if self.bank_v is not None:
-            feat_v = self.bank_v(feat_v)
-        if self.bank_a is not None:
-            feat_a = self.bank_a(feat_a)
-        return ModelOutput(self.net_classifier(feat_v, feat_a, fmap_v), feat_v, feat_a, fmap_v)
+    def encode_visual(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """``(purified feat_v, fmap_v)``; the feature map is the encoder's, not purified."""
+        feat_v, fmap_v = super().encode_visual(frames)
+        return (self.bank_v(feat_v) if self.bank_v is not None else feat_v), fmap_v
+
+    def encode_audio(self, audio: Tensor) -> Tensor:
+        """The purified ``feat_a``."""
+        feat_a = super().encode_audio(audio)
+        return self.bank_a(feat_a) if self.bank_a is not None else feat_a

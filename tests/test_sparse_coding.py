@@ -1,4 +1,7 @@
-"""Tests of the lasso solvers (models.sparse_coding) and the memory-bank defense (models.memory_bank)."""
+"""Tests of the lasso solvers (models.sparse_coding) and the memory-bank defense (models.memory_bank).
+
+Per-sample convergence, implicit gradients and the purification modes: tests/test_implicit_lasso.py.
+"""
 from __future__ import annotations
 
 import pytest
@@ -176,26 +179,6 @@ def test_differentiable_fista_gradient_matches_finite_differences() -> None:
 # --- memory banks ----------------------------------------------------------------------------------------------
 
 
-def test_bank_modes_white_box_and_bpda() -> None:
-    D = torch.randn(16, 64).abs()
-    bank = MemoryBank(D, mix=0.5, tol=1e-4)
-    f = torch.randn(4, 16).abs().requires_grad_(True)
-    w = torch.randn(4, 16)
-    white = bank(f)
-    (g_white,) = torch.autograd.grad((white * w).sum(), f)
-    bank.mode = "bpda"
-    bpda = bank(f)
-    (g_bpda,) = torch.autograd.grad((bpda * w).sum(), f)
-    assert torch.allclose(white, bpda, atol=1e-6)
-    assert torch.equal(g_bpda, w)  # BPDA: the backward pass is the identity
-    assert not torch.allclose(g_white, w, atol=1e-3)  # white box: the sparse coding is differentiated
-    assert not torch.allclose(g_white, 0.5 * w, atol=1e-3)  # ... not only the (1 − a)·f term
-    with torch.no_grad():
-        assert bank(f).grad_fn is None
-    with pytest.raises(ValueError, match="purification mode"):
-        bank.mode = "gray_box"
-
-
 def test_bank_mix_one_returns_the_reconstruction_and_mix_zero_the_input() -> None:
     D = torch.randn(16, 64).abs()
     f = torch.randn(4, 16).abs()
@@ -309,14 +292,45 @@ def test_defended_model_outputs_and_attributes() -> None:
         DefendedModel(small_model("visual"), bank_a=bank_a)
 
 
-def test_attack_gradients_reach_the_inputs_in_both_modes() -> None:
+@pytest.mark.filterwarnings("ignore::models.sparse_coding.DenseCodeWarning")  # 50 iterations: dense codes
+def test_attack_gradients_reach_the_inputs_in_every_mode() -> None:
     defended = DefendedModel(small_model(), *banks(0.5)).eval()
     frames, audio = (x.requires_grad_(True) for x in inputs())
-    for mode in ("white_box", "bpda"):
+    for mode in ("implicit", "unrolled", "bpda"):
         defended.purification = mode
+        assert defended.purification == mode
         loss = torch.nn.functional.cross_entropy(defended(frames, audio).logits, torch.arange(B))
         g_v, g_a = torch.autograd.grad(loss, (frames, audio))
         assert g_v.abs().sum() > 0 and g_a.abs().sum() > 0
+
+
+def test_defended_encoders_return_purified_embeddings_and_forward_is_fuse_of_encode() -> None:
+    model = small_model()
+    bank_v, bank_a = banks(0.5)
+    defended = DefendedModel(model, bank_v, bank_a).eval()
+    assert "forward" not in DefendedModel.__dict__  # AVModel's fuse(*encode(...)): attacks see the same model
+    frames, audio = inputs()
+    with torch.no_grad():
+        feat_v, fmap_v = defended.encode_visual(frames)
+        feat_a = defended.encode_audio(audio)
+        plain_v, plain_fmap = model.encode_visual(frames)
+        assert torch.allclose(feat_v, bank_v(plain_v)) and torch.equal(fmap_v, plain_fmap)
+        assert torch.allclose(feat_a, bank_a(model.encode_audio(audio)))
+        assert torch.equal(defended.fuse(feat_v, feat_a, fmap_v).logits, defended(frames, audio).logits)
+    # an attack on the frames with the audio encoded once, without a graph: only the visual coding is differentiated
+    frames.requires_grad_(True)
+    logits = defended.fuse(defended.encode_visual(frames)[0], feat_a, None).logits
+    (g_v,) = torch.autograd.grad(logits.sum(), frames)
+    assert g_v.abs().sum() > 0 and feat_a.grad_fn is None
+
+
+def test_defended_model_flags_itself_as_a_dynamic_defense() -> None:
+    model = small_model()
+    assert DefendedModel(model, *banks(0.5)).dynamic_defense
+    assert not DefendedModel(model, *banks(0.0)).dynamic_defense  # mix 0: the features pass unchanged
+    assert not DefendedModel(model).dynamic_defense
+    assert not hasattr(model, "dynamic_defense")
+    assert "BPDA" in DefendedModel.adaptive_attacks and "implicit" in DefendedModel.adaptive_attacks
 
 
 def test_collect_features_over_a_loader() -> None:
