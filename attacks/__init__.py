@@ -22,7 +22,7 @@ from attacks.fgsm import FGSM
 from attacks.losses import LOSSES, LossFn, get_loss, margin, targeted_difference_of_logits_ratio
 from attacks.mim import MIM
 from attacks.pgd import PGD
-from attacks.registry import ATTACKS, build_attack
+from attacks.registry import ATTACKS, attack_options, build_attack
 from attacks.square import Square, square_fraction
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "Square",
     "VALID_RANGE",
     "apgd_checkpoints",
+    "attack_options",
     "build_attack",
     "encodes_separately",
     "get_loss",

@@ -18,6 +18,12 @@ ATTACKS: Registry[type] = Registry("attack")
 REPEAT_OPTIONS = {"restarts": 1, "eot_iter": 1}
 
 
+def attack_options(name: str) -> frozenset[str]:
+    """The keyword options ``ATTACKS[name]`` takes (besides ``model`` and ``eps``), e.g. to pass
+    ``restarts`` only to the attacks that have restarts."""
+    return frozenset(inspect.signature(ATTACKS.get(name)).parameters) - {"model", "eps"}
+
+
 def build_attack(name: str, model: nn.Module, eps: Mapping[str, float], steps: int | None = None,
                  alpha: float | Mapping[str, float] | None = None, loss: str | LossFn = "ce",
                  eps_units: str = "normalized", **options: Any) -> Attack:
@@ -32,11 +38,11 @@ def build_attack(name: str, model: nn.Module, eps: Mapping[str, float], steps: i
     ValueError, as does an unknown name.
     """
     cls = ATTACKS.get(name)
-    accepted = inspect.signature(cls).parameters
-    known = {p for n in ATTACKS.names() for p in inspect.signature(ATTACKS.get(n)).parameters}
+    accepted = attack_options(name)
+    known = set().union(*(attack_options(n) for n in ATTACKS.names()))
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(f"no attack takes {unknown}; options: {sorted(known - {'model', 'eps'})}")
+        raise ValueError(f"no attack takes {unknown}; options: {sorted(known)}")
     for option, single in REPEAT_OPTIONS.items():
         value = options.get(option)
         if value is not None and value != single and option not in accepted:

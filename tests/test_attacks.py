@@ -24,6 +24,7 @@ from attacks import (
     Ball,
     Problem,
     apgd_checkpoints,
+    attack_options,
     build_attack,
     normalized_eps_to_pixel,
 )
@@ -628,6 +629,8 @@ def test_build_attack_passes_the_options_an_attack_has(trained) -> None:
     assert (fgsm.steps, fgsm.alpha["visual"], fgsm.eot_iter) == (1, 0.1, 2)
     apgd = build_attack("apgd", model, {"visual": 0.1}, steps=None, alpha=0.01)
     assert (apgd.steps, apgd.alpha["visual"]) == (100, 0.2)
+    assert {n for n in ATTACKS.names() if "restarts" in attack_options(n)} == {"apgd", "apgd-t", "mim", "pgd"}
+    assert attack_options("square") == {"queries", "p_init", "seed", "eps_units", "std"}
 
 
 def test_unknown_names_and_bad_options_raise(trained) -> None:
