@@ -1,7 +1,10 @@
 """Memory-bank defense cost: (a) batched FISTA against the released solver, (b) the defense's added time per
-test sample relative to the model's forward pass. Prints figures, not pass/fail.
+test sample relative to the model's forward pass, (c) white-box gradients through the sparse coding: implicit
+differentiation of the lasso against backpropagation through the unrolled iterations. Prints figures, not
+pass/fail.
 
-    python bench/bench_defense.py [--dim 512 --bank_size 1024 --batch 64 --step 1e-6 --feat_scale 0.6]
+    python bench/bench_defense.py [--parts a b c] [--dim 512 --bank_size 1024 --batch 64 --step 1e-6]
+                                  [--feat_scale 0.6 --grad_iters 1000]
                                   [--arch_frame resnet18 --img 224 --audio_len 65535 --model_batch 16]
 
 (a) The released solver (``ista_released``: an eigen-decomposition of DᵀD on every call, then plain ISTA with
@@ -19,7 +22,16 @@ sets that scale; the largest eigenvalue L and step·L are printed.
 timed plain and wrapped in ``DefendedModel`` under ``no_grad``. Banks: ``bank_size`` synthetic ReLU-like
 features rescaled to the mean norm of the model's own features on the timed batch (collecting real training
 features would need ~1000 forward passes); FISTA's iteration count depends on the data, so the figure is
-indicative. One thread by default: on a machine shared with other jobs more threads make the figures noise.
+indicative.
+
+(c) The features and bank of (a); the loss is a fixed random weighting of the reconstruction ``Dα`` and its
+gradient goes to the features. Both variants run exactly ``--grad_iters`` FISTA iterations (tol 0), so they
+code the same thing. Each runs in a fresh spawned process; its peak memory is the process's peak resident set
+size after the backward pass (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, its high-water mark reset just
+before the forward pass through ``/proc/self/clear_refs`` on Linux) minus the resident size at that point:
+everything the gradient computation held at its high point, as the OS counts it.
+
+One thread by default: on a machine shared with other jobs more threads make the figures noise.
 """
 from __future__ import annotations
 
@@ -29,18 +41,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import multiprocessing
 import platform
+import resource
 import statistics
 import time
+import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from models import build_model
 from models.memory_bank import DefendedModel, MemoryBank
-from models.sparse_coding import fista, ista_released, lasso_objective, lipschitz_constant
+from models.sparse_coding import (
+    DenseCodeWarning,
+    fista,
+    implicit_lasso,
+    ista_released,
+    lasso_objective,
+    lipschitz_constant,
+)
 
 T = TypeVar("T")
 
@@ -67,7 +89,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--audio_len", type=int, default=65535)
     p.add_argument("--model_batch", type=int, default=16)
     p.add_argument("--mix", type=float, default=0.5, help="bank mix a")
-    p.add_argument("--skip_model", action="store_true", help="run (a) only")
+    p.add_argument("--grad_iters", type=int, default=1000, help="FISTA iterations in (c), both gradient variants")
+    p.add_argument("--parts", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"], help="sections to run")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads, 0 for torch's default")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
@@ -105,11 +128,17 @@ def first_iteration(run: Callable[[int], Tensor], done: Callable[[Tensor], bool]
     return hi
 
 
-def bench_solvers(args: argparse.Namespace) -> None:
+def bank_and_features(args: argparse.Namespace) -> tuple[Tensor, Tensor]:
+    """The synthetic bank ``D [dim, bank_size]`` and features ``F [batch, dim]`` of (a) and (c)."""
     gen = torch.Generator().manual_seed(args.seed)
     directions = torch.randn(args.directions, args.dim, generator=gen).abs()
     D = relu_like_features(args.bank_size, args.dim, directions, args.feat_scale, gen).T.contiguous()
     F = relu_like_features(args.batch, args.dim, directions, args.feat_scale, gen)
+    return D, F
+
+
+def bench_solvers(args: argparse.Namespace) -> None:
+    D, F = bank_and_features(args)
     lam = args.lam
 
     def objective(A: Tensor) -> float:
@@ -238,15 +267,115 @@ def bench_model(args: argparse.Namespace) -> None:
                   f"ms/sample, ratio {defended_s / plain_s:.3f} (bank setup, once: {setup_s * 1e3:.0f} ms)")
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def memory_baseline_mib() -> tuple[float, str]:
+    """The resident memory now, after resetting the peak to it where Linux allows, and how the rise is measured.
+
+    Writing 5 to ``/proc/self/clear_refs`` resets the high-water mark that ``ru_maxrss`` reports to the current
+    RSS; then peak − baseline is what the code after this point held at its high point. Without it, a peak
+    reached earlier (importing torch, building the inputs) can hide part of the rise: a lower bound.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        status = Path("/proc/self/status").read_text()
+        current = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 2**10
+        return current, "peak RSS (getrusage ru_maxrss; high-water mark reset by /proc/self/clear_refs) - RSS before"
+    except (OSError, StopIteration):
+        return peak_rss_mib(), "rise of the peak RSS (getrusage ru_maxrss; a lower bound: no high-water reset here)"
+
+
+def gradient_run(variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One white-box gradient through the coding of (c) in this process: times, peak-memory rise, gradient."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    D, F = bank_and_features(args)
+    L, gram = lipschitz_constant(D), D.T @ D
+    weights = torch.randn(F.shape, generator=torch.Generator().manual_seed(args.seed + 1))
+
+    def solve(f: Tensor, iters: int) -> Tensor:
+        return fista(D, f, args.lam, L, iters, tol=0.0, gram=gram)
+
+    def codes(f: Tensor, iters: int) -> Tensor:
+        if variant == "implicit":
+            return implicit_lasso(D, f, lambda x: solve(x, iters))
+        return fista(D, f, args.lam, L, iters, tol=0.0, differentiable=True, gram=gram)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DenseCodeWarning)
+        warm = F[:1].clone().requires_grad_(True)  # one sample, two iterations: first-call set-up, little memory
+        torch.autograd.grad((codes(warm, 2) @ D.T * weights[:1]).sum(), warm)
+        caught.clear()
+        f = F.clone().requires_grad_(True)
+        baseline, method = memory_baseline_mib()
+        start = time.perf_counter()
+        A = codes(f, args.grad_iters)
+        loss = (A @ D.T * weights).sum()
+        forward_s = time.perf_counter() - start
+        (grad,) = torch.autograd.grad(loss, f)
+        backward_s = time.perf_counter() - start - forward_s
+        peak = peak_rss_mib()
+    active = (A.detach() != 0).sum(dim=1).float()
+    return {"forward_s": forward_s, "backward_s": backward_s, "peak_mib": peak - baseline, "grad": grad.tolist(),
+            "active_mean": float(active.mean()), "active_max": int(active.max()),
+            "dense": int((active > D.shape[0]).sum()), "fallback_warned": bool(caught), "method": method}
+
+
+def _gradient_worker(variant: str, args: argparse.Namespace, queue: Any) -> None:
+    queue.put(gradient_run(variant, args))  # plain Python values: no tensor shared with the exiting process
+
+
+def bench_gradients(args: argparse.Namespace) -> None:
+    print(f"(c) white-box gradient through the coding: bank {args.dim} x {args.bank_size}, batch {args.batch}, "
+          f"λ {args.lam}, {args.grad_iters} FISTA iterations (tol 0), loss = weighted sum of Dα, "
+          f"{torch.get_num_threads()} thread(s)")
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    for variant in ("implicit", "unrolled"):
+        queue = context.Queue()
+        worker = context.Process(target=_gradient_worker, args=(variant, args, queue))
+        worker.start()
+        results[variant] = queue.get()
+        worker.join()
+        if worker.exitcode != 0:
+            raise RuntimeError(f"the {variant} gradient run failed (exit code {worker.exitcode})")
+    print(f"    peak memory of forward + backward, each variant in a fresh spawned process: "
+          f"{results['implicit']['method']}")
+    print(f"    {'variant':10s} {'forward':>10s} {'backward':>10s} {'total':>10s} {'peak memory':>12s}")
+    for variant, r in results.items():
+        print(f"    {variant:10s} {r['forward_s']:9.2f}s {r['backward_s']:9.2f}s "
+              f"{r['forward_s'] + r['backward_s']:9.2f}s {r['peak_mib']:9.1f} MiB")
+    implicit, unrolled = results["implicit"], results["unrolled"]
+    cosine = torch.nn.functional.cosine_similarity(torch.tensor(implicit["grad"]), torch.tensor(unrolled["grad"]),
+                                                   dim=1)
+    seconds = {variant: r["forward_s"] + r["backward_s"] for variant, r in results.items()}
+    print(f"    memory unrolled / implicit {unrolled['peak_mib'] / max(implicit['peak_mib'], 1e-3):.1f}x; time "
+          f"unrolled / implicit {seconds['unrolled'] / seconds['implicit']:.2f}x")
+    print(f"    codes: {implicit['active_mean']:.0f} non-zeros on average (max {implicit['active_max']}, feature size "
+          f"{args.dim}); {implicit['dense']} of {args.batch} denser than the feature size: not unique lasso "
+          f"solutions, where the implicit gradient is the pseudo-inverse one"
+          f"{' (DenseCodeWarning raised)' if implicit['fallback_warned'] else ''}")
+    print(f"    per-sample cosine(implicit, unrolled gradient): mean {float(cosine.mean()):.3f}, min "
+          f"{float(cosine.min()):.3f} (they agree at converged codes, tests/test_implicit_lasso.py; at codes "
+          "stopped early the unrolled one is the exact gradient of what was computed)")
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} thread(s), float32, CPU")
-    bench_solvers(args)
-    if not args.skip_model:
+    if "a" in args.parts:
+        bench_solvers(args)
+    if "b" in args.parts:
         bench_model(args)
+    if "c" in args.parts:
+        bench_gradients(args)
 
 
 if __name__ == "__main__":

@@ -122,8 +122,8 @@ class DenseCodeWarning(UserWarning):
 def _is_well_conditioned(chol: Tensor, info: Tensor) -> bool:
     """Whether a Cholesky factorisation succeeded and its pivots do not reveal a numerically singular matrix.
 
-    ``(min r_ii / max r_ii)²`` is a lower bound on the condition number's inverse; at most ``size·eps`` is
-    treated as singular, the cut-off ``torch.linalg.pinv`` uses for the same matrix.
+    ``(max r_ii / min r_ii)²`` is a lower bound on the condition number: when its inverse is at most
+    ``size·eps`` (the cut-off ``torch.linalg.pinv`` uses for the same matrix) the matrix is treated as singular.
     """
     if int(info) != 0:
         return False
