@@ -26,10 +26,14 @@ indicative.
 
 (c) The features and bank of (a); the loss is a fixed random weighting of the reconstruction ``Dα`` and its
 gradient goes to the features. Both variants run exactly ``--grad_iters`` FISTA iterations (tol 0), so they
-code the same thing. Each runs in a fresh spawned process; its peak memory is the process's peak resident set
-size after the backward pass (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, its high-water mark reset just
-before the forward pass through ``/proc/self/clear_refs`` on Linux) minus the resident size at that point:
-everything the gradient computation held at its high point, as the OS counts it.
+code the same thing. Each variant runs in a fresh spawned process, twice. Peak memory: the process's peak
+resident set size after the backward pass (``VmHWM``, reset just before the forward pass through
+``/proc/self/clear_refs`` on Linux) minus the resident size at that point, i.e. everything the gradient
+computation held at its high point as the OS counts it (where that is unavailable, the rise of
+``getrusage``'s ``ru_maxrss``, a lower bound). "live": glibc's mmap threshold fixed at 128 KiB
+(``fixed_mmap_threshold``), so freed tensors go back to the OS and the figure is the memory the computation
+holds; "default heap": glibc's default allocator, whose heap fragmentation inflates the unrolled graph's
+figure several times and varies from run to run (what a CPU user sees). Times come from the default run.
 
 One thread by default: on a machine shared with other jobs more threads make the figures noise.
 """
@@ -42,12 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import multiprocessing
+import os
 import platform
 import resource
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import torch
@@ -267,26 +273,40 @@ def bench_model(args: argparse.Namespace) -> None:
                   f"ms/sample, ratio {defended_s / plain_s:.3f} (bank setup, once: {setup_s * 1e3:.0f} ms)")
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident set size (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+MMAP_THRESHOLD_VARIABLE = "MALLOC_MMAP_THRESHOLD_"
+MEMORY_METHODS = {
+    "VmHWM": "peak RSS (VmHWM in /proc/self/status, reset to the current RSS through /proc/self/clear_refs just "
+             "before) minus the RSS then (VmRSS)",
+    "ru_maxrss": "rise of the peak RSS (getrusage ru_maxrss; a lower bound: a peak reached before can hide part)",
+}
 
 
-def memory_baseline_mib() -> tuple[float, str]:
-    """The resident memory now, after resetting the peak to it where Linux allows, and how the rise is measured.
+def proc_status_mib(key: str) -> float:
+    """A ``kB`` field of ``/proc/self/status`` (Linux) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 2**10
+    raise OSError(f"/proc/self/status has no {key}")
 
-    Writing 5 to ``/proc/self/clear_refs`` resets the high-water mark that ``ru_maxrss`` reports to the current
-    RSS; then peak − baseline is what the code after this point held at its high point. Without it, a peak
-    reached earlier (importing torch, building the inputs) can hide part of the rise: a lower bound.
+
+def start_memory_measurement() -> tuple[float, str]:
+    """Reset the peak resident memory to the current one where Linux allows; the baseline and the method.
+
+    ``VmHWM`` rather than ``ru_maxrss``: the latter also keeps the parent's peak across fork + exec (a spawned
+    process inherits it) and is not reset by ``clear_refs``.
     """
     try:
         Path("/proc/self/clear_refs").write_text("5")
-        status = Path("/proc/self/status").read_text()
-        current = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 2**10
-        return current, "peak RSS (getrusage ru_maxrss; high-water mark reset by /proc/self/clear_refs) - RSS before"
-    except (OSError, StopIteration):
-        return peak_rss_mib(), "rise of the peak RSS (getrusage ru_maxrss; a lower bound: no high-water reset here)"
+        return proc_status_mib("VmRSS"), "VmHWM"
+    except OSError:
+        return peak_memory_mib("ru_maxrss"), "ru_maxrss"
+
+
+def peak_memory_mib(method: str) -> float:
+    if method == "VmHWM":
+        return proc_status_mib("VmHWM")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # macOS reports bytes, Linux KiB
 
 
 def gradient_run(variant: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -311,54 +331,88 @@ def gradient_run(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         torch.autograd.grad((codes(warm, 2) @ D.T * weights[:1]).sum(), warm)
         caught.clear()
         f = F.clone().requires_grad_(True)
-        baseline, method = memory_baseline_mib()
+        baseline, method = start_memory_measurement()
         start = time.perf_counter()
         A = codes(f, args.grad_iters)
         loss = (A @ D.T * weights).sum()
         forward_s = time.perf_counter() - start
         (grad,) = torch.autograd.grad(loss, f)
         backward_s = time.perf_counter() - start - forward_s
-        peak = peak_rss_mib()
+        peak = peak_memory_mib(method)
     active = (A.detach() != 0).sum(dim=1).float()
     return {"forward_s": forward_s, "backward_s": backward_s, "peak_mib": peak - baseline, "grad": grad.tolist(),
             "active_mean": float(active.mean()), "active_max": int(active.max()),
             "dense": int((active > D.shape[0]).sum()), "fallback_warned": bool(caught), "method": method}
 
 
+@contextmanager
+def fixed_mmap_threshold() -> Iterator[None]:
+    """Processes started here use glibc's mmap for every block of 128 KiB or more (``MALLOC_MMAP_THRESHOLD_``).
+
+    Freed tensors then go back to the OS, so the resident size follows the live tensors. glibc's default
+    threshold adapts and serves such blocks from the heap instead, where the unrolled graph's thousands of
+    retained blocks interleaved with freed temporaries fragment it: the same run then reads 3 to 9 times its
+    live memory, varying from run to run.
+    """
+    previous = os.environ.get(MMAP_THRESHOLD_VARIABLE)
+    os.environ[MMAP_THRESHOLD_VARIABLE] = str(128 * 1024)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[MMAP_THRESHOLD_VARIABLE]
+        else:
+            os.environ[MMAP_THRESHOLD_VARIABLE] = previous
+
+
 def _gradient_worker(variant: str, args: argparse.Namespace, queue: Any) -> None:
     queue.put(gradient_run(variant, args))  # plain Python values: no tensor shared with the exiting process
+
+
+def run_in_fresh_process(variant: str, args: argparse.Namespace, fixed_threshold: bool) -> dict[str, Any]:
+    """``gradient_run`` in a spawned process, with glibc's default allocator or ``fixed_mmap_threshold``."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    worker = context.Process(target=_gradient_worker, args=(variant, args, queue))
+    with fixed_mmap_threshold() if fixed_threshold else nullcontext():
+        worker.start()
+    result = queue.get()
+    worker.join()
+    if worker.exitcode != 0:
+        raise RuntimeError(f"the {variant} gradient run failed (exit code {worker.exitcode})")
+    return result
 
 
 def bench_gradients(args: argparse.Namespace) -> None:
     print(f"(c) white-box gradient through the coding: bank {args.dim} x {args.bank_size}, batch {args.batch}, "
           f"λ {args.lam}, {args.grad_iters} FISTA iterations (tol 0), loss = weighted sum of Dα, "
           f"{torch.get_num_threads()} thread(s)")
-    context = multiprocessing.get_context("spawn")
-    results = {}
-    for variant in ("implicit", "unrolled"):
-        queue = context.Queue()
-        worker = context.Process(target=_gradient_worker, args=(variant, args, queue))
-        worker.start()
-        results[variant] = queue.get()
-        worker.join()
-        if worker.exitcode != 0:
-            raise RuntimeError(f"the {variant} gradient run failed (exit code {worker.exitcode})")
-    print(f"    peak memory of forward + backward, each variant in a fresh spawned process: "
-          f"{results['implicit']['method']}")
-    print(f"    {'variant':10s} {'forward':>10s} {'backward':>10s} {'total':>10s} {'peak memory':>12s}")
-    for variant, r in results.items():
-        print(f"    {variant:10s} {r['forward_s']:9.2f}s {r['backward_s']:9.2f}s "
-              f"{r['forward_s'] + r['backward_s']:9.2f}s {r['peak_mib']:9.1f} MiB")
-    implicit, unrolled = results["implicit"], results["unrolled"]
-    cosine = torch.nn.functional.cosine_similarity(torch.tensor(implicit["grad"]), torch.tensor(unrolled["grad"]),
-                                                   dim=1)
-    seconds = {variant: r["forward_s"] + r["backward_s"] for variant, r in results.items()}
-    print(f"    memory unrolled / implicit {unrolled['peak_mib'] / max(implicit['peak_mib'], 1e-3):.1f}x; time "
+    variants = ("implicit", "unrolled")
+    default = {variant: run_in_fresh_process(variant, args, fixed_threshold=False) for variant in variants}
+    live = {variant: run_in_fresh_process(variant, args, fixed_threshold=True) for variant in variants}
+    print(f"    each variant in a fresh spawned process, twice: with glibc's default allocator (times, 'default "
+          f"heap' memory) and with its mmap threshold fixed at 128 KiB so that freed tensors return to the OS "
+          f"('live' memory). Peak memory of forward + backward: {MEMORY_METHODS[live['implicit']['method']]}")
+    print(f"    {'variant':10s} {'forward':>10s} {'backward':>10s} {'total':>10s} {'peak (live)':>14s} "
+          f"{'peak (default heap)':>20s}")
+    seconds = {variant: r["forward_s"] + r["backward_s"] for variant, r in default.items()}
+    for variant in variants:
+        r = default[variant]
+        print(f"    {variant:10s} {r['forward_s']:9.2f}s {r['backward_s']:9.2f}s {seconds[variant]:9.2f}s "
+              f"{live[variant]['peak_mib']:10.1f} MiB {r['peak_mib']:16.1f} MiB")
+    implicit, unrolled = default["implicit"], default["unrolled"]
+
+    def ratio(results: dict[str, dict[str, Any]]) -> float:
+        return results["unrolled"]["peak_mib"] / max(results["implicit"]["peak_mib"], 1e-3)
+
+    print(f"    memory unrolled / implicit {ratio(live):.1f}x (live), {ratio(default):.1f}x (default heap); time "
           f"unrolled / implicit {seconds['unrolled'] / seconds['implicit']:.2f}x")
     print(f"    codes: {implicit['active_mean']:.0f} non-zeros on average (max {implicit['active_max']}, feature size "
           f"{args.dim}); {implicit['dense']} of {args.batch} denser than the feature size: not unique lasso "
           f"solutions, where the implicit gradient is the pseudo-inverse one"
           f"{' (DenseCodeWarning raised)' if implicit['fallback_warned'] else ''}")
+    cosine = torch.nn.functional.cosine_similarity(torch.tensor(implicit["grad"]), torch.tensor(unrolled["grad"]),
+                                                   dim=1)
     print(f"    per-sample cosine(implicit, unrolled gradient): mean {float(cosine.mean()):.3f}, min "
           f"{float(cosine.min()):.3f} (they agree at converged codes, tests/test_implicit_lasso.py; at codes "
           "stopped early the unrolled one is the exact gradient of what was computed)")
