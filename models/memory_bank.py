@@ -300,9 +300,9 @@ class DefendedModel(AVModel):
         self.bank_a = bank_a
 
     @property
-    def dynamic_defense(self) -> bool:
-        """True when a bank purifies some embedding (``mix > 0``): an optimisation runs in every forward pass,
-        so gradient checks must be complemented by the attacks in ``adaptive_attacks``."""
+    def runs_optimisation(self) -> bool:
+        """Whether the forward pass runs an optimisation that its output depends on (a bank with ``mix > 0``):
+        a "dynamic" defense (``evaluation/checks.py`` reads this), to be evaluated with ``adaptive_attacks``."""
         return any(bank is not None and bank.mix > 0 for bank in (self.bank_v, self.bank_a))
 
     @property

@@ -326,10 +326,10 @@ def test_defended_encoders_return_purified_embeddings_and_forward_is_fuse_of_enc
 
 def test_defended_model_flags_itself_as_a_dynamic_defense() -> None:
     model = small_model()
-    assert DefendedModel(model, *banks(0.5)).dynamic_defense
-    assert not DefendedModel(model, *banks(0.0)).dynamic_defense  # mix 0: the features pass unchanged
-    assert not DefendedModel(model).dynamic_defense
-    assert not hasattr(model, "dynamic_defense")
+    assert DefendedModel(model, *banks(0.5)).runs_optimisation
+    assert not DefendedModel(model, *banks(0.0)).runs_optimisation  # mix 0: the features pass unchanged
+    assert not DefendedModel(model).runs_optimisation
+    assert not hasattr(model, "runs_optimisation")
     assert "BPDA" in DefendedModel.adaptive_attacks and "implicit" in DefendedModel.adaptive_attacks
 
 
