@@ -184,7 +184,9 @@ def lasso_solution_vjp(D: Tensor, A: Tensor, grad_A: Tensor) -> Tensor:
         warnings.warn(DenseCodeWarning(
             "implicit lasso gradient at codes that are not unique lasso solutions (more non-zeros than the feature "
             "size, or a singular D_S^T D_S: a code stopped early?); the pseudo-inverse gradient (D_S^T)^+ g_S is "
-            "used for them. Raise the iteration cap or lower the tolerance for exact gradients."), stacklevel=2)
+            "used for them, which for a dense code passes the reconstruction's gradient through unchanged (as BPDA "
+            "does). Raise the iteration cap or lower the tolerance for exact gradients, or differentiate the "
+            "iterations actually run (purification 'unrolled')."), stacklevel=2)
     return grad_F.to(grad_A.dtype)
 
 
