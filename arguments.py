@@ -181,7 +181,8 @@ class ArgParser:
                        help="step size in the budget's units (default eps/8, the paper's)")
         g.add_argument("--attack_loss", choices=["ce", "ce+cos", "dlr"], default="ce",
                        help="objective: cross-entropy, the released adaptive CE + cos(feat_v, feat_a), or DLR")
-        g.add_argument("--random_start", action="store_true", help="PGD random start (off in the paper)")
+        g.add_argument("--random_start", action="store_true",
+                       help="start PGD, MIM, APGD and APGD-T from a random point of the ball (off in the paper)")
         g.add_argument("--restarts", type=_positive_int, default=1,
                        help="restarts of the iterative attacks from random starts (the per-sample worst is kept)")
         g.add_argument("--square_queries", type=_positive_int, default=5000,

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from attacks import LossFn, build_attack
+from attacks import LossFn, attack_options, build_attack
 from dataset.loaders import to_device
 from evaluation.checks import GradientProbe
 from evaluation.protocol import Budget
@@ -124,20 +124,22 @@ class AttackEngine:
     def _build(self, name: str, budget: Budget, loss: str | LossFn | None, cascade: bool) -> Any:
         args = self.args
         attack = COMPONENT_ATTACK.get(name, name)
-        options: dict[str, Any] = {"eot_iter": args.eot_iter if args.eot_iter > 1 else None}
-        if attack in ("pgd", "mim", "apgd", "apgd-t") and not cascade:
+        options: dict[str, Any] = {"eot_iter": args.eot_iter if args.eot_iter > 1 else None, "seed": args.seed}
+        if not cascade:  # AutoAttack's standard version runs each component once, from the clean input
             options["restarts"] = args.restarts if args.restarts > 1 else None
             options["random_start"] = args.random_start or args.restarts > 1 or None
         if attack == "square":
-            options.update(queries=args.square_queries, p_init=args.square_p_init, seed=args.seed)
-        steps = {"fgsm": None, "pgd": args.attack_steps, "mim": args.attack_steps, "square": None}.get(
-            attack, args.apgd_steps)
+            options.update(queries=args.square_queries, p_init=args.square_p_init)
         if attack == "apgd-t":
             options["n_target_classes"] = args.apgd_targets
+        accepted = attack_options(attack)
+        options = {k: v for k, v in options.items() if v is not None and k in accepted}
+        steps = {"fgsm": None, "pgd": args.attack_steps, "mim": args.attack_steps, "square": None}.get(
+            attack, args.apgd_steps)
         alpha = args.attack_alpha if attack in ("fgsm", "pgd", "mim") else None
         return build_attack(attack, self.model, eps={"visual": budget.eps_visual, "audio": budget.eps_audio},
                             steps=steps, alpha=alpha, loss=loss if loss is not None else "ce",
-                            eps_units=args.eps_units, **{k: v for k, v in options.items() if v is not None})
+                            eps_units=args.eps_units, **options)
 
     def _attack(self, key: Key, attacker: Any, ctx: BatchContext) -> tuple[Tensor, Tensor, ModelOutput]:
         start = time.perf_counter()

@@ -349,7 +349,8 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path: Path, monk
     assert len(calls) == fail_at
 
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["frame_latest.pth", "sound_latest.pth", "classifier_latest.pth", "train_state_latest.pth"])
+        [".checkpoints", "frame_latest.pth", "sound_latest.pth", "classifier_latest.pth", "train_state_latest.pth"])
+    assert len(list((tmp_path / ".checkpoints").iterdir())) == 2  # the pointer and epoch 0's set, nothing half-written
     fresh = _tiny_model()
     assert load_checkpoint(tmp_path, fresh, "latest", _meta()) == 0
     assert_same_weights(_states(fresh), before)
@@ -364,7 +365,7 @@ def test_a_run_whose_checkpoint_write_failed_resumes_to_the_uninterrupted_result
     train_states = []
 
     def dying_save(obj, f, *args, **kwargs):
-        if Path(f).name.startswith(".train_state_latest.pth."):
+        if Path(f).name == "train_state_latest.pth":
             train_states.append(f)
             if len(train_states) == 2:
                 real_save(obj, f, *args, **kwargs)
@@ -387,8 +388,8 @@ def test_a_run_whose_checkpoint_write_failed_resumes_to_the_uninterrupted_result
     assert history(run) == history(straight_run)
 
 
-def test_save_writes_temp_files_beside_the_target_and_renames_them(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_save_writes_a_fresh_set_folder_and_links_the_stable_names_into_it(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     written = []
     real_save = torch.save
 
@@ -399,9 +400,12 @@ def test_save_writes_temp_files_beside_the_target_and_renames_them(tmp_path: Pat
     monkeypatch.setattr(torch, "save", spy)
     save_checkpoint(tmp_path, _tiny_model(), "best", _meta(), 3)
     assert len(written) == 3
-    assert all(p.parent == tmp_path and p.name.startswith(".") and ".tmp" in p.name for p in written)
-    assert not any(p.exists() for p in written)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["classifier_best.pth", "frame_best.pth", "sound_best.pth"]
+    folder = tmp_path / ".checkpoints" / os.readlink(tmp_path / ".checkpoints" / "best")
+    assert all(p.parent == folder and p.is_file() for p in written)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".checkpoints", "classifier_best.pth", "frame_best.pth",
+                                                         "sound_best.pth"]
+    for path in written:
+        assert (tmp_path / path.name).is_symlink() and (tmp_path / path.name).resolve() == path.resolve()
 
 
 def _torch_load_calls(tree: ast.AST):
