@@ -65,14 +65,20 @@ def _save_wav(audio: torch.Tensor, rate: int, path: Path) -> None:
         sf.write(tmp, audio.reshape(-1).numpy(), rate, subtype="PCM_16")
 
 
-def write_visualization(samples: list[dict], out_dir: str | os.PathLike, categories: list[str], audio_rate: int,
-                        title: str) -> Path:
-    """Write ``out_dir/index.html`` and its assets for samples collected by ``evaluate_attacks``."""
+def page_layout(out_dir: str | os.PathLike, samples: list[dict]) -> tuple[Path, Path, list[str], str]:
+    """``(out_dir, out_dir/assets (created), the adversarial columns in order, their header cells)`` of a page
+    whose samples hold one entry per column in ``adv``."""
     out_dir = Path(out_dir)
     assets = out_dir / "assets"
     assets.mkdir(parents=True, exist_ok=True)
-    budgets = list(dict.fromkeys(b for s in samples for b in s["adv"]))
-    head = "".join(f"<th>{html.escape(b)} attack</th>" for b in budgets)
+    columns = list(dict.fromkeys(c for s in samples for c in s["adv"]))
+    return out_dir, assets, columns, "".join(f"<th>{html.escape(c)} attack</th>" for c in columns)
+
+
+def write_visualization(samples: list[dict], out_dir: str | os.PathLike, categories: list[str], audio_rate: int,
+                        title: str) -> Path:
+    """Write ``out_dir/index.html`` and its assets for samples collected by ``evaluate_attacks``."""
+    out_dir, assets, budgets, head = page_layout(out_dir, samples)
     rows = []
     for n, sample in enumerate(samples):
         stem = f"{n:03d}_{safe_name(sample['info'])}"

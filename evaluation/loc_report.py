@@ -23,7 +23,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from evaluation.html_report import STYLE, frame_image, safe_name, save_png
+from evaluation.html_report import STYLE, frame_image, page_layout, safe_name, save_png
 from evaluation.loc_metrics import CIOU_CONVENTIONS, DEFAULT_CIOU_MODE, MAP_THRESHOLD, SUCCESS_THRESHOLD, TOP_MASS
 from evaluation.report import budget_label
 from evaluation.stats import format_accuracy, format_fraction
@@ -177,11 +177,7 @@ def write_loc_visualization(samples: list[dict], out_dir: str | os.PathLike, cat
     ``box`` (mask or None), ``iou`` (its cIoU or None) and ``adv``: column name -> ``frames``, ``map``,
     ``pred``, ``iou`` and ``budget`` (a dict with ``eps_visual`` and ``eps_audio``, as the engine gives it).
     """
-    out_dir = Path(out_dir)
-    assets = out_dir / "assets"
-    assets.mkdir(parents=True, exist_ok=True)
-    columns = list(dict.fromkeys(c for s in samples for c in s["adv"]))
-    head = "".join(f"<th>{html.escape(c)} attack</th>" for c in columns)
+    out_dir, assets, columns, head = page_layout(out_dir, samples)
     rows = []
     for n, sample in enumerate(samples):
         stem = f"{n:03d}_{safe_name(sample['info'])}"

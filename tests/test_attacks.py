@@ -91,13 +91,14 @@ def attacked_accuracy(name: str, model: nn.Module, batch: Batch, eps: dict[str, 
     return accuracy(model, *build_attack(name, model, eps, **kwargs)(frames, audio, labels), labels)
 
 
-def with_range_extremes(frames: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
-    """Copies with pixels at 0 and 1 and samples at -1 and 1, so that the range clamp has work to do."""
+def with_range_extremes(frames: Tensor, audio: Tensor, rows: int = 4, samples: int = 256) -> tuple[Tensor, Tensor]:
+    """Copies with pixels at 0 and 1 (``rows`` rows each) and samples at -1 and 1 (``samples`` each), so that
+    the range clamp has work to do."""
     frames, audio = frames.clone(), audio.clone()
-    frames[..., :4, :] = 0.0
-    frames[..., -4:, :] = 1.0
-    audio[..., :256] = 1.0
-    audio[..., 256:512] = -1.0
+    frames[..., :rows, :] = 0.0
+    frames[..., -rows:, :] = 1.0
+    audio[..., :samples] = 1.0
+    audio[..., samples:2 * samples] = -1.0
     return frames, audio
 
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from attacks import APGDTargeted, Square, build_attack, margin, square_fraction, targeted_difference_of_logits_ratio
 from models import AVModel, ModelOutput, build_model
+from tests.test_attacks import with_range_extremes
 
 C, SIZE, FRAMES, L, N = 6, 16, 2, 1024, 32
 STD = torch.tensor([0.229, 0.224, 0.225])
@@ -108,16 +109,6 @@ def span(mask: Tensor) -> Tensor:
     return (last - first + 1).clamp_min(0)
 
 
-def with_range_extremes(frames: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
-    """Copies with pixels at 0 and 1 and samples at -1 and 1, so that the range clamp has work to do."""
-    frames, audio = frames.clone(), audio.clone()
-    frames[..., :3, :] = 0.0
-    frames[..., -3:, :] = 1.0
-    audio[..., :128] = 1.0
-    audio[..., 128:256] = -1.0
-    return frames, audio
-
-
 # ------------------------------------------------------------------ losses and schedules by hand
 
 
@@ -164,7 +155,7 @@ def test_target_classes_are_the_highest_other_logits() -> None:
 @pytest.mark.parametrize("name", NEW_ATTACKS)
 def test_new_attacks_stay_in_the_ball_and_the_range(audio_visual, name: str, units: str) -> None:
     model, (frames, audio, labels) = audio_visual
-    frames, audio = with_range_extremes(frames, audio)
+    frames, audio = with_range_extremes(frames, audio, rows=3, samples=128)
     eps = {"visual": 0.2, "audio": 0.05}
     adv_frames, adv_audio = build_attack(name, model, eps, eps_units=units, seed=0, **NEW_ATTACKS[name])(
         frames, audio, labels)
