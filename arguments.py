@@ -253,6 +253,10 @@ class ArgParser:
         if hasattr(args, "arch_sound") and args.arch_sound in ("stft", "mel") and args.audLen < args.stft_frame:
             self.parser.error(f"--audLen {args.audLen} is shorter than --stft_frame {args.stft_frame}: the "
                               f"{args.arch_sound} encoder needs at least one STFT window of audio")
+        if hasattr(args, "attack_type") and {"apgd-t", "autoattack", "aa"} & set(args.attack_type) \
+                and args.cls_num < 4:
+            self.parser.error(f"--attack_type apgd-t / autoattack need at least 4 classes for the targeted DLR "
+                              f"loss; this dataset has {args.cls_num}")
         if hasattr(args, "arch_classifier"):
             args.id = run_id(args)
         return args

@@ -121,8 +121,13 @@ class Boxes:
 
 
 def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """``[B, h, w]`` maps bilinearly resized to ``size`` (differentiable)."""
-    return F.interpolate(maps.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=False).squeeze(1)
+    """``[B, h, w]`` maps bilinearly resized to ``size`` (differentiable).
+
+    Interpolated in float64: in float32 the border strips, which repeat one cell, come out one rounding step
+    apart instead of tied, and which pixel ranks first (peak, median mask, top mass) then depends on the
+    batch the sample is in."""
+    return F.interpolate(maps.unsqueeze(1).double(), size=size, mode="bilinear",
+                         align_corners=False).squeeze(1).float()
 
 
 def normalize_maps(maps: Tensor) -> Tensor:

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole study on the embedded synthetic dataset, on the CPU of a laptop:
 # generate videos -> preprocess (8 fps, 11025 Hz) -> index -> dataset statistics -> train audio-only,
-# visual-only, two audio-visual and the localization (loc) models -> attack them (FGSM, PGD, MIM; the
-# paper's budgets) -> sound-source localization of loc against the generated boxes, clean and attacked ->
-# defend the concat model (dissimilarity constraint + memory banks) and train the adversarial-training
-# baseline -> summary table. Rerunning skips what is done (finished videos, finished training runs).
+# visual-only, audio-visual (concat) and localization (loc) models -> attack them (PGD and a reduced-budget
+# audio-visual AutoAttack, per-sample records, gradient-masking checks; the paper's budgets)
+# -> sound-source localization of loc against the generated boxes, clean and attacked -> defend the concat
+# model (dissimilarity constraint + memory banks, attacked through the sparse coding at its full iteration
+# budget) and train the adversarial-training baseline -> summary table with 95 % intervals and findings
+# with McNemar tests. Rerunning skips what is done (finished videos, finished training runs).
 # DEMO_DIR (default data/) holds the data, DEMO_CKPT (default ckpt/demo) the runs; DEMO_SEED seeds all.
 source "$(dirname "${BASH_SOURCE[0]}")/_bootstrap.sh"
 ensure_venv requirements.txt
@@ -18,7 +20,8 @@ export SYNTHETIC_ROOT="$ROOT"
 
 echo "== 1/8 generating the embedded dataset into $SOURCE"
 if [ ! -f "$SOURCE/boxes.json" ]; then
-    "$PYTHON" scripts/make_synthetic.py --out "$SOURCE" --seed "$DEMO_SEED" --num_classes 6 --per_class 80
+    "$PYTHON" scripts/make_synthetic.py --out "$SOURCE" --seed "$DEMO_SEED" --num_classes 6 --per_class 100 \
+        --duration 3
 else
     echo "already there (delete $SOURCE to regenerate)"
 fi
@@ -29,7 +32,7 @@ echo "== 2/8 preprocessing videos into $ROOT (frames at 8 fps, audio at 11025 Hz
 echo "== 3/8 building the index"
 mkdir -p "$ROOT"
 cp "$SOURCE/categories.txt" "$ROOT/categories.txt"
-"$PYTHON" scripts/create_index.py --root "$ROOT" --split 0.6 0.2 0.2 --seed "$DEMO_SEED"
+"$PYTHON" scripts/create_index.py --root "$ROOT" --split 0.35 0.15 0.5 --seed "$DEMO_SEED"
 
 echo "== 4/8 dataset statistics"
 "$PYTHON" scripts/dataset_stats.py --dataset synthetic --data_root "$ROOT" --imgSize 112 --audLen 16384
@@ -39,7 +42,7 @@ CKPT="${DEMO_CKPT:-ckpt/demo}"
 MODEL_FLAGS=(--dataset synthetic --data_root "$ROOT" --ckpt "$CKPT" --seed "$DEMO_SEED"
     --arch_frame smallcnn --frame_dim 128 --arch_sound anet --sound_dim 128 --imgSize 112 --audLen 16384
     --num_epoch 15 --lr_steps 11 --batch_size_per_gpu 16 --workers 2)
-HEADS=(audio visual concat film loc)
+HEADS=(audio visual concat loc)
 
 echo "== 5/8 training ${HEADS[*]} on the CPU"
 runs=()
@@ -52,10 +55,16 @@ for head in "${HEADS[@]}"; do
     runs+=("$run")
 done
 
-echo "== 6/8 attacking them: FGSM, PGD, MIM; A eps_a=0.012, V eps_v=0.012, A+V 0.006 each"
+# PGD (the paper's attack; the dataset scripts also run FGSM and MIM) and AutoAttack at a reduced budget
+# that fits the demo (AutoAttack's standard version is the default: --apgd_steps 100 --apgd_targets 9
+# --square_queries 5000); the sanity check's short large-budget PGD. Evaluation batches of 50.
+ATTACK_FLAGS=(--attack_type pgd autoattack --apgd_steps 10 --apgd_targets 2 --square_queries 100
+    --sanity_eps 0.3 --num_vis 8 --batch_size_per_gpu 50)
+
+echo "== 6/8 attacking them: PGD and AA; A eps_a=0.012, V eps_v=0.012, A+V 0.006 each"
 for head in "${HEADS[@]}"; do
-    "$PYTHON" main_attack.py --mode eval --arch_classifier "$head" "${MODEL_FLAGS[@]}" \
-        --attack_type fgsm pgd mim --num_vis 8 | grep -v "^  "
+    "$PYTHON" main_attack.py --mode eval --arch_classifier "$head" "${MODEL_FLAGS[@]}" "${ATTACK_FLAGS[@]}" \
+        | grep -v "^  "
 done
 
 echo "== 7/8 sound-source localization of loc: its map against the boxes, clean and under attack"
@@ -79,13 +88,13 @@ for mode in "--train_mode standard --lambda_cos 1" "--train_mode adv --lambda_co
     banks=()
     if [ "${flags[1]}" = standard ]; then
         "$PYTHON" main_defense.py --mode build_bank "${DEFENSE_FLAGS[@]}" "${flags[@]}"
-        banks=(--use_banks --coding_max_iter 100)
+        banks=(--use_banks)
     fi
-    "$PYTHON" main_defense.py --mode eval "${DEFENSE_FLAGS[@]}" "${flags[@]}" "${banks[@]}" \
-        --attack_type fgsm pgd mim --num_vis 8 | grep -v "^  "
+    "$PYTHON" main_defense.py --mode eval "${DEFENSE_FLAGS[@]}" "${flags[@]}" "${banks[@]}" "${ATTACK_FLAGS[@]}" \
+        | grep -v "^  "
     if [ ${#banks[@]} -gt 0 ]; then defended+=("$run/defense_banks"); else defended+=("$run/defense_no_banks"); fi
 done
 
-echo "== summary (accuracy %, test split; adversarial examples: <run>/visualization/index.html)"
+echo "== summary (accuracy % [95 % Wilson interval], test split; adversarial examples: <run>/visualization/)"
 "$PYTHON" scripts/summarize.py "${runs[@]}" "${defended[@]}" --markdown "$CKPT/summary.md" \
     --csv "$CKPT/summary.csv" --findings

@@ -53,3 +53,16 @@ def test_bad_values_are_one_line_errors(argv, message, capsys):
     err = capsys.readouterr().err
     assert message in err
     assert err.strip().splitlines()[-1].startswith("test: error:") or "error:" in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--attack_type", "aa", "--categories", "a,b,c"], "need at least 4 classes"),
+    (["--arch_sound", "mel", "--audLen", "512", "--stft_frame", "1022"], "--audLen 512 is shorter than --stft_frame"),
+])
+def test_flag_combinations_are_checked_against_each_other(argv, message, capsys):
+    builder = (ArgParser("test").add_run_arguments(["eval"]).add_data_arguments().add_model_arguments()
+               .add_attack_arguments())
+    with pytest.raises(SystemExit):
+        builder.parse(["--dataset", "MUSIC", *argv])
+    assert message in capsys.readouterr().err
+    assert builder.parse(["--dataset", "MUSIC", "--attack_type", "aa"]).attack_type == ["aa"]

@@ -19,7 +19,8 @@ many samples came before it in the batch, and the batches of two ranks are not t
 the same reason the sanity PGD (random start, no seed) is switched off (--sanity_eps 0).
 
 The localization metrics that rank the pixels of the upsampled map (cIoU's median mask, the peak, the top
-mass) are decided by float rounding where the map has a plateau: see ``PLATEAU_FIELDS`` and the xfail test.
+mass) need exact ties where the map repeats a cell: the maps are upsampled in float64 for that, and
+``test_localization_pixel_ranking_metrics_match_one_process`` holds them to the float tolerance.
 """
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -52,16 +52,6 @@ NUM_TEST = sum(TEST_PER_CLASS)
 BATCH = 2
 FLOAT_TOL = {"rtol": 1e-4, "atol": 1e-5}  # float32 rounding and flipped signs of ~0 gradients: see above
 EPSILONS = ["--epsilons", "0.25,0", "0.1,0.05"]
-# Bilinear upsampling (align_corners=False) repeats a border cell of the map over a strip of the model input;
-# on the bottom and right borders it computes (1 - w) v + w v, which rounds to v or one float32 step off, so
-# these pixels are tied in exact arithmetic but not in the computed map, and which of them rank first or
-# cross the median follows the rounding of v. The cIoU family moves by a few pixels' worth (observed: 3e-4),
-# so it is compared to CIOU_TOL; the peak (a jump across the strip) and the top-mass region not at all here
-# (the xfail test at the end holds them to FLOAT_TOL).
-CIOU_TOL = {"rtol": 0.0, "atol": 0.01}
-PLATEAU_FIELDS = {"ciou": CIOU_TOL, "ious": CIOU_TOL, "miou": CIOU_TOL, "auc": CIOU_TOL, "peak_shift_px": None,
-                  "peak_shift_frac": None, "map_iou_top_mass": None}
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -195,45 +185,40 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         return {name: data[name] for name in data.files}
 
 
-def tolerance(name: str, overrides: Mapping[str, dict | None]) -> dict | None:
-    """The allclose tolerance of field ``name`` (None: not compared)."""
-    if name == "seconds":  # wall clock
-        return None
-    return overrides.get(name, FLOAT_TOL)
+def compared(name: str) -> bool:
+    return name != "seconds"  # wall clock
 
 
-def assert_same_json(single, ddp, overrides: Mapping[str, dict | None] = {}, path: str = "", tol=FLOAT_TOL) -> None:
-    """Equal structure; ints, strings and bools exactly, floats to ``FLOAT_TOL`` or the key's override."""
+def assert_same_json(single, ddp, path: str = "") -> None:
+    """Equal structure; ints, strings and bools exactly, floats to ``FLOAT_TOL``; wall-clock seconds not."""
     if isinstance(single, dict):
         assert isinstance(ddp, dict) and single.keys() == ddp.keys(), (path, sorted(single), sorted(ddp))
         for key in sorted(single):
-            key_tol = tolerance(key, overrides)
-            if key_tol is not None:
-                assert_same_json(single[key], ddp[key], overrides, f"{path}/{key}", key_tol)
+            if compared(key):
+                assert_same_json(single[key], ddp[key], f"{path}/{key}")
     elif isinstance(single, list):
         assert isinstance(ddp, list) and len(single) == len(ddp), (path, single, ddp)
         for i, (a, b) in enumerate(zip(single, ddp)):
-            assert_same_json(a, b, overrides, f"{path}[{i}]", tol)
+            assert_same_json(a, b, f"{path}[{i}]")
     elif isinstance(single, float):
         assert isinstance(ddp, float), (path, single, ddp)
-        np.testing.assert_allclose(ddp, single, **tol, err_msg=path)
+        np.testing.assert_allclose(ddp, single, **FLOAT_TOL, err_msg=path)
     else:
         assert type(single) is type(ddp) and single == ddp, (path, single, ddp)
 
 
-def assert_same_records(single: Path, ddp: Path, overrides: Mapping[str, dict | None] = {}) -> None:
+def assert_same_records(single: Path, ddp: Path) -> None:
     """Two per_sample.npz: the same arrays, each sample once in dataset order; integer, bool and string columns
-    exactly, floats to ``FLOAT_TOL`` or the field's override (NaN where the other has NaN)."""
+    exactly, floats to ``FLOAT_TOL`` (NaN where the other has NaN)."""
     s_rec, d_rec = load_npz(single), load_npz(ddp)
     assert s_rec.keys() == d_rec.keys()
     np.testing.assert_array_equal(s_rec["index"], np.arange(NUM_TEST))
     for name in s_rec:
         assert s_rec[name].shape == d_rec[name].shape == (NUM_TEST,), name
-        tol = tolerance(name.rsplit("/", 1)[-1], overrides)
         if s_rec[name].dtype.kind in "biuU":
             np.testing.assert_array_equal(d_rec[name], s_rec[name], err_msg=name)
-        elif tol is not None:
-            np.testing.assert_allclose(d_rec[name], s_rec[name], **tol, err_msg=name)
+        else:
+            np.testing.assert_allclose(d_rec[name], s_rec[name], **FLOAT_TOL, err_msg=name)
 
 
 def read_json(path: Path) -> dict:
@@ -267,14 +252,10 @@ def test_localization_matches_one_process(localization_eval: Twins) -> None:
     assert results["num_samples"] == results["num_boxed"] == NUM_TEST
     assert {(e["objective"], e["budget"]) for e in results["attacks"]} == {
         (o, b) for o in ("class", "map") for b in ("V", "A+V")}
-    assert_same_json(results, read_json(ddp / "loc_results.json"), PLATEAU_FIELDS)
-    assert_same_records(single / "per_sample.npz", ddp / "per_sample.npz", PLATEAU_FIELDS)
+    assert_same_json(results, read_json(ddp / "loc_results.json"))
+    assert_same_records(single / "per_sample.npz", ddp / "per_sample.npz")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "evaluation/loc_metrics.py upsample_maps: float32 bilinear upsampling leaves the bottom and right border "
-    "strips of the map one rounding step apart instead of tied, so the peak, the top-mass region and the "
-    "median mask depend on the batch composition (fix: interpolate in float64, then back to float32)"))
 def test_localization_pixel_ranking_metrics_match_one_process(localization_eval: Twins) -> None:
     single, ddp = (load_npz(localization_eval.runs[name] / "localization" / "per_sample.npz")
                    for name in ("single", "ddp"))
