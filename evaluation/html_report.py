@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import math
 import os
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
+from evaluation.records import perturbation_sizes
 from utils.fileio import atomic_path, write_text_atomic
 
 STYLE = """
@@ -44,6 +46,34 @@ def _perturbation_image(delta: torch.Tensor) -> np.ndarray:
     d = delta[:, delta.shape[1] // 2]
     scale = d.abs().max().clamp_min(1e-12)
     return ((d / scale * 0.5 + 0.5).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def waveform_image(delta: torch.Tensor, width: int = 320, height: int = 64) -> np.ndarray:
+    """The audio perturbation ``[1, L]`` as a waveform plot: per pixel column its min..max, scaled so the
+    largest value reaches the edge (white background, a grey zero line)."""
+    wave = delta.reshape(-1).float()
+    image = np.full((height, width, 3), 255, dtype=np.uint8)
+    image[height // 2] = 200
+    scale = float(wave.abs().max())
+    if scale == 0 or wave.numel() == 0:
+        return image
+    columns = torch.tensor_split(wave / scale, min(width, wave.numel()))
+    for x, chunk in enumerate(columns):
+        low, high = (int(round((1 - float(v)) / 2 * (height - 1))) for v in (chunk.max(), chunk.min()))
+        image[low:high + 1, x] = (31, 119, 180)
+    return image
+
+
+def perturbation_caption(clean_frames: torch.Tensor, adv_frames: torch.Tensor, clean_audio: torch.Tensor,
+                         adv_audio: torch.Tensor) -> str:
+    """This sample's perturbation size: audio SNR in dB, visual L∞ in 1/255 steps and PSNR (dB)."""
+    sizes = perturbation_sizes(clean_frames[None], adv_frames[None], clean_audio[None], adv_audio[None])
+    parts = []
+    if "snr_a" in sizes and math.isfinite(float(sizes["snr_a"][0])):
+        parts.append(f"SNR {float(sizes['snr_a'][0]):.1f} dB")
+    if "linf_v" in sizes and float(sizes["linf_v"][0]) > 0:
+        parts.append(f"L∞ {float(sizes['linf_v'][0]):.2f}/255, PSNR {float(sizes['psnr_v'][0]):.1f} dB")
+    return ", ".join(parts) or "inputs unchanged"
 
 
 def spectrogram_image(audio: torch.Tensor, n_fft: int = 1022, hop: int = 256,
@@ -98,15 +128,19 @@ def write_visualization(samples: list[dict], out_dir: str | os.PathLike, categor
             save_png(frame_image(adv["frames"]), assets / f"{tag}_frame.png")
             save_png(_perturbation_image(adv["frames"] - sample["frames"]), assets / f"{tag}_delta.png")
             save_png(spectrogram_image(adv["audio"], value_range=value_range)[0], assets / f"{tag}_spec.png")
+            save_png(waveform_image(adv["audio"] - sample["audio"]), assets / f"{tag}_wave.png")
             _save_wav(adv["audio"], audio_rate, assets / f"{tag}.wav")
             eps = adv["budget"]
-            cells.append(_cell(tag, f"εv={eps['eps_visual']:g}, εa={eps['eps_audio']:g}", categories, adv["pred"],
-                               sample["label"], "adversarial", delta=True))
+            size = perturbation_caption(sample["frames"], adv["frames"], sample["audio"], adv["audio"])
+            cells.append(_cell(tag, f"εv={eps['eps_visual']:g}, εa={eps['eps_audio']:g}; {size}", categories,
+                               adv["pred"], sample["label"], "adversarial", delta=True))
         rows.append("<tr>" + "".join(cells) + "</tr>")
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>Adversarial examples</h1><p>{html.escape(title)}</p>"
-            "<p>Each cell: frame, amplified perturbation (grey = 0), log-magnitude spectrogram on the clean "
-            "sample's colour scale, audio, prediction.</p>"
+            "<p>Each cell: the budget and this sample's perturbation size (audio SNR, visual L∞ in 1/255 steps "
+            "and PSNR), frame, amplified visual perturbation (grey = 0), log-magnitude spectrogram on the clean "
+            "sample's colour scale, the audio perturbation's waveform (scaled to its peak), audio, "
+            "prediction.</p>"
             f"<table><tr><th>sample</th><th>clean</th>{head}</tr>{''.join(rows)}</table></body></html>\n")
     index = out_dir / "index.html"
     write_text_atomic(index, page)
@@ -120,7 +154,10 @@ def _cell(tag: str, caption: str, categories: list[str], pred: int, label: int, 
              f"<img src='assets/{tag}_frame.png' width='112' alt='{kind} frame'>"]
     if delta:
         parts.append(f"<img src='assets/{tag}_delta.png' width='112' alt='perturbation'>")
-    parts += [f"<img src='assets/{tag}_spec.png' width='160' height='80' alt='{kind} spectrogram'>",
+    parts.append(f"<img src='assets/{tag}_spec.png' width='160' height='80' alt='{kind} spectrogram'>")
+    if delta:
+        parts.append(f"<img src='assets/{tag}_wave.png' width='160' height='32' alt='audio perturbation'>")
+    parts += [
               f"<audio controls preload='none' src='assets/{tag}.wav'></audio>",
               f"<div class='{status}'>pred: {html.escape(categories[pred])}</div></td>"]
     return "".join(parts)

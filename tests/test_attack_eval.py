@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 import main_attack
+from evaluation.html_report import perturbation_caption, waveform_image
 from evaluation.protocol import PAPER_PROTOCOL, Budget, budgets_from_args
 from evaluation.report import findings, summary_table
 from tests.sop_fixture import make_root, write_clip, write_index
@@ -94,6 +96,9 @@ def test_eval_writes_results_table_figures_and_html(trained):
     assets = sorted(p.name for p in (out / "visualization" / "assets").iterdir())
     assert all("<" not in name and "&" not in name and "'" not in name for name in assets)
     assert sum(name.endswith(".wav") for name in assets) == 7 * 4  # clean + A, V, A+V per sample
+    assert sum(name.endswith("_wave.png") for name in assets) == 7 * 3  # the audio perturbation per budget
+    audio_snr = page.count("SNR ") - page.count("PSNR ")
+    assert audio_snr == 7 * 2 and page.count("PSNR ") == 7 * 2  # A and A+V attack the audio, V and A+V frames
     clean_wav = next(p for p in (out / "visualization" / "assets").glob("000_*.wav") if "_A" not in p.name)
     wave, rate = sf.read(clean_wav)
     assert rate == 11025 and len(wave) == 2048 and np.abs(wave).max() <= 1
@@ -142,3 +147,16 @@ def test_summary_table_and_findings_on_hand_made_results():
     text = "\n".join(findings(runs))
     assert "clean: concat 90.00 vs best unimodal (audio) 80.00: +10.00 points" in text
     assert "PGD: concat worst case 8.00 (under A+V)" in text and "less robust" in text
+
+
+def test_waveform_image_and_caption_show_the_perturbation():
+    delta = torch.zeros(1, 100)
+    delta[0, 50] = 0.01  # one positive spike: it reaches the top row, nothing reaches the bottom
+    image = waveform_image(delta, width=100, height=21)
+    assert (image[0] != 255).any() and (image[-1] == 255).all() and (image[10] != 255).all()
+    assert (waveform_image(torch.zeros(1, 100)) != 255).sum() > 0  # the zero line only
+    frames, audio = torch.full((3, 1, 4, 4), 0.5), torch.full((1, 100), 0.1)
+    caption = perturbation_caption(frames, frames + 2 / 255, audio, audio + 0.01)
+    # SNR = 10 log10(100 * 0.1^2 / (100 * 0.01^2)) = 20 dB; L∞ 2/255; PSNR = -10 log10((2/255)^2) = 42.1 dB
+    assert caption == "SNR 20.0 dB, L∞ 2.00/255, PSNR 42.1 dB"
+    assert perturbation_caption(frames, frames.clone(), audio, audio.clone()) == "inputs unchanged"
