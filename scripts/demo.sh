@@ -90,8 +90,11 @@ for mode in "--train_mode standard --lambda_cos 1" "--train_mode adv --lambda_co
         "$PYTHON" main_defense.py --mode build_bank "${DEFENSE_FLAGS[@]}" "${flags[@]}"
         banks=(--use_banks)
     fi
+    # The banks' forward pass runs FISTA to convergence (up to 2000 iterations) at every attack step, so the
+    # defended models are attacked under the A and A+V budgets only (V at 0.012 normalised is below 1/255 and
+    # moves no model here) and with the adaptive variants CE + cos and BPDA (--defense_attacks).
     "$PYTHON" main_defense.py --mode eval "${DEFENSE_FLAGS[@]}" "${flags[@]}" "${banks[@]}" "${ATTACK_FLAGS[@]}" \
-        | grep -v "^  "
+        --epsilons 0,0.012 0.006,0.006 --defense_attacks ce+cos bpda | grep -v "^  "
     if [ ${#banks[@]} -gt 0 ]; then defended+=("$run/defense_banks"); else defended+=("$run/defense_no_banks"); fi
 done
 
