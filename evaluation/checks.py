@@ -216,4 +216,6 @@ def run_checks(records: Records, probe: dict, budgets: Sequence[Budget], model: 
     }
     flagged = [name for name, check in checks.items() if check["flag"]]
     checks["verdict"] = "passed" if not flagged else "warnings: " + ", ".join(flagged)
+    if checks["dynamic"]["dynamic"] and not checks["dynamic"]["flag"]:
+        checks["verdict"] += f" (dynamic: adaptive variants {', '.join(variants)} evaluated)"
     return checks

@@ -158,6 +158,7 @@ def test_banks_eval_reports_the_worst_adaptive_attack(base):
         assert entry["correct"] == int(survived.sum()) and entry["n"] == records.num_samples
     assert results["checks"]["dynamic"]["dynamic"] and "adaptive attacks required" in \
         results["checks"]["dynamic"]["message"]
+    assert results["checks"]["verdict"].endswith("(dynamic: adaptive variants ce, ce+cos, bpda evaluated)")
     assert (out / "metrics.json").exists() and (out / "visualization" / "index.html").exists()
     summary = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(out)],
                              capture_output=True, text=True, check=True).stdout
