@@ -56,3 +56,24 @@ def make_root(root: Path, classes=("cat_a", "cat_b", "cat_c"), per_class: int = 
 def ramp_time(wave: np.ndarray) -> np.ndarray:
     """Invert the ramp: the time in seconds each sample of an unscaled window stands for."""
     return (wave - RAMP_START) / RAMP_SLOPE
+
+
+def write_rendered_clip(root: Path, config, seed: int, class_index: int, video_index: int,
+                        class_name: str) -> tuple[str, str, dict]:
+    """Render one clip of the embedded synthetic generator straight into the SoP layout (no video file);
+    returns its index CSV row, its id ``<class>/<id>`` and its boxes.json entry."""
+    from dataset.synthetic import clip_rngs, make_spec, render_audio, render_video, spec_metadata
+
+    spec_rng, video_rng, audio_rng = clip_rngs(seed, class_index, video_index)
+    spec = make_spec(config, class_index, video_index, spec_rng)
+    vid = spec.key.split("/")[1]
+    frame_dir = root / "frames" / class_name / f"{vid}.mp4"
+    frame_dir.mkdir(parents=True)
+    pictures = render_video(spec, video_rng)
+    for k, picture in enumerate(pictures, start=1):
+        Image.fromarray(picture).save(frame_dir / f"{k:06d}.jpg", quality=95)
+    (root / "audio" / class_name).mkdir(parents=True, exist_ok=True)
+    sf.write(root / "audio" / class_name / f"{vid}.wav", render_audio(spec, audio_rng), config.audio_rate,
+             subtype="FLOAT")
+    return f"/{class_name}/{vid}.wav,/{class_name}/{vid}.mp4,{len(pictures)}", f"{class_name}/{vid}", \
+        spec_metadata(spec)

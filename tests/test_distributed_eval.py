@@ -33,14 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
-from PIL import Image
 
 import main_attack
 import main_defense
 import main_localization
-from dataset.layout import frame_name
-from dataset.synthetic import SynthConfig, class_names, clip_rngs, make_spec, render_audio, render_video, spec_metadata
+from dataset.synthetic import SynthConfig, class_names
+from tests.sop_fixture import write_rendered_clip
 from training.engine import run_dir_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,19 +64,9 @@ def write_root(root: Path) -> Path:
     videos = {}
     for c, name in enumerate(names):
         for v in range(TRAIN_PER_CLASS + TEST_PER_CLASS[c]):
-            spec_rng, video_rng, audio_rng = clip_rngs(SEED, c, v)
-            spec = make_spec(config, c, v, spec_rng)
-            vid = spec.key.split("/")[1]
-            frame_dir = root / "frames" / name / f"{vid}.mp4"
-            frame_dir.mkdir(parents=True)
-            pictures = render_video(spec, video_rng)
-            for k, picture in enumerate(pictures, start=1):
-                Image.fromarray(picture).save(frame_dir / frame_name(k), quality=95)
-            (root / "audio" / name).mkdir(parents=True, exist_ok=True)
-            sf.write(root / "audio" / name / f"{vid}.wav", render_audio(spec, audio_rng), 11025, subtype="FLOAT")
-            split = "train" if v < TRAIN_PER_CLASS else "test"
-            rows[split].append(f"/{name}/{vid}.wav,/{name}/{vid}.mp4,{len(pictures)}")
-            videos[f"{name}/{vid}"] = spec_metadata(spec)
+            row, key, meta = write_rendered_clip(root, config, SEED, c, v, name)
+            rows["train" if v < TRAIN_PER_CLASS else "test"].append(row)
+            videos[key] = meta
     (root / "train.csv").write_text("\n".join(rows["train"]) + "\n")
     (root / "val.csv").write_text("\n".join(rows["train"]) + "\n")
     (root / "test.csv").write_text("\n".join(rows["test"]) + "\n")

@@ -7,14 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from PIL import Image
 
 import main_attack
 import main_localization
-from dataset.layout import frame_name
-from dataset.synthetic import SynthConfig, class_names, clip_rngs, make_spec, render_audio, render_video, spec_metadata
+from dataset.synthetic import SynthConfig, class_names
 from dataset.transforms import transform_frames
 from evaluation.loc_metrics import (
     CIOU_LVS,
@@ -34,6 +32,7 @@ from evaluation.loc_metrics import (
 from evaluation.loc_report import loc_table_markdown, write_loc_outputs
 from evaluation.localization import localization_maps, map_head, outside_mass_loss
 from models import build_model
+from tests.sop_fixture import write_rendered_clip
 from training.engine import run_dir_of
 
 ODD_CLASS = "odd&'<b>class"  # a class name that must be escaped in HTML and sanitised in file names
@@ -307,18 +306,9 @@ def write_synthetic_root(root: Path, num_classes: int = 3) -> Path:
     videos = {}
     for c, name in enumerate(names):
         for v in range(per_class):
-            spec_rng, video_rng, audio_rng = clip_rngs(SEED, c, v)
-            spec = make_spec(config, c, v, spec_rng)
-            vid = spec.key.split("/")[1]
-            frame_dir = root / "frames" / name / f"{vid}.mp4"
-            frame_dir.mkdir(parents=True)
-            pictures = render_video(spec, video_rng)
-            for k, picture in enumerate(pictures, start=1):
-                Image.fromarray(picture).save(frame_dir / frame_name(k), quality=95)
-            (root / "audio" / name).mkdir(parents=True, exist_ok=True)
-            sf.write(root / "audio" / name / f"{vid}.wav", render_audio(spec, audio_rng), 11025, subtype="FLOAT")
-            rows[splits[v]].append(f"/{name}/{vid}.wav,/{name}/{vid}.mp4,{len(pictures)}")
-            videos[f"{name}/{vid}"] = spec_metadata(spec)
+            row, key, meta = write_rendered_clip(root, config, SEED, c, v, name)
+            rows[splits[v]].append(row)
+            videos[key] = meta
     for split, lines in rows.items():
         (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
     (root / "categories.txt").write_text("\n".join(names) + "\n")
