@@ -12,7 +12,9 @@ and a one-line ``message``:
 * ``eps_monotone``: robust accuracy that rises with ε along a budget sweep (``--eps_grid``);
 * ``sanity``: accuracy that stays above chance under a large budget (``--sanity_eps``, a short PGD);
 * ``dynamic``: a forward pass that runs an optimisation (the memory banks' sparse coding): adaptive
-  attacks required; the adaptive variants evaluated are listed.
+  attacks required; the adaptive variants evaluated are listed;
+* ``dense_codes``: the implicit gradient through the sparse coding met codes that are not unique lasso
+  solutions and acted as BPDA there, and no unrolled variant was evaluated.
 """
 from __future__ import annotations
 
@@ -202,8 +204,21 @@ def check_dynamic(model: nn.Module, variants: Sequence[str]) -> dict:
     return {"flag": flag, "dynamic": True, "variants": adaptive, "message": message}
 
 
+def check_dense_codes(dense_backward: int, purifications: Sequence[str | None]) -> dict:
+    """The implicit lasso gradient met codes that are not unique lasso solutions (``DenseCodeWarning``): there it
+    is BPDA's, so without the unrolled gradient among the variants no exact white-box gradient was tried."""
+    if not dense_backward:
+        return {"flag": False, "backward_passes": 0, "message": "no implicit gradient met a dense code"}
+    flag = "unrolled" not in purifications
+    message = (f"the implicit gradient met dense codes in {dense_backward} backward passes and acted as BPDA there"
+               + ("; evaluate --coding_grad unrolled (or raise --coding_max_iter / lower --coding_tol) for an "
+                  "exact white-box gradient" if flag else "; the unrolled variant covers them"))
+    return {"flag": flag, "backward_passes": dense_backward, "message": message}
+
+
 def run_checks(records: Records, probe: dict, budgets: Sequence[Budget], model: nn.Module, variants: Sequence[str],
-               num_classes: int, eot_iter: int, sanity_eps: float, black_box: Sequence[str]) -> dict:
+               num_classes: int, eot_iter: int, sanity_eps: float, black_box: Sequence[str], dense_backward: int = 0,
+               purifications: Sequence[str | None] = ()) -> dict:
     """Every check; ``verdict`` is 'passed' or the names of the checks that flagged."""
     checks = {
         "zero_gradient": check_zero_gradient(probe),
@@ -213,6 +228,7 @@ def run_checks(records: Records, probe: dict, budgets: Sequence[Budget], model: 
         "eps_monotone": check_eps_monotone(records, budgets),
         "sanity": check_sanity(records, num_classes, sanity_eps),
         "dynamic": check_dynamic(model, variants),
+        "dense_codes": check_dense_codes(dense_backward, purifications),
     }
     flagged = [name for name, check in checks.items() if check["flag"]]
     checks["verdict"] = "passed" if not flagged else "warnings: " + ", ".join(flagged)

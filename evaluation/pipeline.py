@@ -6,6 +6,7 @@ Writes into ``out_dir``: attack_results.json (figures with intervals and the che
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from evaluation.plots import plot_acc_vs_eps, plot_cos_sim
 from evaluation.protocol import budgets_from_args
 from evaluation.report import attack_table_markdown
 from evaluation.results import build_results
+from models.sparse_coding import DenseCodeWarning
 from utils.distributed import DistInfo
 from utils.fileio import write_json_atomic, write_text_atomic
 
@@ -31,13 +33,19 @@ def evaluate_robustness(model: nn.Module, loader, args: argparse.Namespace, info
     budgets = budgets_from_args(args)
     engine = AttackEngine(model, args, info, budgets, args.attack_type, variants, num_vis=args.num_vis,
                           sanity_eps=args.sanity_eps)
-    run = engine.run(loader)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DenseCodeWarning)
+        run = engine.run(loader)
+    for message in {str(w.message): w for w in caught}.values():  # shown once each, then counted by a check
+        warnings.warn_explicit(message.message, message.category, message.filename, message.lineno)
+    dense_backward = sum(issubclass(w.category, DenseCodeWarning) for w in caught)
     names = [v.name for v in variants]
     results = build_results(run, args, budgets, engine.attack_types, names)
     if label:
         results["label"] = label
     results["checks"] = run_checks(run.records, run.probe, budgets, model, names, args.cls_num, args.eot_iter,
-                                   args.sanity_eps, sorted(BLACK_BOX))
+                                   args.sanity_eps, sorted(BLACK_BOX), dense_backward,
+                                   [v.purification for v in variants])
     if info.is_main:
         written = write_outputs(out_dir, results, run, args, title)
         print(attack_table_markdown(results))

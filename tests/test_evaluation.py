@@ -3,6 +3,7 @@ samples still standing, per-sample records, and each gradient-masking check firi
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +19,7 @@ from evaluation.pipeline import evaluate_robustness
 from evaluation.protocol import Budget
 from evaluation.records import Records, load_records
 from models.av_model import ModelOutput
+from models.sparse_coding import DenseCodeWarning
 from utils.distributed import DistInfo
 
 NUM_CLASSES = 4
@@ -222,3 +224,27 @@ def test_records_fill_missing_fields_and_keep_one_row_per_sample() -> None:
     assert records.ids == ["b", "a"] and records.index == [0, 1]
     assert records.column(key).tolist() == [0, 1]
     assert np.isnan(records.column(key, "snr_a")[0]) and np.isnan(records.column(key, "snr_a")[1])
+
+
+class DenseCodeModel(AudioLinear):
+    """Warns as the implicit lasso gradient does on a dense code, at every forward pass with gradients."""
+
+    purification = "implicit"
+
+    def forward(self, frames: Tensor, audio: Tensor) -> ModelOutput:
+        if torch.is_grad_enabled() and audio.requires_grad and self.purification == "implicit":
+            warnings.warn(DenseCodeWarning("dense code: pseudo-inverse gradient"), stacklevel=2)
+        return super().forward(frames, audio)
+
+
+def test_dense_code_check_counts_the_warnings_and_wants_the_unrolled_variant(tmp_path: Path) -> None:
+    model = DenseCodeModel()
+    with pytest.warns(DenseCodeWarning):  # the warning still reaches the user (once), it is not swallowed
+        results = run(model, tmp_path, [Variant("ce", "ce", "implicit")], epsilons=[(0.0, 0.01)])
+    dense = results["checks"]["dense_codes"]
+    assert dense["flag"] and dense["backward_passes"] >= 10 and "--coding_grad unrolled" in dense["message"]
+    covered = run(model, tmp_path / "both", [Variant("ce", "ce", "implicit"), Variant("unrolled", "ce", "unrolled")],
+                  epsilons=[(0.0, 0.01)])
+    assert covered["checks"]["dense_codes"]["backward_passes"] > 0 and not covered["checks"]["dense_codes"]["flag"]
+    silent = run(AudioLinear(), tmp_path / "plain", epsilons=[(0.0, 0.01)])
+    assert not silent["checks"]["dense_codes"]["flag"] and silent["checks"]["dense_codes"]["backward_passes"] == 0
