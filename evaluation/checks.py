@@ -35,6 +35,8 @@ from utils.distributed import DistInfo, all_reduce_sum
 
 RANDOMNESS_TOL = 1e-5  # relative change of the logits between two passes that counts as randomness
 BLACK_BOX_TOLERANCE = 0.002  # share of samples (AutoAttack's check_square_sr uses 0.2 %)
+SANITY_ATTACK = "sanity-pgd"  # the record key of the large-budget run
+SANITY_STEPS = 10
 COUNTS = ("n", "zero_visual", "zero_audio", "saturated", "random", "softmax_like")
 
 
@@ -120,7 +122,7 @@ def check_black_box(records: Records, budgets: Sequence[Budget], black_box: Sequ
     clean = np.asarray(records.clean_correct, dtype=bool)
     per_budget, worst = {}, 0.0
     for budget in budgets:
-        keys = [k for k in records.keys() if k.split("|")[1] == budget.key and not k.startswith("sanity")]
+        keys = [k for k in records.keys() if k.split("|")[1] == budget.key and not k.startswith(SANITY_ATTACK)]
         box = [k for k in keys if k.split("|")[0].split("/")[-1] in black_box]
         white = [k for k in keys if k not in box]
         if not box or not white:
@@ -154,7 +156,7 @@ def _budget_kind(budget: Budget) -> str | None:
 def check_eps_monotone(records: Records, budgets: Sequence[Budget]) -> dict:
     """For every attack and budget kind (A, V, A+V with equal ε), accuracy must not rise with ε."""
     rises = []
-    for attack in sorted({k.split("|")[0] for k in records.keys()} - {"sanity-pgd"}):
+    for attack in sorted({k.split("|")[0] for k in records.keys()} - {SANITY_ATTACK}):
         for kind in ("A", "V", "A+V"):
             line = sorted((max(b.eps_visual, b.eps_audio), b.key) for b in budgets if _budget_kind(b) == kind)
             accs = []
@@ -172,7 +174,7 @@ def check_eps_monotone(records: Records, budgets: Sequence[Budget]) -> dict:
 
 
 def check_sanity(records: Records, num_classes: int, sanity_eps: float) -> dict:
-    keys = [k for k in records.keys() if k.startswith("sanity-pgd|")]
+    keys = [k for k in records.keys() if k.startswith(f"{SANITY_ATTACK}|")]
     if not keys:
         return {"flag": False, "message": "large-budget sanity run skipped (--sanity_eps 0)"}
     n = records.num_samples
@@ -181,7 +183,7 @@ def check_sanity(records: Records, num_classes: int, sanity_eps: float) -> dict:
     chance = 1 / num_classes
     flag = low > chance
     acc = _fraction(correct, n)
-    message = (f"accuracy under a large budget (ε={sanity_eps:g}, PGD-{10}) is {100 * acc:.1f}% "
+    message = (f"accuracy under a large budget (ε={sanity_eps:g}, PGD-{SANITY_STEPS}) is {100 * acc:.1f}% "
                f"[{100 * low:.1f}, {100 * high:.1f}]" + (f", above chance {100 * chance:.1f}%: the attack cannot "
                                                          "reach the model's errors (masking?)" if flag else
                                                          f", not above chance {100 * chance:.1f}%"))

@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from attacks import LossFn, attack_options, build_attack
 from dataset.loaders import to_device
-from evaluation.checks import GradientProbe
+from evaluation.checks import SANITY_ATTACK, SANITY_STEPS, GradientProbe
 from evaluation.protocol import Budget
-from evaluation.records import Key, Records, perturbation_sizes
+from evaluation.records import Key, Records, key_name, perturbation_sizes
 from models.av_model import ModelOutput, feature_cosine
 from utils.distributed import DistInfo, all_reduce_sum
 
@@ -40,8 +40,6 @@ ATTACK_ALIASES = {"aa": "autoattack", "fsgm": "fgsm"}
 COMPONENT_ATTACK = {"apgd-ce": "apgd"}  # component name -> registered attack
 USES_LOSS = {"fgsm", "pgd", "mim", "apgd", "apgd-ce"}  # attacks whose objective is the variant's loss
 BLACK_BOX = {"square"}  # attacks that use no gradient (the variant's purification mode does not matter)
-SANITY_ATTACK = "sanity-pgd"
-SANITY_STEPS = 10
 
 
 @dataclass
@@ -146,7 +144,8 @@ class AttackEngine:
         adv_frames, adv_audio = attacker(ctx.frames, ctx.audio, ctx.labels)
         if self.info.device.type == "cuda":
             torch.cuda.synchronize(self.info.device)
-        self.seconds[_name(key)] = self.seconds.get(_name(key), 0.0) + time.perf_counter() - start
+        name = key_name(key)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
         with torch.no_grad():
             out = self.model(adv_frames, adv_audio)
         return adv_frames, adv_audio, out
@@ -177,7 +176,7 @@ class AttackEngine:
             self.model.purification = variant.purification
 
     def _single(self, records: Records, attack: str, budget: Budget, ctx: BatchContext,
-                vis_adv: dict) -> None:
+                vis_adv: dict | None) -> None:
         everyone = torch.arange(ctx.labels.numel(), device=ctx.labels.device)
         for variant in self.variants:
             self._configure(variant)
@@ -185,15 +184,16 @@ class AttackEngine:
             loss = variant.loss_for(ctx) if attack in USES_LOSS else None
             adv_frames, adv_audio, out = self._attack(key, self._build(attack, budget, loss, False), ctx)
             self._record(records, key, ctx, everyone, adv_frames, adv_audio, out, ctx.labels.numel())
-            vis_adv.setdefault((attack, budget, variant.name), (adv_frames, adv_audio, out))
+            if vis_adv is not None:
+                vis_adv.setdefault((attack, budget, variant.name), (adv_frames, adv_audio, out))
 
     def _cascade(self, records: Records, cascade: str, budget: Budget, ctx: BatchContext, clean_correct: Tensor,
-                 vis_adv: dict) -> None:
+                 vis_adv: dict | None) -> None:
         """Each component on the samples still standing; a component that does not depend on the variant
         (black-box, or a fixed objective under the same purification) runs once."""
         batch_size = ctx.labels.numel()
         standing = clean_correct.clone()
-        final = [ctx.frames.clone(), ctx.audio.clone()]
+        final = None if vis_adv is None else [ctx.frames.clone(), ctx.audio.clone()]  # for the HTML page
         done: set[tuple] = set()
         plan = [(c, v) for v in self.variants for c in CASCADES[cascade] if c not in BLACK_BOX]
         plan += [(c, self.variants[0]) for c in CASCADES[cascade] if c in BLACK_BOX]
@@ -214,10 +214,12 @@ class AttackEngine:
             loss = variant.loss_for(sub) if component in USES_LOSS else None
             adv_frames, adv_audio, out = self._attack(key, self._build(component, budget, loss, True), sub)
             self._record(records, key, sub, idx, adv_frames, adv_audio, out, batch_size, not_run)
-            final[0][idx], final[1][idx] = adv_frames.detach(), adv_audio.detach()
+            if final is not None:
+                final[0][idx], final[1][idx] = adv_frames.detach(), adv_audio.detach()
             standing[idx] = out.logits.argmax(dim=1) == sub.labels
-        with torch.no_grad():
-            vis_adv.setdefault((cascade, budget, None), (final[0], final[1], self.model(final[0], final[1])))
+        if final is not None:
+            with torch.no_grad():
+                vis_adv.setdefault((cascade, budget, None), (final[0], final[1], self.model(final[0], final[1])))
 
     def _sanity(self, records: Records, ctx: BatchContext) -> None:
         """A short PGD with a large budget on both modalities (random start, step 2.5 eps / steps)."""
@@ -256,7 +258,7 @@ class AttackEngine:
             if self.observer is not None:
                 for name, values in self.observer.on_clean(ctx, batch).items():
                     records.add_extra(name, values)
-            vis_adv: dict = {}
+            vis_adv = {} if self.info.is_main and len(vis) < self.num_vis else None  # adversarial inputs to show
             for budget in self.budgets:
                 for attack in self.attack_types:
                     if attack in CASCADES:
@@ -265,7 +267,8 @@ class AttackEngine:
                         self._single(records, attack, budget, ctx, vis_adv)
             if self.sanity_eps > 0:
                 self._sanity(records, ctx)
-            vis += self._vis_samples(batch, ctx, vis_adv, len(vis))
+            if vis_adv is not None:
+                vis += self._vis_samples(batch, ctx, vis_adv, len(vis))
         records.gather(self.info)
         seconds = {k: all_reduce_sum(torch.tensor(v, dtype=torch.float64), self.info).item() / self.info.world_size
                    for k, v in self.seconds.items()}
@@ -274,7 +277,7 @@ class AttackEngine:
     def _vis_samples(self, batch: dict, ctx: BatchContext, vis_adv: dict, have: int) -> list[dict]:
         """The first ``num_vis`` samples of rank 0 with their clean and adversarial inputs (first attack type,
         protocol budgets; one column per budget, or per variant and budget) for the HTML page."""
-        keep = max(0, self.num_vis - have) if self.info.is_main else 0
+        keep = self.num_vis - have
         samples = []
         for i in range(min(keep, ctx.labels.numel())):
             sample = {"info": batch["info"][i], "label": int(ctx.labels[i]),
@@ -289,10 +292,6 @@ class AttackEngine:
                                                              "eps_audio": budget.eps_audio}}
             samples.append(sample)
         return samples
-
-
-def _name(key: Key) -> str:
-    return "|".join(key)
 
 
 def _scatter(values: Tensor, idx: Tensor, size: int, fill: float = math.nan) -> Tensor:

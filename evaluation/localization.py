@@ -221,6 +221,7 @@ def _vis_with_maps(vis: list[dict], head: FusionHead, model: AVModel, img_size: 
                    ciou_mode: str) -> list[dict]:
     """The engine's HTML samples with the normalised maps (clean and adversarial), box and cIoU added."""
     size = (img_size, img_size)
+    device = next(model.parameters()).device
     for sample in vis:
         masks = None
         if boxes is not None:
@@ -230,7 +231,6 @@ def _vis_with_maps(vis: list[dict], head: FusionHead, model: AVModel, img_size: 
         views = [sample] + list(sample["adv"].values())
         for view in views:
             frames, audio = view["frames"].unsqueeze(0), view["audio"].unsqueeze(0)
-            device = next(model.parameters()).device
             with torch.no_grad():
                 maps = localization_maps(head, model(frames.to(device), audio.to(device)), size).cpu()
             view["map"] = normalize_maps(maps)[0]

@@ -135,6 +135,22 @@ class Records:
     def keys(self) -> list[str]:
         return list(self.columns)
 
+    def attack_keys(self, attack: str, budget_key: str) -> list[str]:
+        """The keys of ``attack`` at ``budget_key`` in run order: every variant of a single attack, or every
+        component (``<cascade>/<component>``) of a cascade."""
+        return [k for k in self.keys() if k.split(KEY_SEPARATOR)[1] == budget_key
+                and k.split(KEY_SEPARATOR)[0].split("/")[0] == attack]
+
+    def correct_under(self, attack: str, budget_key: str) -> np.ndarray:
+        """Per-sample bool behind one (attack, budget) figure: for a cascade, robust (clean-correct and never
+        fooled by a component); for a single attack, correct under every variant."""
+        keys = self.attack_keys(attack, budget_key)
+        if not keys:
+            raise KeyError(f"no per-sample records of {attack} at {budget_key}")
+        if "/" in keys[0].split(KEY_SEPARATOR)[0]:
+            return self.robust(keys)
+        return np.all([self.column(k) == 1 for k in keys], axis=0)
+
     def robust(self, keys: Iterable[Key | str]) -> np.ndarray:
         """Per-sample bool: correct on the clean input and under every attack of ``keys``."""
         robust = np.asarray(self.clean_correct, dtype=bool)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from evaluation.protocol import Budget
 from evaluation.records import Records
 from evaluation.stats import format_accuracy, mcnemar_exact
 
@@ -157,26 +158,11 @@ def to_csv(header: list[str], rows: list[list[str]]) -> str:
 # ---------------------------------------------------------------------------------------------- findings
 
 
-def entry_correct(records: Records, entry: dict | None, budget_key: str | None = None) -> np.ndarray:
+def entry_correct(records: Records, entry: dict | None) -> np.ndarray:
     """Per-sample correctness behind a results entry: clean (``entry`` None) or one (attack, budget)."""
     if entry is None:
         return np.asarray(records.clean_correct, dtype=bool)
-    attack = entry["attack"]
-    key = budget_key or _budget_key(entry)
-    keys = [k for k in records.keys() if k.split("|")[1] == key
-            and (k.startswith(f"{attack}/") or k.split("|")[0] == attack)]
-    if not keys:
-        raise KeyError(f"no per-sample records of {attack} at {key}")
-    if any("/" in k.split("|")[0] for k in keys):
-        return records.robust(keys)
-    correct = np.ones(records.num_samples, dtype=bool)
-    for k in keys:
-        correct &= records.column(k) == 1
-    return correct
-
-
-def _budget_key(entry: dict) -> str:
-    return f"{entry['budget']}@v{entry['eps_visual']:g},a{entry['eps_audio']:g}"
+    return records.correct_under(entry["attack"], Budget(entry["eps_visual"], entry["eps_audio"]).key)
 
 
 def _aligned(a: tuple[Records, np.ndarray], b: tuple[Records, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:

@@ -60,19 +60,13 @@ def _cos(records: Records, key: str) -> list[float]:
     return [float(v) for v in values if math.isfinite(v)]
 
 
-def _keys(records: Records, attack: str, budget: Budget) -> list[str]:
-    """The record keys of ``attack`` (a cascade's components, or every variant) at ``budget``, in run order."""
-    prefix = f"{attack}/" if attack in CASCADES else f"{attack}|"
-    return [k for k in records.keys() if k.startswith(prefix) and k.split("|")[1] == budget.key]
-
-
 def _entry(run: EvaluationRun, args: argparse.Namespace, attack: str, budget: Budget, keys: list[str],
-           variants: Sequence[str], labels: np.ndarray, clean: np.ndarray) -> dict:
+           variants: Sequence[str], labels: np.ndarray) -> dict:
     records = run.records
     entry = {"attack": attack, "budget": budget.name, "eps_visual": budget.eps_visual,
              "eps_audio": budget.eps_audio, "grid": budget.grid, "variants": list(variants)}
+    robust = records.correct_under(attack, budget.key)
     if attack in CASCADES:
-        robust = records.robust(keys)
         components = []
         for i, key in enumerate(keys):
             component, _, variant = key.split("|")
@@ -80,9 +74,6 @@ def _entry(run: EvaluationRun, args: argparse.Namespace, attack: str, budget: Bu
                                **accuracy(records.robust(keys[:i + 1])), "seconds": run.seconds.get(key, 0.0)})
         entry["components"] = components
     else:
-        robust = np.ones_like(clean)
-        for key in keys:
-            robust &= records.column(key) == 1
         entry["variant_acc"] = {k.split("|")[2]: 100.0 * float((records.column(k) == 1).mean()) for k in keys}
     figures = accuracy(robust)
     cos = _cos(records, keys[0])
@@ -103,12 +94,12 @@ def build_results(run: EvaluationRun, args: argparse.Namespace, budgets: Sequenc
     entries = []
     for attack in attack_types:
         for budget in budgets:
-            keys = _keys(records, attack, budget)
+            keys = records.attack_keys(attack, budget.key)
             if keys:
-                entries.append(_entry(run, args, attack, budget, keys, variants, labels, clean))
+                entries.append(_entry(run, args, attack, budget, keys, variants, labels))
     worst_case = []
     for budget in budgets:
-        budget_keys = [k for attack in attack_types for k in _keys(records, attack, budget)]
+        budget_keys = [k for attack in attack_types for k in records.attack_keys(attack, budget.key)]
         if budget_keys:
             worst_case.append({"budget": budget.name, "eps_visual": budget.eps_visual, "eps_audio": budget.eps_audio,
                                "grid": budget.grid, "attacks": list(attack_types),
