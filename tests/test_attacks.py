@@ -69,16 +69,21 @@ def trained() -> tuple[AVModel, Batch]:
     gen = torch.Generator().manual_seed(0)
     colours = 0.5 + 0.1 * (2 * torch.rand(C, 3, generator=gen) - 1)
     freqs = torch.linspace(300, 900, C)
-    model = small_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    for _ in range(30):
-        frames, audio, labels = synthetic_batch(40, gen, colours, freqs)
+    model = fit(small_model(), lambda n: synthetic_batch(n, gen, colours, freqs), batch_size=40, steps=30, lr=0.02)
+    return model, synthetic_batch(N, gen, colours, freqs)
+
+
+def fit(model: nn.Module, make_batch, batch_size: int, steps: int, lr: float) -> nn.Module:
+    """``steps`` SGD steps (momentum 0.9) of cross-entropy on ``make_batch(batch_size)``; the model in eval mode."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for _ in range(steps):
+        frames, audio, labels = make_batch(batch_size)
         loss = F.cross_entropy(model(frames, audio).logits, labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return model.eval(), synthetic_batch(N, gen, colours, freqs)
+    return model.eval()
 
 
 def accuracy(model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor) -> float:

@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attacks import APGDTargeted, Square, build_attack, margin, square_fraction, targeted_difference_of_logits_ratio
 from models import AVModel, ModelOutput, build_model
-from tests.test_attacks import with_range_extremes
+from tests.test_attacks import fit, with_range_extremes
 
 C, SIZE, FRAMES, L, N = 6, 16, 2, 1024, 32
 STD = torch.tensor([0.229, 0.224, 0.225])
@@ -39,15 +38,8 @@ def train(head: str, steps: int = 40) -> tuple[AVModel, Batch]:
     freqs = torch.linspace(300, 900, C)
     model = build_model(arch_frame="smallcnn", frame_dim=16, arch_sound="anet", sound_dim=16,
                         arch_classifier=head, cls_num=C)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(steps):
-        frames, audio, labels = synthetic_batch(64, gen, colours, freqs)
-        loss = F.cross_entropy(model(frames, audio).logits, labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    return model.eval(), synthetic_batch(N, gen, colours, freqs)
+    model = fit(model, lambda n: synthetic_batch(n, gen, colours, freqs), batch_size=64, steps=steps, lr=0.05)
+    return model, synthetic_batch(N, gen, colours, freqs)
 
 
 @pytest.fixture(scope="module")
