@@ -2,7 +2,7 @@
 
 Importing this package imports every module that registers parts, so all names are available.
 """
-from models import audio, fusion, visual
+from models import audio, correspondence, fusion, visual
 from models.av_model import AVModel, ModelOutput, build_model
 from models.fusion import FusionHead
 from models.registry import FRAME_NETS, FUSION_HEADS, SOUND_NETS, Registry, UnknownNameError
@@ -18,6 +18,7 @@ __all__ = [
     "UnknownNameError",
     "audio",
     "build_model",
+    "correspondence",
     "fusion",
     "visual",
 ]
