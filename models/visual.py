@@ -142,3 +142,43 @@ class SmallCNNFrame(FrameEncoder):
 
     def features(self, x: Tensor) -> Tensor:
         return self.body(x)
+
+
+@FRAME_NETS.register("poolcnn")
+class PoolCNNFrame(FrameEncoder):
+    """A CPU encoder whose receptive field covers typical objects: a stride-2 conv stem, then four
+    conv-BN-ReLU blocks with 2x2 max-pools between them (32-32-64-128-``dim`` channels).
+
+    Total stride 16 like ``smallcnn`` (a 7x7 map at 112 px), but a 77-px receptive field instead of 31 px,
+    at about 1.7x its multiply-adds and half those of the plain 4-block reference CNN at full resolution.
+    """
+
+    def __init__(self, img_pool: str = "max", dim: int = 128) -> None:
+        super().__init__(img_pool)
+        self.out_dim = dim
+        blocks: list[nn.Module] = [_conv_bn_relu(3, 32, 2)]
+        for i, (c_in, c_out) in enumerate(pairwise((32, 32, 64, 128, dim))):
+            if i > 0:
+                blocks.append(nn.MaxPool2d(2))
+            blocks.append(_conv_bn_relu(c_in, c_out, 1))
+        self.body = nn.Sequential(*blocks)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+def _pair_first(value: int | tuple[int, ...]) -> int:
+    return value[0] if isinstance(value, tuple) else value
+
+
+def receptive_field(module: nn.Module) -> int:
+    """Receptive field in input pixels of a plain chain of layers (no branches): walks the convolutions and
+    pools in module order, r += (kernel - 1) * dilation * jump, jump *= stride (first spatial axis)."""
+    field, jump = 1, 1
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            kernel, stride = _pair_first(layer.kernel_size), _pair_first(layer.stride)
+            dilation = _pair_first(getattr(layer, "dilation", 1))
+            field += (kernel - 1) * dilation * jump
+            jump *= stride
+    return field

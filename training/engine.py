@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -64,13 +65,41 @@ def create_model(args: argparse.Namespace, info: DistInfo, init_weights: bool = 
     return model
 
 def build_optimizer(model: AVModel, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """SGD with the paper's per-module learning rates."""
+    """``--optimizer``: SGD (the paper's; momentum ``beta1``) or AdamW (betas ``beta1``, 0.999; decoupled weight
+    decay), either with the per-module learning rates ``lr_frame`` / ``lr_sound`` / ``lr_classifier``."""
     groups = []
     for net, lr in ((model.net_frame, args.lr_frame), (model.net_sound, args.lr_sound),
                     (model.net_classifier, args.lr_classifier)):
         if net is not None:
             groups.append({"params": list(net.parameters()), "lr": lr})
+    if getattr(args, "optimizer", "sgd") == "adamw":
+        return torch.optim.AdamW(groups, betas=(args.beta1, 0.999), weight_decay=args.weight_decay)
     return torch.optim.SGD(groups, momentum=args.beta1, weight_decay=args.weight_decay)
+
+class EpochLRFactor:
+    """The learning-rate factor of an epoch: linear warm-up over ``warmup`` epochs ((e + 1) / (warmup + 1)),
+    then ``step`` (x0.1 at each of ``steps``) or ``cosine`` (half a cosine from 1 over the remaining epochs).
+
+    A plain object of numbers, so LambdaLR stores it in its state dict and a resumed run continues exactly."""
+
+    def __init__(self, schedule: str, num_epochs: int, warmup: int, steps: list[int]) -> None:
+        self.schedule, self.num_epochs, self.warmup, self.steps = schedule, num_epochs, warmup, list(steps)
+
+    def __call__(self, epoch: int) -> float:
+        if epoch < self.warmup:
+            return (epoch + 1) / (self.warmup + 1)
+        if self.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (epoch - self.warmup) / max(1, self.num_epochs - self.warmup)))
+        return 0.1 ** sum(epoch >= step for step in self.steps)
+
+def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch schedule of ``--lr_schedule`` / ``--warmup_epochs``; the paper's step schedule without warm-up
+    stays a MultiStepLR (so runs and checkpoints of earlier versions resume as before)."""
+    schedule, warmup = getattr(args, "lr_schedule", "step"), getattr(args, "warmup_epochs", 0)
+    if schedule == "step" and warmup == 0:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.lr_steps, gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, EpochLRFactor(schedule, args.num_epoch, warmup,
+                                                                      args.lr_steps))
 
 def amp_enabled(args: argparse.Namespace, info: DistInfo) -> bool:
     return args.amp and info.device.type == "cuda"
@@ -140,24 +169,49 @@ def evaluate(model: nn.Module, loader, args: argparse.Namespace, info: DistInfo,
     loss_sum = all_reduce_sum(loss_sum, info)
     return counter, loss_sum.item() / max(counter.total.sum().item(), 1)
 
+# Flags whose change would make a resumed run differ from an uninterrupted one, with the value older run folders'
+# args.json (written before the flag existed) imply.
+RESUME_FLAGS = {"optimizer": "sgd", "lr_schedule": "step", "warmup_epochs": 0, "label_smoothing": 0.0,
+                "lr_frame": None, "lr_sound": None, "lr_classifier": None, "lr_steps": None, "beta1": None,
+                "weight_decay": None}
+
+def changed_optimisation_flags(run_dir: Path, args: argparse.Namespace) -> str:
+    """'--flag saved -> given' for each optimisation flag that differs from the run's args.json ('' if none)."""
+    path = run_dir / "args.json"
+    if not path.is_file():
+        return ""
+    saved = json.loads(path.read_text())
+    changes = []
+    for flag, old_default in RESUME_FLAGS.items():
+        before, now = saved.get(flag, old_default), getattr(args, flag, None)
+        if before is not None and now is not None and before != now:
+            changes.append(f"--{flag} {before} -> {now}")
+    return ", ".join(changes)
+
 def run_dir_of(args: argparse.Namespace) -> Path:
     return Path(args.ckpt) / args.id
 
 def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None = None) -> None:
     """Train the model of the flags with ``objective`` (cross-entropy by default) into its run folder."""
     objective = objective or CrossEntropy()
+    if isinstance(objective, CrossEntropy):
+        objective.label_smoothing = getattr(args, "label_smoothing", 0.0)
     run_dir = run_dir_of(args)
     meta = model_meta(args)
     train_loader = build_loader(build_dataset(args, "train"), args, info, train=True)
     val_loader = build_loader(build_dataset(args, "val"), args, info, train=False)
     model = create_model(args, info)
     optimizer = build_optimizer(model, args)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.lr_steps, gamma=0.1)
+    scheduler = build_scheduler(optimizer, args)
     scaler = torch.amp.GradScaler(info.device.type, enabled=amp_enabled(args, info))
     start_epoch, best_acc, history = 0, -1.0, []
     if args.resume:
         if not train_state_path(run_dir).is_file():
             raise CheckpointError(f"--resume: {train_state_path(run_dir)} not found (no earlier run with id {args.id})")
+        changed = changed_optimisation_flags(run_dir, args)
+        if changed:
+            raise CheckpointError(f"--resume: {run_dir} was trained with other optimisation flags ({changed}); "
+                                  "resume with the run's own flags")
         saved_epoch = load_checkpoint(run_dir, model, "latest", meta)
         state = load_train_state(run_dir)
         if state["epoch"] != saved_epoch:
