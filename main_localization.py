@@ -1,15 +1,20 @@
 """Sound-source visual localization, clean and under multimodal attacks.
 
-    python main_localization.py --dataset synthetic --arch_classifier loc ... --boxes DIR/boxes.json
+    python main_localization.py --dataset synthetic --arch_classifier ssl ... --boxes DIR/boxes.json
+    python main_localization.py --dataset flickr ... --arch_classifier ssl --boxes Flickr-SoundNet/Annotations
+    python main_localization.py --dataset vggss ... --arch_classifier loc --boxes vggss.json
     python main_localization.py --dataset MUSIC --arch_classifier loc ...        (real data: no boxes)
 
 Takes the flags the model was trained with (main_attack.py --mode train) plus the attack flags of
 main_attack.py --mode eval, loads the run's best checkpoint and evaluates the head's localization map
-(--arch_classifier loc or attention) on the test split. With --boxes (a synthetic dataset's boxes.json)
-it reports the pointing game, cIoU@0.5, mean cIoU and AUC against the sounding object's box (cIoU in the
-published LVS convention by default, --ciou_mode), accuracies and fractions with 95 % intervals; without it,
-how far the map moves under attack. Two attack objectives (--loc_attack): 'class', the untargeted
-attack on the label, and 'map', which pushes the map's mass out of the box.
+(--arch_classifier loc or attention, trained with labels; ssl or ssl_lvs, the self-supervised localizers) on
+the test split. With --boxes (a synthetic dataset's boxes.json, a Flickr-SoundNet annotation folder or the
+VGG-Sound Sources box file) it reports the pointing game, cIoU@0.5, mean cIoU and AUC against the annotated
+boxes (cIoU in the published LVS convention by default, --ciou_mode), next to the centre prior and a random
+map, with 95 % intervals and whether the model beats the centre prior (exact McNemar test); without it, how
+far the map moves under attack. Three attack objectives (--loc_attack): 'class', the untargeted attack on the
+label; 'map', which pushes the map's mass out of the box; 'corr', which lowers the audio-visual similarity in
+the box and raises it elsewhere; per budget, the per-sample worst case over all of them.
 
 Writes RUN/localization/: loc_results.json, per_sample.npz, loc_table.md, ciou_vs_eps.png and index.html
 (map overlays, clean beside adversarial).
@@ -20,14 +25,19 @@ import argparse
 import sys
 from pathlib import Path
 
+from PIL import Image
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from arguments import ArgParser
+from dataset.annotations import AnnotationError, GroundTruth, load_ground_truth
+from dataset.av_dataset import AVDataset
 from dataset.index import DataError
+from dataset.layout import frame_name
 from dataset.loaders import build_dataset, build_loader
-from evaluation.loc_metrics import CIOU_CONVENTIONS, DEFAULT_CIOU_MODE, Boxes
+from evaluation.loc_metrics import CIOU_CONVENTIONS, DEFAULT_CIOU_MODE
 from evaluation.loc_report import loc_table_markdown, write_loc_outputs
-from evaluation.localization import OBJECTIVES, evaluate_localization
+from evaluation.localization import DEFAULT_OBJECTIVES, MAP_HEADS, OBJECTIVES, evaluate_localization
 from evaluation.protocol import budgets_from_args
 from models import FUSION_HEADS
 from training.engine import load_best, run_dir_of, run_entry_point
@@ -39,11 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                .add_train_arguments().add_attack_arguments())
     g = builder.parser.add_argument_group("localization")
     g.add_argument("--boxes", default=None, metavar="PATH",
-                   help="boxes.json of a synthetic dataset (scripts/make_synthetic.py): box metrics; "
-                        "default: none, real-data mode (change of the map under attack)")
-    g.add_argument("--loc_attack", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES),
-                   help="attack objectives: 'class' (untargeted, --attack_loss) and 'map' (maximise the map's "
-                        "mass outside the box; without boxes, outside the clean map's top region)")
+                   help="ground-truth boxes: a synthetic dataset's boxes.json (scripts/make_synthetic.py), a "
+                        "Flickr-SoundNet annotation folder (<id>.xml) or the VGG-Sound Sources box file (JSON "
+                        "list); default: none, real-data mode (change of the map under attack)")
+    g.add_argument("--loc_attack", nargs="+", choices=OBJECTIVES, default=list(DEFAULT_OBJECTIVES),
+                   help="attack objectives: 'class' (untargeted, --attack_loss), 'map' (maximise the map's "
+                        "mass outside the box; without boxes, outside the clean map's top region) and 'corr' "
+                        "(lower the audio-visual similarity inside that region, raise it outside)")
     g.add_argument("--ciou_mode", choices=sorted(CIOU_CONVENTIONS), default=DEFAULT_CIOU_MODE,
                    help="cIoU convention: 'lvs' (the published one: the map above its median against the boxes, "
                         "Chen et al. 2021) or 'threshold0.5' (the min-max normalised map >= 0.5; not comparable "
@@ -51,26 +63,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = builder.parse(argv)
     head = FUSION_HEADS.get(args.arch_classifier)
     if not (head.needs_fmap and callable(getattr(head, "attention", None)) and "audio" in head.modalities):
-        builder.parser.error(f"--arch_classifier {args.arch_classifier} has no localization map; use loc or attention")
-    if args.boxes is not None and not Path(args.boxes).is_file():
-        builder.parser.error(f"--boxes: no such file: {args.boxes}")
+        builder.parser.error(f"--arch_classifier {args.arch_classifier} has no localization map; use {MAP_HEADS}")
+    if args.boxes is not None and not Path(args.boxes).exists():
+        builder.parser.error(f"--boxes: no such file or folder: {args.boxes}")
     args.loc_attack = list(dict.fromkeys(args.loc_attack))
     return args
+
+
+def load_boxes(path: str, dataset: AVDataset, list_test: str) -> GroundTruth:
+    """``--boxes`` read, with the frame size of every annotated test sample of a benchmark (from its first frame
+    on disk: the boxes follow the eval transform of that frame)."""
+    try:
+        boxes = load_ground_truth(path)
+    except AnnotationError as err:
+        raise DataError(f"--boxes: {err}") from None
+    annotated = [row for row in dataset.rows if boxes.covers(row.info)]
+    if not annotated:
+        match = "sample id <class>/<id>" if boxes.keyed_by_sample else "video id, the <id> of <class>/<id>"
+        raise DataError(f"--boxes: none of the {len(dataset)} test samples of {list_test} has a box in {path} "
+                        f"({boxes.source} format; samples match by {match})")
+    if boxes.default_frame_size is None:
+        sizes = {}
+        for row in annotated:
+            frame = Path(dataset.frame_path, row.frames_rel.lstrip("/"), frame_name(1))
+            try:
+                with Image.open(frame) as image:
+                    width, height = image.size
+            except OSError as err:
+                raise DataError(f"{row.where}: cannot read the frame size of {frame} for --boxes ({err})") from None
+            sizes[row.info] = (height, width)
+        boxes = boxes.with_frame_sizes(sizes)
+    return boxes
 
 
 def evaluate_run(args: argparse.Namespace, info: DistInfo) -> dict:
     """The run's best checkpoint on the test split; writes and prints the results on rank 0."""
     model, epoch = load_best(args, info)
     dataset = build_dataset(args, "test")
-    boxes = None
-    if args.boxes is not None:
-        try:
-            boxes = Boxes.load(args.boxes)
-        except ValueError as err:  # also a malformed JSON file
-            raise DataError(f"--boxes: {err}") from None
-        if not any(row.info in boxes.boxes for row in dataset.rows):
-            raise DataError(f"--boxes: none of the {len(dataset)} test samples of {args.list_test} has a box in "
-                            f"{args.boxes}")
+    boxes = None if args.boxes is None else load_boxes(args.boxes, dataset, args.list_test)
     loader = build_loader(dataset, args, info, train=False)
     results, records, vis = evaluate_localization(model, loader, args, info, budgets_from_args(args),
                                                   args.attack_type, args.loc_attack, boxes, args.num_vis)

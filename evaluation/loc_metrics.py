@@ -195,6 +195,29 @@ def ciou(maps: Tensor, masks: Tensor, mode: str = DEFAULT_CIOU_MODE) -> Tensor:
     raise ValueError(f"unknown cIoU mode {mode!r}; choose one of {sorted(CIOU_CONVENTIONS)}")
 
 
+def gt_pointing_hits(maps: Tensor, gt_maps: Tensor) -> Tensor:
+    """The pointing game against ground-truth maps ``[B, H, W]`` in [0, 1] (``dataset.annotations``): the map's
+    argmax lies where the ground truth is above 0 (inside any annotator's box)."""
+    return pointing_hits(maps, gt_maps > 0)
+
+
+def gt_ciou(maps: Tensor, gt_maps: Tensor, mode: str = DEFAULT_CIOU_MODE) -> Tensor:
+    """cIoU against ground-truth maps ``[B, H, W]`` with values in [0, 1] (Flickr-SoundNet's 0.5 for a box of one
+    annotator). LVS convention: Σ(pred·gt) / (Σgt + Σpred·[gt = 0]), pred the median mask, exactly LVS's formula
+    for soft gt and ``ciou`` for a binary one; the fixed-threshold convention compares with gt > 0."""
+    if maps.shape != gt_maps.shape or not gt_maps.is_floating_point():
+        raise ValueError(f"gt_ciou needs maps and float ground-truth maps of one shape, got maps {tuple(maps.shape)}"
+                         f" and ground truth {tuple(gt_maps.shape)} of {gt_maps.dtype}")
+    if mode != CIOU_LVS:
+        return ciou(maps, gt_maps > 0, mode)
+    if not torch.isfinite(maps).all():
+        raise ValueError("ciou: the localization maps hold NaN or infinite values")
+    pred, gt = median_masks(maps).flatten(1).float(), gt_maps.flatten(1).float()
+    inter = (pred * gt).sum(dim=1)
+    denominator = gt.sum(dim=1) + (pred * (gt == 0).float()).sum(dim=1)
+    return inter / denominator.clamp_min(1e-12)
+
+
 def success_rates(cious: Sequence[float], thresholds: Sequence[float]) -> np.ndarray:
     """Fraction of samples with cIoU >= t, for every t."""
     values = np.asarray(cious, dtype=np.float64)
@@ -225,6 +248,15 @@ def peak_locations(maps: Tensor) -> Tensor:
     peak = maps.flatten(1).argmax(dim=1)
     width = maps.shape[-1]
     return torch.stack([peak // width, peak % width], dim=1).float() + 0.5
+
+
+def random_maps(indices: Sequence[int], height: int, width: int, seed: int,
+                device: torch.device | None = None) -> Tensor:
+    """A data-free baseline: per sample, uniform noise on a ``height`` x ``width`` grid (the model's map grid),
+    drawn from a generator seeded by (``seed``, the sample's dataset index), so it does not depend on the batch."""
+    maps = [torch.rand(height, width, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(i)))
+            for i in indices]
+    return torch.stack(maps).to(device)
 
 
 def center_prior_maps(batch: int, height: int, width: int, device: torch.device | None = None) -> Tensor:

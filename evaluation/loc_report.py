@@ -3,14 +3,17 @@
 The results dict (what ``evaluation.localization`` returns and loc_results.json holds) is read through these
 keys. Top level: ``run``, ``num_samples``, ``num_boxed``, ``map_size``, ``input_size``, ``eps_units``,
 ``attack_steps``, ``attack_loss``, ``clean``, ``attacks`` (a list of entries with ``objective``, ``attack``,
-``budget``, ``eps_visual``, ``eps_audio``, ``grid``, ``seconds``), optionally ``center_prior``, and
-``ciou_mode`` (the cIoU convention of ``evaluation.loc_metrics``; when absent, the default of ``ciou``).
-Per condition (``clean``, ``center_prior``, every attack entry): ``acc`` in %; ``pointing`` and ``ciou``
+``budget``, ``eps_visual``, ``eps_audio``, ``grid``, ``seconds``), ``worst_case`` (entries of the same form,
+objective ``worst``: per budget, the per-sample worst case over every attack and objective), optionally the
+baselines ``center_prior`` and ``random_map``, ``vs_prior`` (per metric, ``pointing`` and ``ciou``:
+``num_boxed``, ``model_hits``, ``baseline_hits``, ``only_model``, ``only_baseline``, ``p_value``, ``alpha``,
+``beats``), and ``ciou_mode`` (the cIoU convention of ``evaluation.loc_metrics``; when absent, the default of
+``ciou``). Per condition (``clean``, a baseline, every attack entry): ``acc`` in %; ``pointing`` and ``ciou``
 (cIoU@0.5) as fractions, ``miou`` (mean cIoU), ``auc``; ``map_iou_top_mass``, ``map_iou_threshold``,
-``peak_shift_px``. The proportions carry a 95% Wilson interval; it needs their counts: ``num_correct`` out of
-``num_samples``, ``pointing_hits`` and ``ciou_hits`` out of ``num_boxed`` (a condition's own size, else the
-top level's). A missing count is recovered from the fraction and the size (exact, since the fraction is
-count / size), so older loc_results.json files still render.
+``peak_shift_px``, ``box_similarity`` (when present). The proportions carry a 95% Wilson interval; it needs
+their counts: ``num_correct`` out of ``num_samples``, ``pointing_hits`` and ``ciou_hits`` out of ``num_boxed``
+(a condition's own size, else the top level's). A missing count is recovered from the fraction and the size
+(exact, since the fraction is count / size), so older loc_results.json files still render.
 """
 from __future__ import annotations
 
@@ -43,6 +46,28 @@ BOX_COLUMNS = (("pointing", "pointing", ".3f"), ("ciou", CIOU_AT, ".3f"), ("miou
 CHANGE_COLUMNS = (("map_iou_top_mass", f"map IoU top {TOP_MASS:.0%} mass", ".3f"),
                   ("map_iou_threshold", f"map IoU >= {MAP_THRESHOLD}", ".3f"),
                   ("peak_shift_px", "peak shift (px)", ".1f"))
+SIMILARITY_COLUMN = ("box_similarity", "AV similarity in box", ".3f")
+BASELINES = (("center_prior", "centre prior"), ("random_map", "random map"))
+
+
+def _p_value(p: float) -> str:
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def baseline_lines(results: dict) -> list[str]:
+    """Whether the model's clean pointing and cIoU@0.5 beat the centre prior's (``results['vs_prior']``)."""
+    lines = []
+    for metric, title in (("pointing", "pointing"), ("ciou", CIOU_AT)):
+        test = results.get("vs_prior", {}).get(metric)
+        if test is None:
+            continue
+        n = test["num_boxed"]
+        verdict = "beats the centre prior" if test["beats"] else "does not beat the centre prior"
+        lines.append(f"Clean {title}: the model {verdict} ({format_fraction(test['model_hits'], n)} vs "
+                     f"{format_fraction(test['baseline_hits'], n)}; exact McNemar p = {_p_value(test['p_value'])}, "
+                     f"{test['only_model']} samples only the model gets, {test['only_baseline']} only the prior; "
+                     f"'beats': higher and p < {test['alpha']}).")
+    return lines
 
 
 def ciou_mode(results: dict) -> str:
@@ -85,6 +110,8 @@ def loc_table_markdown(results: dict) -> str:
     (with boxes) and how far the map moved from the clean one; proportions with their 95% Wilson interval."""
     mode = ciou_mode(results)
     columns = [("acc", "acc (%)", ".2f")] + (list(BOX_COLUMNS) if results["num_boxed"] else []) + list(CHANGE_COLUMNS)
+    if "box_similarity" in results["clean"]:
+        columns.append(SIMILARITY_COLUMN)
     h, w = results["map_size"] or ("?", "?")
     box_text = (f"Pointing and {CIOU_AT} (the fraction of samples with cIoU >= {SUCCESS_THRESHOLD}) are fractions; "
                 f"AUC is the area under that fraction over cIoU thresholds 0, 0.05, ..., 1. cIoU: "
@@ -94,20 +121,25 @@ def loc_table_markdown(results: dict) -> str:
              f"{results['input_size']}x{results['input_size']}; visual eps in {results['eps_units']} units, audio eps "
              f"in waveform amplitude; {results['attack_steps'] or 'default'} steps. Objective 'class': untargeted "
              f"{results['attack_loss']} on the label; 'map': maximise the map's mass outside the box (without "
-             f"boxes: outside the clean map's >= {MAP_THRESHOLD} region). {box_text}Map IoU compares the adversarial "
-             "map's top region with the clean one's. [a, b]: 95% Wilson interval.", "",
+             f"boxes: outside the clean map's >= {MAP_THRESHOLD} region); 'corr': lower the audio-visual similarity "
+             "inside that region and raise it outside; 'worst': per sample, the worst over every attack and "
+             f"objective of the budget. {box_text}Map IoU compares the adversarial map's top region with the clean "
+             "one's; AV similarity in box: the mean per-location audio-visual cosine similarity inside the box "
+             "(the region). Baselines: a centre Gaussian and uniform noise on the model's map grid (seeded per "
+             "sample). [a, b]: 95% Wilson interval.", "",
              "| objective | attack | budget | " + " | ".join(title for _, title, _ in columns) + " |",
              "|---" * (len(columns) + 3) + "|"]
     clean = {**results["clean"], "map_iou_top_mass": 1.0, "map_iou_threshold": 1.0, "peak_shift_px": 0.0}
     rows = [("-", "-", "clean", clean)]
-    if "center_prior" in results:
-        rows.append(("-", "-", "centre prior", results["center_prior"]))
-    rows += [(e["objective"], e["attack"].upper(), budget_label(e), e) for e in results["attacks"] if not e["grid"]]
+    rows += [("-", "-", name, results[key]) for key, name in BASELINES if key in results]
+    rows += [(e["objective"], e["attack"].upper(), budget_label(e), e)
+             for e in results["attacks"] + results.get("worst_case", []) if not e["grid"]]
     for objective, attack, budget, values in rows:
         cells = [_cell(values, results, key, fmt) for key, _, fmt in columns]
         lines.append(f"| {objective} | {attack} | {budget} | " + " | ".join(cells) + " |")
     seconds = sum(e["seconds"] for e in results["attacks"])
-    lines += ["", f"Attack time: {seconds:.1f} s in all."]
+    verdicts = baseline_lines(results)
+    lines += ([""] + verdicts if verdicts else []) + ["", f"Attack time: {seconds:.1f} s in all."]
     return "\n".join(lines) + "\n"
 
 
@@ -139,8 +171,9 @@ def plot_ciou_vs_eps(results: dict, path: str | os.PathLike) -> None:
                         xs, ys = zip(*([(0.0, clean[key])] + points))
                         ax.plot(xs, ys, marker="o", color=color, linestyle=LINESTYLES[i % len(LINESTYLES)],
                                 label=f"{attack.upper()} {budget}")
-            if "center_prior" in results:
-                ax.axhline(results["center_prior"][key], color="tab:gray", linewidth=1, label="centre prior")
+            for (name, label), style in zip(BASELINES, ("-", ":")):
+                if key in results.get(name, {}):
+                    ax.axhline(results[name][key], color="tab:gray", linewidth=1, linestyle=style, label=label)
             if r == 0:
                 ax.set_title(f"{objective} objective", fontsize=9)
             ax.set_xlabel(f"ε per attacked modality (visual in {results['eps_units']} units)")
