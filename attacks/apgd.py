@@ -1,4 +1,4 @@
-"""APGD, Auto-PGD (Croce & Hein 2020), L∞."""
+"""APGD, Auto-PGD (Croce & Hein 2020), L∞ and L2."""
 from __future__ import annotations
 
 import math
@@ -30,16 +30,18 @@ def _where(mask: Tensor, a: Inputs, b: Inputs) -> Inputs:
 
 @ATTACKS.register("apgd")
 class APGD(Attack):
-    """Projected sign steps with momentum and a step size that adapts per sample.
+    """Projected steepest-ascent steps with momentum and a step size that adapts per sample.
 
-    The step size starts at 2ε (per modality, per channel in normalised units) and is halved at a
-    checkpoint when fewer than ``rho`` of the steps since the last one raised the loss, or when
-    neither the step size nor the best loss changed since the last one; the iterate then restarts
-    from the highest-loss point. Update: ``z = P(x_k + eta * sign(grad))``,
-    ``x_{k+1} = P(x_k + momentum * (z - x_k) + (1 - momentum) * (x_k - x_{k-1}))``.
+    The step size starts at 2ε (per modality, per channel in normalised units; 2 ``joint_eps`` in the joint
+    L2 ball) and is halved at a checkpoint when fewer than ``rho`` of the steps since the last one raised the
+    loss, or when neither the step size nor the best loss changed since the last one; the iterate then
+    restarts from the highest-loss point. Update: ``z = P(x_k + eta * s(grad))``,
+    ``x_{k+1} = P(x_k + momentum * (z - x_k) + (1 - momentum) * (x_k - x_{k-1}))``, with ``s`` the region's
+    steepest ascent: ``sign`` for L∞, ``grad / ||grad||_2`` for L2 (AutoAttack's L2 APGD), and ``P`` the
+    projection onto the ball, then the valid range.
     Returns, per sample, the fooling iterate with the highest loss, or else the highest-loss iterate.
-    ``steps`` forward-backward passes plus one (times ``eot_iter``). ``restarts``, ``eot_iter`` and ``seed``
-    as in ``Attack``.
+    ``steps`` forward-backward passes plus one (times ``eot_iter``). ``restarts``, ``eot_iter``, ``seed`` and
+    the threat model as in ``Attack``.
     """
 
     default_step = 2.0
@@ -47,9 +49,11 @@ class APGD(Attack):
     def __init__(self, model: nn.Module, eps: Mapping[str, float], *, steps: int = 100,
                  random_start: bool = False, restarts: int = 1, eot_iter: int = 1, seed: int | None = None,
                  momentum: float = 0.75, rho: float = 0.75, loss: str | LossFn = "ce",
-                 eps_units: str = "normalized", std: Sequence[float] = IMAGENET_STD) -> None:
+                 eps_units: str = "normalized", std: Sequence[float] = IMAGENET_STD, norm: str = "linf",
+                 joint_eps: float | None = None, audio_eps_db: float | None = None, temporal: str = "frame") -> None:
         super().__init__(model, eps, steps=steps, random_start=random_start, restarts=restarts, eot_iter=eot_iter,
-                         seed=seed, loss=loss, eps_units=eps_units, std=std)
+                         seed=seed, loss=loss, eps_units=eps_units, std=std, norm=norm, joint_eps=joint_eps,
+                         audio_eps_db=audio_eps_db, temporal=temporal)
         self.momentum = momentum
         self.rho = rho
         self.checkpoints = apgd_checkpoints(steps)
@@ -60,6 +64,7 @@ class APGD(Attack):
     def run(self, problem: Problem) -> BestSoFar:
         """One APGD run on ``problem``; per sample its best iterate with that iterate's loss and success."""
         x = problem.start(self.random_start)
+        region = problem.region
         losses, logits, grads = problem.loss_and_grad(x)
         x = {m: v.detach() for m, v in x.items()}
         best = BestSoFar(x, losses, problem.fooled(logits))
@@ -70,13 +75,13 @@ class APGD(Attack):
         f_max_at_check, reduced_at_check, last_check = f_max, torch.zeros_like(losses, dtype=torch.bool), 0
         for k in range(self.steps):
             with torch.no_grad():
-                x_next = {}
-                for m, v in x.items():
-                    ball = problem.balls[m]
-                    z = ball.project_(v + per_sample(scale, v) * ball.step * grads[m].sign())
-                    if k > 0:
-                        z = ball.project_(v + self.momentum * (z - v) + (1 - self.momentum) * (v - x_prev[m]))
-                    x_next[m] = z.requires_grad_()
+                direction = region.steepest(grads)
+                z = problem.project_({m: v + per_sample(scale, v) * region.step[m] * direction[m]
+                                      for m, v in x.items()})
+                if k > 0:
+                    z = problem.project_({m: v + self.momentum * (z[m] - v) + (1 - self.momentum) * (v - x_prev[m])
+                                          for m, v in x.items()})
+                x_next = {m: v.requires_grad_() for m, v in z.items()}
             x_prev = x
             losses, logits, grads = problem.loss_and_grad(x_next)
             x = {m: v.detach() for m, v in x_next.items()}

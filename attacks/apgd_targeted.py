@@ -1,4 +1,4 @@
-"""APGD-T, targeted APGD on the targeted DLR loss (Croce & Hein 2020), L∞."""
+"""APGD-T, targeted APGD on the targeted DLR loss (Croce & Hein 2020), L∞ and L2."""
 from __future__ import annotations
 
 import math
@@ -29,22 +29,24 @@ class APGDTargeted(APGD):
     a sample keeps its first fooling point, or else the point with the highest targeted DLR over all runs
     (the clean input for a sample that is misclassified as it is). Needs at least 4 classes. ``restarts``
     repeat the whole sequence of targets on the samples still not fooled, compared on the untargeted DLR;
-    ``eot_iter`` and ``seed`` as in ``Attack``. One clean forward pass, then up to
+    ``eot_iter``, ``seed`` and the threat model as in ``Attack``. One clean forward pass, then up to
     ``n_target_classes * (steps + 1)`` passes on shrinking subsets.
     """
 
     def __init__(self, model: nn.Module, eps: Mapping[str, float], *, steps: int = 100, n_target_classes: int = 9,
                  random_start: bool = False, restarts: int = 1, eot_iter: int = 1, seed: int | None = None,
                  momentum: float = 0.75, rho: float = 0.75, eps_units: str = "normalized",
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+                 std: Sequence[float] = IMAGENET_STD, norm: str = "linf", joint_eps: float | None = None,
+                 audio_eps_db: float | None = None, temporal: str = "frame") -> None:
         if n_target_classes < 1:
             raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}")
         super().__init__(model, eps, steps=steps, random_start=random_start, restarts=restarts, eot_iter=eot_iter,
-                         seed=seed, momentum=momentum, rho=rho, loss="dlr", eps_units=eps_units, std=std)
+                         seed=seed, momentum=momentum, rho=rho, loss="dlr", eps_units=eps_units, std=std, norm=norm,
+                         joint_eps=joint_eps, audio_eps_db=audio_eps_db, temporal=temporal)
         self.n_target_classes = n_target_classes
 
     def perturb(self, problem: Problem) -> Inputs:
-        clean = {m: ball.clean.clone() for m, ball in problem.balls.items()}
+        clean = {m: v.clone() for m, v in problem.region.clean.items()}
         _, logits = problem.scores(clean)
         classes = logits.shape[1]
         if classes < 4:

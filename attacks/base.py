@@ -1,10 +1,11 @@
-"""The multimodal L∞ attack base: budgets and their units, feasible sets, the model calls, restarts and
-the sign-step loop.
+"""The multimodal attack base: budgets and their units, the threat model (norm, joint budget,
+loudness-relative audio budgets, per-frame or shared visual perturbations), the model calls, restarts and
+the projected-step loop.
 
 An attack perturbs the raw inputs of the model: frames ``[B, 3, T, H, W]`` in [0, 1] and the
 waveform ``[B, 1, L]`` in [-1, 1]. Each modality has its own budget. A modality whose budget is 0,
 or that the model does not use, is returned as the very tensor passed in. Attacks run in float32
-with autocast switched off, whatever the caller's precision.
+with autocast switched off, whatever the caller's precision. The feasible sets live in ``attacks.regions``.
 """
 from __future__ import annotations
 
@@ -17,13 +18,16 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from attacks.losses import LossFn, get_loss
+from attacks.losses import NEEDS_FEATURES, LossFn, get_loss
+from attacks.regions import Ball, Independent, JointL2Ball, L2Ball, ModalitySet, Region, per_sample
 from models.av_model import AVModel, ModelOutput
 from models.visual import IMAGENET_STD
 
 MODALITIES = ("visual", "audio")
 VALID_RANGE = {"visual": (0.0, 1.0), "audio": (-1.0, 1.0)}
 EPS_UNITS = ("normalized", "pixel")
+NORMS = ("linf", "l2")
+TEMPORAL = ("frame", "shared")
 
 Inputs = dict[str, Tensor]
 
@@ -34,11 +38,6 @@ def normalized_eps_to_pixel(eps: float, std: Sequence[float] = IMAGENET_STD) -> 
     A change of ``eps`` in ``(x - mean_c) / std_c`` is a change of ``eps * std_c`` in the pixel ``x``.
     """
     return torch.tensor([eps * s for s in std])
-
-
-def per_sample(values: Tensor, like: Tensor) -> Tensor:
-    """``[B]`` values viewed to broadcast against ``like [B, ...]``."""
-    return values.view(-1, *[1] * (like.dim() - 1))
 
 
 def _per_modality(value: float | Mapping[str, float | None] | None, what: str) -> dict[str, float | None]:
@@ -73,6 +72,25 @@ def encodes_separately(model: nn.Module) -> bool:
     return not (isinstance(model, AVModel) and type(model).forward is not AVModel.forward)
 
 
+def as_model_output(out: Any) -> ModelOutput:
+    """A model's output as a ``ModelOutput``: a ``ModelOutput`` as it is; logits ``[B, C]``; a tuple or list
+    whose first item is the logits; or an object with a ``logits`` tensor attribute (e.g. a Hugging Face
+    output). Only a ``ModelOutput`` carries features; the others get None for them."""
+    if isinstance(out, ModelOutput):
+        return out
+    logits = out
+    if isinstance(out, (tuple, list)) and out:
+        logits = out[0]
+    elif not isinstance(out, Tensor) and isinstance(getattr(out, "logits", None), Tensor):
+        logits = out.logits
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"the model returned {type(out).__name__}; attacks need logits [B, C], a tuple whose "
+                        f"first item is the logits, or a ModelOutput")
+    if logits.dim() != 2:
+        raise ValueError(f"the model's logits must have shape [B, C], got {tuple(logits.shape)}")
+    return ModelOutput(logits, None, None, None)
+
+
 def _autocast_off(device_type: str) -> AbstractContextManager:
     """A region where autocast is disabled on ``device_type`` (nothing to do where autocast does not exist)."""
     if torch.amp.is_autocast_available(device_type):
@@ -80,57 +98,30 @@ def _autocast_off(device_type: str) -> AbstractContextManager:
     return nullcontext()
 
 
-class Ball:
-    """The feasible set of one modality: the L∞ ball around the clean input, within the valid range.
-
-    ``radius`` and ``step`` are in raw input units and broadcast against the input (per channel for
-    visual budgets in normalised units).
-    """
-
-    def __init__(self, clean: Tensor, radius: Tensor, step: Tensor, valid_range: tuple[float, float]) -> None:
-        self.clean = clean
-        self.radius = radius
-        self.step = step
-        self.lower = (clean - radius).clamp_(min=valid_range[0])
-        self.upper = (clean + radius).clamp_(max=valid_range[1])
-
-    def project_(self, x: Tensor) -> Tensor:
-        """Clamp ``x`` into the set in place; the ball and range bounds are merged, so it is one clamp."""
-        return x.clamp_(self.lower, self.upper)
-
-    def random_point(self, generator: torch.Generator) -> Tensor:
-        """A point drawn uniformly from the ball, clamped into the range."""
-        noise = torch.rand(self.clean.shape, generator=generator, dtype=self.clean.dtype, device=self.clean.device)
-        return self.project_(noise.mul_(2).sub_(1).mul_(self.radius).add_(self.clean))
-
-    def subset(self, index: Tensor) -> Ball:
-        """The same ball for the samples ``index`` only."""
-        part = copy.copy(self)
-        part.clean, part.lower, part.upper = self.clean[index], self.lower[index], self.upper[index]
-        return part
-
-
 class Problem:
-    """One attack call: the model, objective and labels, the attacked modalities' balls, the inputs that
-    stay as they are (``fixed``), and the call's random numbers. Build it with the model in eval mode.
+    """One attack call: the model, objective and labels, the feasible region of the attacked modalities
+    (a ``Region``, or a ``{modality: ball}`` dict for independent balls), the inputs that stay as they are
+    (``fixed``), and the call's random numbers. Build it with the model in eval mode.
 
     A model that ``encodes_separately`` is run as ``fuse(...)`` on the attacked modalities' fresh encodings
     and the fixed ones' encodings, which are computed once here under ``no_grad`` (so a defense's costly
     purification of the fixed modality runs once and is never differentiated). With ``eot_iter > 1`` the
     fixed modalities are re-encoded (still without gradients) in every pass, so that the average also
-    covers the randomness of their encoders. Any other model runs as ``model(frames, audio)``.
+    covers the randomness of their encoders. Any other model runs as ``model(frames, audio)``; its output
+    may be anything ``as_model_output`` takes, but a loss that needs features (``ce+cos``) needs a
+    ``ModelOutput``.
 
     ``eot_iter``: every loss, logit and gradient is the mean over that many forward passes (expectation
     over transformation, for randomised models). ``seed``: the seed of the call's private random generator
     (random starts, Square's search); None draws one from torch's global generator.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, labels: Tensor, balls: dict[str, Ball],
+    def __init__(self, model: nn.Module, loss_fn: LossFn, labels: Tensor, region: Region | dict[str, ModalitySet],
                  fixed: dict[str, Tensor | None], *, eot_iter: int = 1, seed: int | None = None) -> None:
         self.model = model
         self.loss_fn = loss_fn
         self.labels = labels
-        self.balls = balls
+        self.region = Independent(region) if isinstance(region, dict) else region
         self.fixed = fixed
         self.eot_iter = eot_iter
         self.seed = seed
@@ -143,7 +134,7 @@ class Problem:
         """The call's random generator, on the inputs' device; subsets share it."""
         if self._generator is None:
             seed = self.seed if self.seed is not None else int(torch.randint(2**62, (1,)))
-            device = next(iter(self.balls.values())).clean.device
+            device = next(iter(self.region.clean.values())).device
             self._generator = torch.Generator(device=device).manual_seed(seed)
         return self._generator
 
@@ -164,7 +155,7 @@ class Problem:
         """The same problem for the samples ``index`` (a 1-D index tensor), optionally with another loss."""
         part = copy.copy(self)
         part.labels = self.labels[index]
-        part.balls = {m: ball.subset(index) for m, ball in self.balls.items()}
+        part.region = self.region.subset(index)
         part.fixed = _select(self.fixed, index)
         part.encoded = _select(self.encoded, index)
         part.loss_fn = self.loss_fn if loss_fn is None else loss_fn
@@ -172,20 +163,30 @@ class Problem:
         return part
 
     def start(self, random: bool = False) -> Inputs:
-        """Fresh leaf tensors requiring grad: the clean inputs, or random points of the balls."""
-        return {m: (ball.random_point(self.generator) if random else ball.clean.clone()).requires_grad_()
-                for m, ball in self.balls.items()}
+        """Fresh leaf tensors requiring grad: the clean inputs, or a random point of the region."""
+        x = self.region.random_point(self.generator) if random else {m: v.clone() for m, v in self.region.clean.items()}
+        return {m: v.requires_grad_() for m, v in x.items()}
+
+    def project_(self, x: Inputs) -> Inputs:
+        """``x`` moved into the region, in place."""
+        return self.region.project_(x)
 
     def forward(self, x: Inputs) -> ModelOutput:
         """One forward pass on the attacked inputs ``x`` and the fixed ones."""
         if not self.separate:
             inputs = {**self.fixed, **x}
-            return self.model(inputs["visual"], inputs["audio"])
+            raw = self.model(inputs["visual"], inputs["audio"])
+            if self.loss_fn in NEEDS_FEATURES and not isinstance(raw, ModelOutput):
+                raise ValueError(f"the attack loss {getattr(self.loss_fn, '__name__', self.loss_fn)!r} needs the "
+                                 f"model's features, but {type(self.model).__name__} returns "
+                                 f"{type(raw).__name__}, not a ModelOutput(logits, feat_v, feat_a, fmap_v); "
+                                 f"use loss='ce' or 'dlr'")
+            return as_model_output(raw)
         parts = self.encoded if self.encoded is not None else self._encode_fixed()
         model = self.model
         feat_v, fmap_v = model.encode_visual(x["visual"]) if "visual" in x else parts["visual"]
         feat_a = model.encode_audio(x["audio"]) if "audio" in x else parts["audio"]
-        return model.fuse(feat_v, feat_a, fmap_v)
+        return as_model_output(model.fuse(feat_v, feat_a, fmap_v))
 
     def loss_and_grad(self, x: Inputs) -> tuple[Tensor, Tensor, Inputs]:
         """Per-sample losses and logits (detached), and the gradient of the summed loss w.r.t. ``x`` only,
@@ -256,8 +257,18 @@ class BestSoFar:
         self.fooled = self.fooled.index_copy(0, rows, fooled[better])
 
 
+def audio_db_radius(audio: Tensor, db: float, norm: str) -> Tensor:
+    """``[B]``: each clip's audio budget relative to its own loudness, ``D = db`` dB below it: L∞,
+    ``max|x| * 10^(D/20)`` (Carlini & Wagner's dB_x); L2, ``||x||_2 * 10^(D/20)`` (an SNR of ``-D`` dB).
+    A silent clip gets 0: nothing to perturb."""
+    flat = audio.detach().float().flatten(1)
+    loudness = flat.abs().amax(dim=1) if norm == "linf" else torch.linalg.vector_norm(flat, dim=1)
+    return loudness * 10 ** (db / 20)
+
+
 class Attack:
-    """Base of the multimodal L∞ attacks; on its own, ``steps`` sign steps of size α, each projected.
+    """Base of the multimodal attacks; on its own, ``steps`` steepest-ascent steps of size α (sign steps for
+    L∞, normalised-gradient steps for L2), each projected.
 
     ``eps``: ``{'visual': ev, 'audio': ea}`` (a missing key is 0). ``alpha``: the step size, one
     number for every modality or a per-modality dict; None is ``default_step * eps``. With
@@ -265,16 +276,28 @@ class Attack:
     ImageNet-normalised units, i.e. ``eps * std_c`` per pixel channel; with ``'pixel'`` in [0, 1]
     pixel units. Audio values are always in waveform amplitude.
 
+    The threat model:
+
+    - ``norm``: ``'linf'``, or ``'l2'`` where ``eps[m]`` is the L2 radius of modality m's whole perturbation
+      (visual over the clip ``[3, T, H, W]`` in pixel units, so ``eps_units='pixel'``; audio over ``[1, L]``).
+    - ``joint_eps=J`` (L2 only): one ball ``||d_v/eps_v||^2 + ||d_a/eps_a||^2 <= J^2`` over both modalities
+      (``JointL2Ball``); the attack chooses the split. ``alpha`` is then one number, the step in units of
+      ``J`` (default ``default_step * J``).
+    - ``audio_eps_db=D`` (``D < 0``): each clip's audio budget from its loudness (``audio_db_radius``),
+      replacing ``eps['audio']``; the audio step is ``default_step`` times the clip's budget (no audio alpha).
+    - ``temporal='shared'``: one visual perturbation ``[3, 1, H, W]`` per clip, added to every frame (with
+      L2 the radius is that of the shared perturbation: the clip's norm is ``sqrt(T)`` times it).
+
     ``restarts``: the attack runs that many times (random starts, so ``random_start`` is required for
     more than one); each run after the first attacks only the samples no run has fooled yet, and each
     sample keeps its best run (``BestSoFar``), found with one extra forward pass per run.
     ``eot_iter``: losses and gradients are means over that many forward passes (``Problem``).
     ``seed``: the seed of each call's private random generator; None draws one from torch's global one.
 
-    Subclasses change the step rule (``direction``) or, for a different algorithm, ``perturb``.
-    The model is in eval mode during the attack (each module's previous mode is restored after),
-    and only the inputs are differentiated: parameters get no ``.grad``. The attack runs in float32
-    with autocast off (inputs are cast; adversarial inputs come back as float32).
+    Subclasses change the step rule (``direction``) or, for a different algorithm, ``perturb``; the norm
+    is the region's (``attacks.regions``). The model is in eval mode during the attack (each module's
+    previous mode is restored after), and only the inputs are differentiated: parameters get no ``.grad``.
+    The attack runs in float32 with autocast off (inputs are cast; adversarial inputs come back as float32).
     """
 
     default_step: ClassVar[float] = 1 / 8
@@ -283,20 +306,25 @@ class Attack:
                  alpha: float | Mapping[str, float] | None = None, random_start: bool = False,
                  restarts: int = 1, eot_iter: int = 1, seed: int | None = None,
                  loss: str | LossFn = "ce", eps_units: str = "normalized",
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+                 std: Sequence[float] = IMAGENET_STD, norm: str = "linf", joint_eps: float | None = None,
+                 audio_eps_db: float | None = None, temporal: str = "frame") -> None:
         if not isinstance(eps, Mapping):
             raise TypeError(f"eps must be a dict like {{'visual': 0.006, 'audio': 0.006}}, got {eps!r}")
+        self._check_threat_model(norm, joint_eps, audio_eps_db, temporal, eps_units)
         budgets = _per_modality(eps, "eps")
         self.eps = {m: float(budgets[m] or 0.0) for m in MODALITIES}
         for m, e in self.eps.items():
             if not math.isfinite(e) or e < 0:
                 raise ValueError(f"eps['{m}'] must be finite and >= 0, got {e}")
-        alphas = _per_modality(alpha, "alpha")
-        self.alpha = {m: self.default_step * self.eps[m] if alphas[m] is None else float(alphas[m])
-                      for m in MODALITIES}
-        for m, a in self.alpha.items():
-            if alphas[m] is not None and not (math.isfinite(a) and a > 0):
-                raise ValueError(f"alpha for {m} must be finite and > 0, got {a}")
+        self.norm = norm
+        self.joint_eps = None if joint_eps is None else float(joint_eps)
+        self.audio_eps_db = None if audio_eps_db is None else float(audio_eps_db)
+        self.temporal = temporal
+        if self.joint_eps is not None:
+            zero = [m for m in MODALITIES if self.eps[m] == 0 and not (m == "audio" and self.audio_eps_db is not None)]
+            if zero:
+                raise ValueError(f"joint_eps needs a unit budget > 0 for both modalities; eps['{zero[0]}'] is 0")
+        self.alpha, self.joint_alpha = self._step_sizes(alpha)
         if eps_units not in EPS_UNITS:
             raise ValueError(f"eps_units must be one of {EPS_UNITS}, got '{eps_units}'")
         if steps < 1:
@@ -318,32 +346,82 @@ class Attack:
         self.eps_units = eps_units
         self.std = tuple(std)
 
+    @staticmethod
+    def _check_threat_model(norm: str, joint_eps: float | None, audio_eps_db: float | None, temporal: str,
+                            eps_units: str) -> None:
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if temporal not in TEMPORAL:
+            raise ValueError(f"temporal must be one of {TEMPORAL}, got {temporal!r}")
+        if norm == "l2" and eps_units != "pixel":
+            raise ValueError("norm='l2' needs eps_units='pixel' (an L2 radius has no per-channel normalised units)")
+        if joint_eps is not None:
+            if norm != "l2":
+                raise ValueError(f"joint_eps needs norm='l2', got norm={norm!r}")
+            if not (math.isfinite(joint_eps) and joint_eps > 0):
+                raise ValueError(f"joint_eps must be finite and > 0, got {joint_eps}")
+        if audio_eps_db is not None and not (math.isfinite(audio_eps_db) and audio_eps_db < 0):
+            raise ValueError(f"audio_eps_db must be finite and < 0 (dB below the clip's loudness), got {audio_eps_db}")
+
+    def _step_sizes(self, alpha: float | Mapping[str, float] | None) -> tuple[dict[str, float | None], float | None]:
+        """The per-modality step sizes (None where they are per sample) and the joint ball's step (or None)."""
+        if self.joint_eps is not None:
+            if isinstance(alpha, Mapping):
+                raise ValueError("with joint_eps, alpha is one number: the step in units of joint_eps")
+            if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
+                raise ValueError(f"alpha must be finite and > 0, got {alpha}")
+            return dict.fromkeys(MODALITIES), self.default_step * self.joint_eps if alpha is None else float(alpha)
+        alphas = _per_modality(alpha, "alpha")
+        if self.audio_eps_db is not None and alphas["audio"] is not None:
+            raise ValueError("with audio_eps_db the audio step is a fixed share of each clip's budget; give alpha "
+                             "for the visual modality only, e.g. alpha={'visual': a}")
+        steps: dict[str, float | None] = {}
+        for m in MODALITIES:
+            if alphas[m] is not None:
+                if not (math.isfinite(alphas[m]) and alphas[m] > 0):
+                    raise ValueError(f"alpha for {m} must be finite and > 0, got {alphas[m]}")
+                steps[m] = float(alphas[m])
+            else:
+                steps[m] = None if m == "audio" and self.audio_eps_db is not None else self.default_step * self.eps[m]
+        return steps, None
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(eps={self.eps}, alpha={self.alpha}, steps={self.steps}, "
-                f"loss='{self.loss_name}', eps_units='{self.eps_units}', restarts={self.restarts}, "
-                f"eot_iter={self.eot_iter}, seed={self.seed})")
+                f"loss='{self.loss_name}', eps_units='{self.eps_units}', {self._threat_repr()}"
+                f"restarts={self.restarts}, eot_iter={self.eot_iter}, seed={self.seed})")
+
+    def _threat_repr(self) -> str:
+        parts = [f"norm='{self.norm}'"]
+        if self.joint_eps is not None:
+            parts.append(f"joint_eps={self.joint_eps}, joint_alpha={self.joint_alpha}")
+        if self.audio_eps_db is not None:
+            parts.append(f"audio_eps_db={self.audio_eps_db}")
+        if self.temporal != "frame":
+            parts.append(f"temporal='{self.temporal}'")
+        return ", ".join(parts) + ", "
+
+    def attacks(self, modality: str) -> bool:
+        """Whether this attack perturbs ``modality`` (a budget > 0 and a model that uses it)."""
+        budget = self.eps[modality] > 0 or (modality == "audio" and self.audio_eps_db is not None)
+        return budget and getattr(self.model, f"uses_{modality}", True)
 
     def __call__(self, frames: Tensor | None, audio: Tensor | None,
                  labels: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """``(adv_frames, adv_audio)``; an unattacked modality comes back as the tensor passed in."""
         inputs = {"visual": frames, "audio": audio}
-        attacked = [m for m in MODALITIES if self.eps[m] > 0 and getattr(self.model, f"uses_{m}", True)]
+        attacked = [m for m in MODALITIES if self.attacks(m)]
         for m in attacked:
             if inputs[m] is None:
                 raise ValueError(f"the {m} budget is > 0 but the {m} input is None")
         if not attacked:
             return frames, audio
         with _autocast_off(inputs[attacked[0]].device.type):
-            balls = {}
-            for m in attacked:
-                clean = inputs[m].detach().float()
-                balls[m] = Ball(clean, self._raw_units(m, self.eps[m], clean),
-                                self._raw_units(m, self.alpha[m], clean), VALID_RANGE[m])
-            fixed = {m: None if v is None else v.detach().float() for m, v in inputs.items() if m not in balls}
+            region = self._region({m: inputs[m].detach().float() for m in attacked})
+            fixed = {m: None if v is None else v.detach().float() for m, v in inputs.items() if m not in attacked}
             modes = [(module, module.training) for module in self.model.modules()]
             self.model.eval()
             try:
-                problem = Problem(self.model, self.loss_fn, labels, balls, fixed, eot_iter=self.eot_iter,
+                problem = Problem(self.model, self.loss_fn, labels, region, fixed, eot_iter=self.eot_iter,
                                   seed=self.seed)
                 adv = self._run_restarts(problem)
             finally:
@@ -351,6 +429,28 @@ class Attack:
                     module.training = mode
         out = {**inputs, **{m: v.detach() for m, v in adv.items()}}
         return out["visual"], out["audio"]
+
+    def radius(self, modality: str, clean: Tensor) -> Tensor:
+        """Modality ``modality``'s budget in raw input units, broadcastable against ``clean`` (per sample for
+        loudness-relative audio budgets)."""
+        if modality == "audio" and self.audio_eps_db is not None:
+            return per_sample(audio_db_radius(clean, self.audio_eps_db, self.norm), clean)
+        return self._raw_units(modality, self.eps[modality], clean)
+
+    def _region(self, clean: Inputs) -> Region:
+        shared = {m: m == "visual" and self.temporal == "shared" for m in clean}
+        radii = {m: self.radius(m, x) for m, x in clean.items()}
+        if self.joint_eps is not None:
+            unused = torch.zeros(())
+            parts = {m: L2Ball(x, radii[m], unused, VALID_RANGE[m], shared[m]) for m, x in clean.items()}
+            return JointL2Ball(parts, self.joint_eps, self.joint_alpha)
+        ball_type = Ball if self.norm == "linf" else L2Ball
+        balls = {}
+        for m, x in clean.items():
+            alpha = self.alpha[m]
+            step = radii[m] * self.default_step if alpha is None else self._raw_units(m, alpha, x)
+            balls[m] = ball_type(x, radii[m], step, VALID_RANGE[m], shared[m])
+        return Independent(balls)
 
     def _raw_units(self, modality: str, value: float, like: Tensor) -> Tensor:
         """A budget or step size in raw input units, broadcastable against ``like``."""
@@ -376,16 +476,18 @@ class Attack:
         """``steps`` projected steps ``x <- P(x + alpha * direction(grad))`` from the clean input or a
         random start; returns the final iterate."""
         x = problem.start(self.random_start)
+        region = problem.region
         state: dict[str, Tensor] = {}
         for _ in range(self.steps):
             grads = problem.loss_and_grad(x)[2]
             with torch.no_grad():
-                for m, grad in grads.items():
-                    ball = problem.balls[m]
-                    ball.project_(x[m].addcmul_(ball.step, self.direction(m, grad, state)))
+                direction = self.direction(region, grads, state)
+                for m, v in x.items():
+                    v.add_(region.step[m] * direction[m])
+                problem.project_(x)
         return x
 
-    def direction(self, modality: str, grad: Tensor, state: dict[str, Tensor]) -> Tensor:
-        """The step direction from this step's gradient (which it may overwrite); ``state`` lives for
-        one call. Here ``sign(grad)``."""
-        return grad.sign_()
+    def direction(self, region: Region, grads: Inputs, state: dict[str, Tensor]) -> Inputs:
+        """The step direction from this step's gradients (which it may overwrite); ``state`` lives for one
+        call. Here the region's steepest ascent: ``sign(grad)`` for L∞, ``grad / ||grad||_2`` for L2."""
+        return region.steepest(grads)

@@ -1,4 +1,4 @@
-"""FGSM (Goodfellow et al. 2015)."""
+"""FGSM (Goodfellow et al. 2015), and its L2 version FGM."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -14,8 +14,10 @@ from models.visual import IMAGENET_STD
 @ATTACKS.register("fsgm")
 @ATTACKS.register("fgsm")
 class FGSM(Attack):
-    """One step of size ε along ``sign(grad)``, clamped into the valid range; no random start, so no
-    restarts (``build_attack`` rejects ``restarts > 1`` for it). ``eot_iter`` as in ``Attack``.
+    """One step of size ε along ``sign(grad)`` (L∞) or ``grad / ||grad||_2`` (L2, FGM; with ``joint_eps`` a
+    step of ``joint_eps`` along the joint ball's normalised gradient), clipped into the valid range; no random
+    start, so no restarts (``build_attack`` rejects ``restarts > 1`` for it). ``eot_iter`` and the threat
+    model as in ``Attack``.
 
     ``fsgm`` is the original code's spelling of the name.
     """
@@ -24,5 +26,7 @@ class FGSM(Attack):
 
     def __init__(self, model: nn.Module, eps: Mapping[str, float], *, eot_iter: int = 1,
                  loss: str | LossFn = "ce", eps_units: str = "normalized",
-                 std: Sequence[float] = IMAGENET_STD) -> None:
-        super().__init__(model, eps, steps=1, eot_iter=eot_iter, loss=loss, eps_units=eps_units, std=std)
+                 std: Sequence[float] = IMAGENET_STD, norm: str = "linf", joint_eps: float | None = None,
+                 audio_eps_db: float | None = None, temporal: str = "frame") -> None:
+        super().__init__(model, eps, steps=1, eot_iter=eot_iter, loss=loss, eps_units=eps_units, std=std, norm=norm,
+                         joint_eps=joint_eps, audio_eps_db=audio_eps_db, temporal=temporal)

@@ -87,6 +87,10 @@ LOSSES: dict[str, LossFn] = {
 }
 
 
+# Losses that read the model's features: they need a model that returns a ``ModelOutput``.
+NEEDS_FEATURES: frozenset[LossFn] = frozenset({cross_entropy_cosine})
+
+
 def get_loss(loss: str | LossFn) -> LossFn:
     """A registered loss by name, or ``loss`` itself when it is a callable."""
     if callable(loss):

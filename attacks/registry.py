@@ -26,8 +26,14 @@ def attack_options(name: str) -> frozenset[str]:
 
 def build_attack(name: str, model: nn.Module, eps: Mapping[str, float], steps: int | None = None,
                  alpha: float | Mapping[str, float] | None = None, loss: str | LossFn = "ce",
-                 eps_units: str = "normalized", **options: Any) -> Attack:
+                 eps_units: str = "normalized", *, norm: str = "linf", joint_eps: float | None = None,
+                 audio_eps_db: float | None = None, temporal: str = "frame", **options: Any) -> Attack:
     """Build ``ATTACKS[name]`` so that one set of options (e.g. the CLI flags) builds every attack.
+
+    ``model``: any ``nn.Module`` called as ``model(frames, audio)`` that returns logits, a tuple whose first
+    item is the logits, or a ``ModelOutput`` (``as_model_output``). The threat model (``eps_units``, ``norm``,
+    ``joint_eps``, ``audio_eps_db``, ``temporal``; see ``Attack``) goes to every attack, which raises
+    ValueError for one it does not support (Square: ``norm='l2'``).
 
     ``steps``, ``alpha`` and ``options`` that are None keep the attack's default. An option the chosen
     attack does not have is ignored (FGSM has no steps or alpha, APGD no alpha, APGD-T and Square have their
@@ -53,4 +59,5 @@ def build_attack(name: str, model: nn.Module, eps: Mapping[str, float], steps: i
                          f"{getattr(loss, '__name__', loss)!r}")
     kwargs = {k: v for k, v in {"steps": steps, "alpha": alpha, "loss": loss, **options}.items()
               if v is not None and k in accepted}
-    return cls(model, eps, eps_units=eps_units, **kwargs)
+    return cls(model, eps, eps_units=eps_units, norm=norm, joint_eps=joint_eps, audio_eps_db=audio_eps_db,
+               temporal=temporal, **kwargs)

@@ -88,6 +88,9 @@ class Square(Attack):
     candidate is kept if it lowers the sample's margin. Budgets are those of ``Attack`` (per channel for
     visual budgets in normalised units); every point is clamped into the ball and the valid range.
 
+    The L∞ threat model only: ``norm='l2'`` (and so ``joint_eps``) raises ValueError; ``audio_eps_db`` (each
+    clip's own ``eps``) and ``temporal='shared'`` (one perturbation for every frame) work as in ``Attack``.
+
     ``seed`` as in ``Attack`` (each call draws from its own generator). The gradient attacks' options
     (steps, alpha, loss, random start) do not apply; ``build_attack`` ignores them, and rejects
     ``restarts`` or ``eot_iter`` above 1. ``queries + 1`` forward passes at most.
@@ -95,12 +98,16 @@ class Square(Attack):
 
     def __init__(self, model: nn.Module, eps: Mapping[str, float], *, queries: int = 5000, p_init: float = 0.8,
                  seed: int | None = None, eps_units: str = "normalized",
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+                 std: Sequence[float] = IMAGENET_STD, norm: str = "linf", joint_eps: float | None = None,
+                 audio_eps_db: float | None = None, temporal: str = "frame") -> None:
+        if norm != "linf":
+            raise ValueError(f"the square attack is L∞ only (its L2 version is not implemented), got norm={norm!r}")
         if queries < 1:
             raise ValueError(f"queries must be >= 1, got {queries}")
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init}")
-        super().__init__(model, eps, steps=queries, seed=seed, loss=margin, eps_units=eps_units, std=std)
+        super().__init__(model, eps, steps=queries, seed=seed, loss=margin, eps_units=eps_units, std=std, norm=norm,
+                         joint_eps=joint_eps, audio_eps_db=audio_eps_db, temporal=temporal)
         self.p_init = p_init
 
     @property
@@ -109,11 +116,12 @@ class Square(Attack):
 
     def __repr__(self) -> str:
         return (f"Square(eps={self.eps}, queries={self.queries}, p_init={self.p_init}, "
-                f"eps_units='{self.eps_units}', seed={self.seed})")
+                f"eps_units='{self.eps_units}', {self._threat_repr()}seed={self.seed})")
 
     def perturb(self, problem: Problem) -> Inputs:
         generator = problem.generator
-        x = {m: self._initial_point(m, ball, generator) for m, ball in problem.balls.items()}
+        balls = problem.region.balls
+        x = {m: self._initial_point(m, ball, generator) for m, ball in balls.items()}
         losses, fooled = problem.evaluate(x)
         for iteration in range(self.queries):
             index = (~fooled).nonzero().squeeze(1)
@@ -122,7 +130,7 @@ class Square(Attack):
             part = problem.subset(index)
             p = square_fraction(iteration, self.queries, self.p_init)
             candidate = {}
-            for m, ball in part.balls.items():
+            for m, ball in part.region.balls.items():
                 current = x[m][index]
                 inside = (_visual_window if m == "visual" else _audio_window)(current, p, generator)
                 candidate[m] = _set_window(ball, current, inside, generator)

@@ -636,7 +636,8 @@ def test_build_attack_passes_the_options_an_attack_has(trained) -> None:
     apgd = build_attack("apgd", model, {"visual": 0.1}, steps=None, alpha=0.01)
     assert (apgd.steps, apgd.alpha["visual"]) == (100, 0.2)
     assert {n for n in ATTACKS.names() if "restarts" in attack_options(n)} == {"apgd", "apgd-t", "mim", "pgd"}
-    assert attack_options("square") == {"queries", "p_init", "seed", "eps_units", "std"}
+    threat_model = {"eps_units", "std", "norm", "joint_eps", "audio_eps_db", "temporal"}
+    assert attack_options("square") == {"queries", "p_init", "seed", *threat_model}
 
 
 def test_unknown_names_and_bad_options_raise(trained) -> None:
