@@ -6,7 +6,14 @@ Attacks come in two kinds:
 * single attacks (``fgsm``, ``pgd``, ``mim``, ``apgd``, ``apgd-t``, ``square``) run on every sample, as the
   paper's tables report them;
 * cascades (``autoattack``: APGD-CE, APGD-T, Square, as Croce & Hein 2020) run each component only on the
-  samples every earlier component (of every variant) left standing, starting from the clean-correct ones.
+  samples every earlier component (of every variant) left standing, starting from the clean-correct ones;
+* misalignment attacks: ``shift`` takes, per sample, the worst audio window of the shift grid
+  (``dataset.misalignment``: the batch's ``audio_shifts``, ``shift_valid``, ``shift_seconds``) or the unshifted
+  one: one that fools the model, else the one of highest loss; ``shift+<attack>`` runs that attack from the
+  worst-shifted audio (the ball centred on it) and keeps the shifted input where the shift alone fooled.
+
+Each budget carries its threat model (norm, joint L2 ball, dB audio budget, temporal sharing), passed on to
+``build_attack``; a joint budget's split between the modalities is recorded per sample (``split_v``).
 
 A *variant* is one configuration of the white-box attack: its loss (``ce``, the released adaptive
 ``ce+cos``, a localization objective ...) and, for a defended model, how gradients cross the sparse coding
@@ -27,10 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from attacks import LossFn, attack_options, build_attack
+from attacks import LossFn, attack_options, build_attack, joint_split
 from dataset.loaders import to_device
 from evaluation.checks import SANITY_ATTACK, SANITY_STEPS, GradientProbe
-from evaluation.protocol import Budget
+from evaluation.protocol import Budget, ThreatModel, attack_plan
 from evaluation.records import Key, Records, key_name, perturbation_sizes
 from models.av_model import ModelOutput, feature_cosine
 from utils.distributed import DistInfo, all_reduce_sum
@@ -40,6 +47,9 @@ ATTACK_ALIASES = {"aa": "autoattack", "fsgm": "fgsm"}
 COMPONENT_ATTACK = {"apgd-ce": "apgd"}  # component name -> registered attack
 USES_LOSS = {"fgsm", "pgd", "mim", "apgd", "apgd-ce"}  # attacks whose objective is the variant's loss
 BLACK_BOX = {"square"}  # attacks that use no gradient (the variant's purification mode does not matter)
+SHIFT = "shift"  # the misalignment attack; "shift+<attack>" follows it with <attack>
+SHIFT_SEARCH = "shift search"  # the seconds spent choosing each batch's worst shifts
+THREAT_DEFAULTS = {"norm": "linf", "joint_eps": None, "audio_eps_db": None, "temporal": "frame"}
 
 
 @dataclass
@@ -90,6 +100,21 @@ def expand_attack_types(attack_types: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(ATTACK_ALIASES.get(a, a) for a in attack_types))
 
 
+def is_shift_attack(attack: str) -> bool:
+    return attack == SHIFT or attack.startswith(f"{SHIFT}+")
+
+
+@dataclass
+class ShiftSearch:
+    """The worst window of a batch's shift grid per sample: its ``audio``, the ``seconds`` it is shifted by
+    (0: the unshifted window), the model's output on it, and ``missing``, the invalid shifts per sample."""
+
+    audio: Tensor
+    seconds: Tensor
+    out: ModelOutput
+    missing: Tensor
+
+
 @dataclass
 class EvaluationRun:
     """What ``AttackEngine.run`` returns: per-sample records, seconds per key, probe counts, HTML samples."""
@@ -116,6 +141,8 @@ class AttackEngine:
         self.num_vis = num_vis
         self.sanity_eps = sanity_eps
         self.seconds: dict[str, float] = {}
+        self.threat = ThreatModel.from_args(args)
+        self.plan = attack_plan(self.attack_types, self.budgets, self.threat.max_shift)
 
     # ------------------------------------------------------------------------------------------ attacks
 
@@ -135,9 +162,12 @@ class AttackEngine:
         steps = {"fgsm": None, "pgd": args.attack_steps, "mim": args.attack_steps, "square": None}.get(
             attack, args.apgd_steps)
         alpha = args.attack_alpha if attack in ("fgsm", "pgd", "mim") else None
+        threat = {"norm": budget.norm, "joint_eps": budget.joint_eps, "audio_eps_db": budget.audio_eps_db,
+                  "temporal": budget.temporal}
+        threat = {k: v for k, v in threat.items() if v != THREAT_DEFAULTS[k]}  # the default L∞ model as before
         return build_attack(attack, self.model, eps={"visual": budget.eps_visual, "audio": budget.eps_audio},
                             steps=steps, alpha=alpha, loss=loss if loss is not None else "ce",
-                            eps_units=args.eps_units, **options)
+                            eps_units=args.eps_units, **threat, **options)
 
     def _attack(self, key: Key, attacker: Any, ctx: BatchContext) -> tuple[Tensor, Tensor, ModelOutput]:
         start = time.perf_counter()
@@ -151,10 +181,12 @@ class AttackEngine:
         return adv_frames, adv_audio, out
 
     def _record(self, records: Records, key: Key, ctx: BatchContext, idx: Tensor, adv_frames: Tensor,
-                adv_audio: Tensor, out: ModelOutput, batch_size: int, not_run: Tensor | None = None) -> None:
+                adv_audio: Tensor, out: ModelOutput, batch_size: int, not_run: Tensor | None = None,
+                budget: Budget | None = None, extra: dict[str, Tensor] | None = None) -> None:
         """Record the results of the samples ``idx`` of a batch of ``batch_size``: ``ctx``, the adversarial
-        inputs and ``out`` hold those samples only. The other samples get -1 where ``not_run`` (fooled
-        earlier in a cascade), else 0 (wrong on the clean input), and NaN for every other field."""
+        inputs, ``out`` and ``extra`` (more per-sample fields) hold those samples only. The other samples get
+        -1 where ``not_run`` (fooled earlier in a cascade), else 0 (wrong on the clean input), and NaN for every
+        other field. A joint ``budget`` adds the share of it spent on vision (``split_v``)."""
         correct = torch.zeros(batch_size, dtype=torch.int8)
         if not_run is not None:
             correct[not_run.cpu()] = -1
@@ -166,6 +198,10 @@ class AttackEngine:
             cos = feature_cosine(out)
             if cos is not None:
                 sub_values["cos"] = cos
+            if budget is not None and budget.joint_eps is not None:
+                sub_values["split_v"] = joint_split(ctx.frames, adv_frames.detach(), ctx.audio, adv_audio.detach(),
+                                                    budget.eps_visual, budget.eps_audio, temporal=budget.temporal)
+            sub_values.update(extra or {})
             if self.observer is not None:
                 sub_values.update(self.observer.on_adv(key, ctx, adv_frames, adv_audio, out))
             values.update({name: _scatter(value, idx, batch_size) for name, value in sub_values.items()})
@@ -183,7 +219,74 @@ class AttackEngine:
             key = (attack, budget.key, variant.name)
             loss = variant.loss_for(ctx) if attack in USES_LOSS else None
             adv_frames, adv_audio, out = self._attack(key, self._build(attack, budget, loss, False), ctx)
-            self._record(records, key, ctx, everyone, adv_frames, adv_audio, out, ctx.labels.numel())
+            self._record(records, key, ctx, everyone, adv_frames, adv_audio, out, ctx.labels.numel(), budget=budget)
+            if vis_adv is not None:
+                vis_adv.setdefault((attack, budget, variant.name), (adv_frames, adv_audio, out))
+
+    def _shift_search(self, ctx: BatchContext, batch: dict) -> ShiftSearch:
+        """Per sample, the window of the shift grid (or the unshifted one) that fools the model, else the one
+        of highest cross-entropy; invalid shifts (not in the clip) are never taken."""
+        if "audio_shifts" not in batch:
+            raise ValueError("the misalignment attacks need the shifted audio windows in each batch "
+                             "('audio_shifts', 'shift_valid', 'shift_seconds'): evaluate with --max_shift "
+                             "(dataset.misalignment.ShiftedAudio)")
+        device = ctx.audio.device
+        windows = batch["audio_shifts"].to(device)  # [B, K, 1, L]
+        valid = batch["shift_valid"].to(device)  # [B, K]
+        seconds = batch["shift_seconds"][0].tolist()
+        start = time.perf_counter()
+        best_audio = ctx.audio.clone()
+        best_seconds = torch.zeros(ctx.labels.numel(), dtype=torch.float64)
+        best_fooled = ctx.clean_out.logits.argmax(dim=1) != ctx.labels
+        best_loss = F.cross_entropy(ctx.clean_out.logits.float(), ctx.labels, reduction="none")
+        for k, shift in enumerate(seconds):
+            ok = valid[:, k]
+            if not ok.any():
+                continue
+            candidate = torch.where(ok.view(-1, 1, 1), windows[:, k], ctx.audio)  # invalid rows: never taken
+            with torch.no_grad():
+                out = self.model(ctx.frames, candidate)
+            fooled = out.logits.argmax(dim=1) != ctx.labels
+            loss = F.cross_entropy(out.logits.float(), ctx.labels, reduction="none")
+            better = ok & ((fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss)))
+            best_audio[better] = candidate[better]
+            best_seconds[better.cpu()] = shift
+            best_fooled, best_loss = best_fooled | (better & fooled), torch.where(better, loss, best_loss)
+        with torch.no_grad():
+            best_out = self.model(ctx.frames, best_audio)  # every output field (features too) of the choice
+        self.seconds[SHIFT_SEARCH] = self.seconds.get(SHIFT_SEARCH, 0.0) + time.perf_counter() - start
+        return ShiftSearch(best_audio, best_seconds, best_out, (~valid).sum(dim=1).cpu())
+
+    def _shift(self, records: Records, attack: str, budget: Budget, ctx: BatchContext, search: ShiftSearch,
+               vis_adv: dict | None) -> None:
+        """``shift`` alone (recorded once), or ``shift+<attack>`` from the worst-shifted audio per variant."""
+        everyone = torch.arange(ctx.labels.numel(), device=ctx.labels.device)
+        shifted = BatchContext(ctx.frames, search.audio, ctx.labels, search.out, ctx.data)
+        extra = {"shift_s": search.seconds}
+        if attack == SHIFT:
+            key = (attack, budget.key, self.variants[0].name)
+            self._record(records, key, ctx, everyone, ctx.frames, search.audio, search.out, ctx.labels.numel(),
+                         extra=extra)
+            if vis_adv is not None:
+                vis_adv.setdefault((attack, budget, None), (ctx.frames, search.audio, search.out))
+            return
+        follow_up = attack.split("+", 1)[1]
+        shift_fooled = search.out.logits.argmax(dim=1) != ctx.labels
+        for variant in self.variants:
+            self._configure(variant)
+            key = (attack, budget.key, variant.name)
+            loss = variant.loss_for(shifted) if follow_up in USES_LOSS else None
+            adv_frames, adv_audio, out = self._attack(key, self._build(follow_up, budget, loss, False), shifted)
+            undo = shift_fooled & (out.logits.argmax(dim=1) == ctx.labels)  # the shift alone did better
+            if undo.any():
+                if adv_frames is not ctx.frames:
+                    adv_frames = torch.where(undo.view(-1, 1, 1, 1, 1), ctx.frames, adv_frames)
+                if adv_audio is not search.audio:
+                    adv_audio = torch.where(undo.view(-1, 1, 1), search.audio, adv_audio)
+                with torch.no_grad():
+                    out = self.model(adv_frames, adv_audio)
+            self._record(records, key, shifted, everyone, adv_frames, adv_audio, out, ctx.labels.numel(),
+                         budget=budget, extra=extra)
             if vis_adv is not None:
                 vis_adv.setdefault((attack, budget, variant.name), (adv_frames, adv_audio, out))
 
@@ -213,7 +316,7 @@ class AttackEngine:
             sub = ctx.subset(idx)
             loss = variant.loss_for(sub) if component in USES_LOSS else None
             adv_frames, adv_audio, out = self._attack(key, self._build(component, budget, loss, True), sub)
-            self._record(records, key, sub, idx, adv_frames, adv_audio, out, batch_size, not_run)
+            self._record(records, key, sub, idx, adv_frames, adv_audio, out, batch_size, not_run, budget)
             if final is not None:
                 final[0][idx], final[1][idx] = adv_frames.detach(), adv_audio.detach()
             standing[idx] = out.logits.argmax(dim=1) == sub.labels
@@ -259,12 +362,18 @@ class AttackEngine:
                 for name, values in self.observer.on_clean(ctx, batch).items():
                     records.add_extra(name, values)
             vis_adv = {} if self.info.is_main and len(vis) < self.num_vis else None  # adversarial inputs to show
-            for budget in self.budgets:
-                for attack in self.attack_types:
-                    if attack in CASCADES:
-                        self._cascade(records, attack, budget, ctx, clean_correct, vis_adv)
-                    else:
-                        self._single(records, attack, budget, ctx, vis_adv)
+            search = None
+            if any(is_shift_attack(attack) for attack, _ in self.plan):
+                self._configure(self.variants[0])
+                search = self._shift_search(ctx, batch)
+                records.add_extra("shift_missing", search.missing)
+            for attack, budget in self.plan:
+                if attack in CASCADES:
+                    self._cascade(records, attack, budget, ctx, clean_correct, vis_adv)
+                elif is_shift_attack(attack):
+                    self._shift(records, attack, budget, ctx, search, vis_adv)
+                else:
+                    self._single(records, attack, budget, ctx, vis_adv)
             if self.sanity_eps > 0:
                 self._sanity(records, ctx)
             if vis_adv is not None:
@@ -285,7 +394,8 @@ class AttackEngine:
                       "audio": ctx.audio[i].cpu(), "adv": {}}
             for (attack, budget, variant), (adv_frames, adv_audio, out) in vis_adv.items():
                 if attack == self.attack_types[0] and not budget.grid:
-                    column = budget.name if variant is None or len(self.variants) == 1 else f"{variant} {budget.name}"
+                    name = f"{budget.name} [{budget.threat}]" if budget.threat else budget.name
+                    column = name if variant is None or len(self.variants) == 1 else f"{variant} {name}"
                     sample["adv"][column] = {"frames": adv_frames[i].cpu(), "audio": adv_audio[i].cpu(),
                                                   "pred": int(out.logits[i].argmax()),
                                                   "budget": {"eps_visual": budget.eps_visual,

@@ -1,7 +1,9 @@
-"""Figures of a robustness evaluation: accuracy against epsilon, and the audio-visual cosine similarity."""
+"""Figures of a robustness evaluation: accuracy against epsilon, the (ε_v, ε_a) map, and the audio-visual cosine
+similarity."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -20,26 +22,36 @@ def _save(fig, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
+def _on_line(entry: dict) -> bool:
+    """Whether an entry belongs on the accuracy-vs-eps lines: a point of the (ε_v, ε_a) map off its edges
+    and diagonal, or a budget with no radius to plot against (the shift alone, a dB audio budget), does not."""
+    if max(entry["eps_visual"], entry["eps_audio"]) <= 0:
+        return False
+    return not (entry.get("eps_map") and entry["budget"] == "A+V" and entry["eps_visual"] != entry["eps_audio"])
+
+
 def plot_acc_vs_eps(results: dict, path: str | os.PathLike) -> None:
-    """Adversarial accuracy against the per-modality budget, one line per (attack, attacked modalities);
-    eps = 0 is the clean accuracy. A+V is drawn against its (equal or visual) per-modality eps."""
+    """Adversarial accuracy against the per-modality budget, one line per (attack, attacked modalities, threat
+    model); eps = 0 is the clean accuracy. A+V is drawn against its (equal or visual) per-modality eps."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    attacks = list(dict.fromkeys(e["attack"] for e in results["attacks"]))
-    for i, attack in enumerate(attacks):
+    entries = [e for e in results["attacks"] if _on_line(e)]
+    lines = list(dict.fromkeys((e["attack"], e.get("threat", "")) for e in entries))
+    for i, (attack, threat) in enumerate(lines):
         for budget in COLORS:
-            points = sorted((max(e["eps_visual"], e["eps_audio"]), e["adv_acc"]) for e in results["attacks"]
-                            if e["attack"] == attack and e["budget"] == budget)
+            points = sorted((max(e["eps_visual"], e["eps_audio"]), e["adv_acc"]) for e in entries
+                            if (e["attack"], e.get("threat", ""), e["budget"]) == (attack, threat, budget))
             if not points:
                 continue
             xs, ys = zip(*([(0.0, results["clean"]["acc"])] + points))
             ax.plot(xs, ys, marker="o", color=COLORS[budget], linestyle=LINESTYLES[i % len(LINESTYLES)],
-                    label=f"{attack.upper()} {budget}")
+                    label=f"{attack.upper()} {budget}" + (f" [{threat}]" if threat else ""))
     ax.set_xlabel(f"ε per attacked modality (visual in {results['eps_units']} units)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(results["run"], fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if lines:
+        ax.legend(fontsize=7)
     _save(fig, path)
 
 
@@ -63,3 +75,35 @@ def plot_cos_sim(results: dict, path: str | os.PathLike) -> bool:
     fig.suptitle(results["run"], fontsize=8)
     _save(fig, path)
     return True
+
+
+def draw_eps_map(ax, eps_map: dict) -> object:
+    """The map's robust accuracy as a heat-map on ``ax`` (rows ε_v, columns ε_a, origin at the bottom left),
+    each cell with its number; returns the image (for a colour bar)."""
+    values = eps_map["values"]
+    image = ax.imshow(eps_map["acc"], origin="lower", cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for i, row in enumerate(eps_map["acc"]):
+        for j, acc in enumerate(row):
+            ax.text(j, i, f"{acc:.1f}", ha="center", va="center", fontsize=7,
+                    color="white" if acc < 50 else "black")
+    ticks = [f"{v:g}" for v in values]
+    ax.set_xticks(range(len(values)), ticks, fontsize=7)
+    ax.set_yticks(range(len(values)), ticks, fontsize=7)
+    norm = "L2" if eps_map.get("norm") == "l2" else "L∞"
+    ax.set_xlabel(f"εa ({norm}, waveform)")
+    ax.set_ylabel(f"εv ({norm}, {eps_map['eps_units']})")
+    ax.set_title(f"{eps_map['label']}: {eps_map['attack'].upper()}", fontsize=8)
+    return image
+
+
+def plot_eps_maps(maps: Sequence[dict], path: str | os.PathLike) -> None:
+    """One or more (ε_v, ε_a) maps side by side, one shared colour bar (robust accuracy, %)."""
+    if not maps:
+        raise ValueError("no (eps_v, eps_a) map to draw")
+    side = max(3.0, 0.55 * max(len(m["values"]) for m in maps) + 1.5)
+    fig, axes = plt.subplots(1, len(maps), figsize=(side * len(maps) + 0.8, side), squeeze=False)
+    image = None
+    for ax, eps_map in zip(axes[0], maps):
+        image = draw_eps_map(ax, eps_map)
+    fig.colorbar(image, ax=list(axes[0]), label="robust accuracy (%)")
+    _save(fig, path)

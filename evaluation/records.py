@@ -8,7 +8,12 @@ correct on the adversarial input, the cross-entropy there and the perturbation's
 * ``loss``: cross-entropy of the adversarial input (NaN where not attacked);
 * ``linf_v``: the visual perturbation's L∞ in 1/255 pixel steps; ``psnr_v``: its PSNR in dB;
 * ``snr_a``: the audio perturbation's SNR in dB, 10·log10(‖x‖² / ‖δ‖²) (NaN where not attacked,
-  +inf for an untouched modality).
+  +inf for an untouched modality);
+* ``l2_v`` / ``l2_a``: the L2 norm of the visual perturbation over the whole clip (in [0, 1] pixels) and of
+  the audio perturbation over the waveform;
+* ``split_v`` (joint L2 budgets only): the share of the joint budget spent on vision,
+  ‖δv/εv‖² / (‖δv/εv‖² + ‖δa/εa‖²) (``attacks.joint_split``);
+* ``shift_s`` (misalignment attacks only): the audio shift in seconds the attack chose.
 
 A sample is robust under a set of attacks when it is correct on the clean input and correct (1) under
 every attack of the set: a per-sample worst case, never a minimum of accuracies. ``per_sample.npz`` stores
@@ -29,7 +34,7 @@ from torch import Tensor
 from utils.distributed import DistInfo, all_gather_list
 from utils.fileio import atomic_path
 
-FIELDS = ("correct", "loss", "linf_v", "psnr_v", "snr_a")
+FIELDS = ("correct", "loss", "linf_v", "psnr_v", "snr_a", "l2_v", "l2_a", "split_v", "shift_s")
 KEY_SEPARATOR = "|"
 
 Key = tuple[str, str, str]  # attack, budget key, variant
@@ -41,13 +46,15 @@ def key_name(key: Key) -> str:
 
 def perturbation_sizes(clean_frames: Tensor | None, adv_frames: Tensor | None, clean_audio: Tensor | None,
                        adv_audio: Tensor | None) -> dict[str, Tensor]:
-    """Per-sample ``linf_v`` (1/255 steps), ``psnr_v`` (dB, peak 1) and ``snr_a`` (dB) of a perturbation; a
-    modality an attack left untouched (it returns the very tensor it was given) gets no entry."""
+    """Per-sample ``linf_v`` (1/255 steps), ``psnr_v`` (dB, peak 1), ``l2_v`` (pixels), ``snr_a`` (dB) and
+    ``l2_a`` (amplitude) of a perturbation; a modality an attack left untouched (it returns the very tensor it
+    was given) gets no entry."""
     sizes: dict[str, Tensor] = {}
     if clean_frames is not None and adv_frames is not None and adv_frames is not clean_frames:
         delta = (adv_frames.detach().float() - clean_frames.float()).flatten(1)
         sizes["linf_v"] = delta.abs().amax(dim=1) * 255
         mse = delta.pow(2).mean(dim=1)
+        sizes["l2_v"] = delta.pow(2).sum(dim=1).sqrt()
         sizes["psnr_v"] = torch.where(mse > 0, -10 * torch.log10(mse.clamp_min(1e-30)), torch.full_like(mse, math.inf))
     if clean_audio is not None and adv_audio is not None and adv_audio is not clean_audio:
         delta = (adv_audio.detach().float() - clean_audio.float()).flatten(1)
@@ -55,6 +62,7 @@ def perturbation_sizes(clean_frames: Tensor | None, adv_frames: Tensor | None, c
         signal = clean_audio.float().flatten(1).pow(2).sum(dim=1)
         sizes["snr_a"] = torch.where(noise > 0, 10 * torch.log10(signal.clamp_min(1e-30) / noise.clamp_min(1e-30)),
                                      torch.full_like(noise, math.inf))
+        sizes["l2_a"] = noise.sqrt()
     return sizes
 
 

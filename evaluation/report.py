@@ -39,6 +39,9 @@ def _protocol_entries(results: dict) -> list[dict]:
 
 
 def budget_label(entry: dict) -> str:
+    """The budget's column label; an entry of a results file written before issue 11 gets the L∞ one."""
+    if "label" in entry:
+        return entry["label"]
     if entry["budget"] == "A":
         return f"A (εa={entry['eps_audio']:g})"
     if entry["budget"] == "V":
@@ -58,9 +61,8 @@ def attack_table_markdown(results: dict) -> str:
     labels = list(dict.fromkeys(budget_label(e) for e in entries))
     variants = results.get("variants") or ["default"]
     lines = [f"# {results.get('label') or results['run']}", "",
-             f"{results['num_samples']} test samples; accuracy in % with its 95 % Wilson interval; visual ε in "
-             f"{results['eps_units']} units, audio ε in waveform amplitude; {results['attack_steps'] or 'default'} "
-             f"steps, loss {results['attack_loss']}."]
+             f"{results['num_samples']} test samples; accuracy in % with its 95 % Wilson interval; "
+             f"{_units_text(results)}; {results['attack_steps'] or 'default'} steps, loss {results['attack_loss']}."]
     if len(variants) > 1:
         lines.append(f"Each attack's figure is the share of samples correct under every variant ({', '.join(variants)})"
                      "; AA cascades over all of them.")
@@ -78,7 +80,8 @@ def attack_table_markdown(results: dict) -> str:
     worst = {budget_label(w): w for w in results.get("worst_case", []) if not w["grid"]}
     if len(attacks) > 1 and worst:
         lines.append(_row(["**worst case, all attacks**", clean] + [_acc(worst.get(label)) for label in labels]))
-    lines += _perturbation_lines(entries)
+    lines += _perturbation_lines(entries, results.get("norm", "linf") == "l2")
+    lines += _split_lines(entries) + _misalignment_lines(results, entries)
     if results["clean"].get("cos_mean") is not None:
         lines += ["", "Mean cos(feat_v, feat_a), clean vs adversarial:", "",
                   _row(["attack", "clean"] + labels), "|---" * (len(labels) + 2) + "|"]
@@ -92,7 +95,24 @@ def attack_table_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _perturbation_lines(entries: list[dict]) -> list[str]:
+def _units_text(results: dict) -> str:
+    """The budgets' norm and units in words."""
+    if results.get("norm", "linf") == "l2":
+        text = (f"L2 budgets: visual over the whole clip in {results['eps_units']} units, audio over the waveform "
+                "in amplitude")
+    else:
+        text = f"visual ε in {results['eps_units']} units, audio ε in waveform amplitude"
+    if results.get("audio_eps_db") is not None:
+        text += f"; audio budget {results['audio_eps_db']:g} dB relative to each clip's loudness"
+    if results.get("joint_eps") is not None:
+        text += (f"; A+V budgets: one joint L2 ball ‖δv/εv‖² + ‖δa/εa‖² ≤ {results['joint_eps']:g}², the pair being "
+                 "the units")
+    if "shared" in results.get("temporal", []):
+        text += "; 'shared over frames': one visual perturbation added to every frame (its clip L2 is √T times it)"
+    return text
+
+
+def _perturbation_lines(entries: list[dict], with_l2: bool = False) -> list[str]:
     rows = []
     for e in entries:
         p = e.get("perturbation") or {}
@@ -101,12 +121,42 @@ def _perturbation_lines(entries: list[dict]) -> list[str]:
         snr = (f"{p['snr_a_mean']:.1f} / {p['snr_a_min']:.1f}" if "snr_a_mean" in p else "-")
         linf = f"{p['linf_v_mean']:.2f} / {p['linf_v_max']:.2f}" if "linf_v_mean" in p else "-"
         psnr = f"{p['psnr_v_mean']:.1f}" if "psnr_v_mean" in p else "-"
-        rows.append(_row([attack_label(e["attack"]), budget_label(e), snr, linf, psnr]))
+        cells = [attack_label(e["attack"]), budget_label(e), snr, linf, psnr]
+        if with_l2:
+            cells += [f"{p['l2_v_mean']:.3g} / {p['l2_v_max']:.3g}" if "l2_v_mean" in p else "-",
+                      f"{p['l2_a_mean']:.3g} / {p['l2_a_max']:.3g}" if "l2_a_mean" in p else "-"]
+        rows.append(_row(cells))
     if not rows:
         return []
-    return ["", "Perturbation size over the attacked samples:", "",
-            _row(["attack", "budget", "audio SNR dB (mean / min)", "visual L∞ in 1/255 (mean / max)",
-                  "visual PSNR dB (mean)"]), "|---" * 5 + "|"] + rows
+    header = ["attack", "budget", "audio SNR dB (mean / min)", "visual L∞ in 1/255 (mean / max)",
+              "visual PSNR dB (mean)"]
+    if with_l2:
+        header += ["visual L2 (mean / max)", "audio L2 (mean / max)"]
+    return ["", "Perturbation size over the attacked samples:", "", _row(header), "|---" * len(header) + "|"] + rows
+
+
+def _split_lines(entries: list[dict]) -> list[str]:
+    """How each attack split a joint L2 budget between the modalities."""
+    lines = [f"- {attack_label(e['attack'])} {budget_label(e)}: the attack spent "
+             f"{100 * e['perturbation']['split_v_mean']:.1f} % of the joint budget on vision (mean over samples)"
+             for e in entries if "split_v_mean" in (e.get("perturbation") or {})]
+    return ["", "Split of the joint budget:", ""] + lines if lines else []
+
+
+def _misalignment_lines(results: dict, entries: list[dict]) -> list[str]:
+    """The shift grid, the clips too short for some shift, and the shifts the attacks chose."""
+    shift = results.get("misalignment")
+    if not shift:
+        return []
+    lines = ["", f"Misalignment: audio shifted by up to ±{shift['max_shift']:g} s ({shift['shift_steps']} shifts, "
+             "read from the wav, no wrap-around; the unshifted window is always a candidate); "
+             f"{shift['clips_lacking_a_shift']} of {results['num_samples']} clips lack some shift (too short), "
+             f"{shift['clips_lacking_every_shift']} lack every shift.", ""]
+    for e in entries:
+        if e.get("shift_counts"):
+            counts = ", ".join(f"{s} s: {n}" for s, n in sorted(e["shift_counts"].items(), key=lambda i: float(i[0])))
+            lines.append(f"- {attack_label(e['attack'])} {budget_label(e)}: shift chosen per sample: {counts}")
+    return lines
 
 
 def _check_lines(checks: dict | None) -> list[str]:
@@ -123,18 +173,24 @@ def summary_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
     """Rows = models, columns = clean and A / V / A+V for each attack (the paper's Table 1 layout, plus AA),
     each with its interval, then the checks' verdict."""
     attacks: list[str] = []
+    threats: list[str] = []  # '' (L∞ per frame) first, then each other threat model in order of appearance
     for _, results in runs:
         for e in _protocol_entries(results):
             if e["attack"] not in attacks:
                 attacks.append(e["attack"])
-    header = ["model", "clean"] + [f"{attack_label(a)} {b}" for a in attacks for b in BUDGET_ORDER]
+            if e.get("threat", "") not in threats:
+                threats.append(e.get("threat", ""))
+    present = {(e["attack"], e["budget"], e.get("threat", "")) for _, r in runs for e in _protocol_entries(r)}
+    columns = [(a, b, t) for a in attacks for t in threats for b in BUDGET_ORDER  # A, V, A+V of the paper's
+               if (not t and any((a, c, t) in present for c in BUDGET_ORDER)) or (a, b, t) in present]
+    header = ["model", "clean"] + [f"{attack_label(a)} {b}" + (f" [{t}]" if t else "") for a, b, t in columns]
     with_checks = any("checks" in r for _, r in runs)
     if with_checks:
         header.append("checks")
     rows = []
     for name, results in runs:
-        entries = {(e["attack"], e["budget"]): e for e in _protocol_entries(results)}
-        row = [name, _acc(results["clean"])] + [_acc(entries.get((a, b))) for a in attacks for b in BUDGET_ORDER]
+        entries = {(e["attack"], e["budget"], e.get("threat", "")): e for e in _protocol_entries(results)}
+        row = [name, _acc(results["clean"])] + [_acc(entries.get(column)) for column in columns]
         if with_checks:
             row.append(results.get("checks", {}).get("verdict", "n/a"))
         rows.append(row)
@@ -162,7 +218,8 @@ def entry_correct(records: Records, entry: dict | None) -> np.ndarray:
     """Per-sample correctness behind a results entry: clean (``entry`` None) or one (attack, budget)."""
     if entry is None:
         return np.asarray(records.clean_correct, dtype=bool)
-    return records.correct_under(entry["attack"], Budget(entry["eps_visual"], entry["eps_audio"]).key)
+    key = entry.get("budget_key") or Budget(entry["eps_visual"], entry["eps_audio"]).key
+    return records.correct_under(entry["attack"], key)
 
 
 def _aligned(a: tuple[Records, np.ndarray], b: tuple[Records, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:

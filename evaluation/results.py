@@ -9,6 +9,12 @@ Entries, one per (attack, budget):
   and ``components`` with the robust accuracy after each one, in order.
 
 ``worst_case`` gives per budget the robust accuracy under all attacks together, per sample.
+
+Each entry names its budget's threat model (``budget_key``, ``label``, ``threat``, ``norm``, ``joint_eps``,
+``audio_eps_db``, ``temporal``, ``max_shift``); a joint L2 budget reports the mean share of the budget the
+attack spent on vision (``perturbation.split_v_mean``), a misalignment attack how often it chose each shift
+(``shift_counts``) and the results the clips that lack some shift (``misalignment``). ``build_eps_map`` gives
+the (ε_v, ε_a) map of --eps_grid2d.
 """
 from __future__ import annotations
 
@@ -18,8 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from evaluation.engine import CASCADES, EvaluationRun
-from evaluation.protocol import Budget
+from evaluation.engine import CASCADES, SHIFT_SEARCH, EvaluationRun, is_shift_attack
+from evaluation.protocol import Budget, ThreatModel
 from evaluation.records import Records
 from evaluation.stats import wilson_interval
 
@@ -41,11 +47,17 @@ def _finite(values: list[np.ndarray]) -> np.ndarray:
     return joined[np.isfinite(joined)]
 
 
+PERTURBATION_STATS = (("snr_a", ("mean", "min")), ("linf_v", ("mean", "max")), ("psnr_v", ("mean",)),
+                      ("l2_v", ("mean", "max")), ("l2_a", ("mean", "max")), ("split_v", ("mean",)))
+
+
 def perturbation_summary(records: Records, keys: Sequence[str]) -> dict:
-    """Audio SNR (dB, mean and minimum), visual L∞ (1/255 steps, mean and maximum) and PSNR (dB, mean) over
-    the attacked samples of ``keys``; an untouched modality is left out."""
+    """Audio SNR (dB, mean and minimum), visual L∞ (1/255 steps, mean and maximum), PSNR (dB, mean), the L2
+    norms (visual over the clip in pixels, audio over the waveform; mean and maximum) and, for a joint
+    budget, the mean share spent on vision, over the attacked samples of ``keys``; an untouched modality
+    is left out."""
     out: dict = {}
-    for name, stats in (("snr_a", ("mean", "min")), ("linf_v", ("mean", "max")), ("psnr_v", ("mean",))):
+    for name, stats in PERTURBATION_STATS:
         values = _finite([records.column(k, name) for k in keys if name in records.columns[k]])
         if values.size:
             for stat in stats:
@@ -63,8 +75,7 @@ def _cos(records: Records, key: str) -> list[float]:
 def _entry(run: EvaluationRun, args: argparse.Namespace, attack: str, budget: Budget, keys: list[str],
            variants: Sequence[str], labels: np.ndarray) -> dict:
     records = run.records
-    entry = {"attack": attack, "budget": budget.name, "eps_visual": budget.eps_visual,
-             "eps_audio": budget.eps_audio, "grid": budget.grid, "variants": list(variants)}
+    entry = {"attack": attack, **budget_fields(budget), "variants": list(variants)}
     robust = records.correct_under(attack, budget.key)
     if attack in CASCADES:
         components = []
@@ -75,6 +86,9 @@ def _entry(run: EvaluationRun, args: argparse.Namespace, attack: str, budget: Bu
         entry["components"] = components
     else:
         entry["variant_acc"] = {k.split("|")[2]: 100.0 * float((records.column(k) == 1).mean()) for k in keys}
+    if is_shift_attack(attack):
+        chosen = records.column(keys[0], "shift_s")
+        entry["shift_counts"] = {f"{s:g}": int(np.count_nonzero(chosen == s)) for s in np.unique(chosen)}
     figures = accuracy(robust)
     cos = _cos(records, keys[0])
     entry.update(adv_acc=figures["acc"], n=figures["n"], correct=figures["correct"], ci=figures["ci"],
@@ -85,28 +99,51 @@ def _entry(run: EvaluationRun, args: argparse.Namespace, attack: str, budget: Bu
     return entry
 
 
-def build_results(run: EvaluationRun, args: argparse.Namespace, budgets: Sequence[Budget], attack_types: Sequence[str],
-                  variants: Sequence[str]) -> dict:
+def budget_fields(budget: Budget) -> dict:
+    """The budget and its threat model as results fields (``budget`` is the A / V / A+V name)."""
+    return {"budget": budget.name, "budget_key": budget.key, "label": budget.label, "threat": budget.threat,
+            "eps_visual": budget.eps_visual, "eps_audio": budget.eps_audio, "grid": budget.grid,
+            "eps_map": budget.eps_map, "norm": budget.norm, "joint_eps": budget.joint_eps,
+            "audio_eps_db": budget.audio_eps_db, "temporal": budget.temporal, "max_shift": budget.max_shift}
+
+
+def misalignment_summary(run: EvaluationRun, threat: ThreatModel) -> dict:
+    """The shift grid, and the clips lacking some shift (or every shift) because the clip is too short."""
+    missing = np.asarray(run.records.extra.get("shift_missing", []))
+    shifts = threat.shifts()
+    return {"max_shift": threat.max_shift, "shift_steps": threat.shift_steps, "shifts": shifts,
+            "clips_lacking_a_shift": int(np.count_nonzero(missing > 0)),
+            "clips_lacking_every_shift": int(np.count_nonzero(missing == len(shifts))),
+            "search_seconds": run.seconds.get(SHIFT_SEARCH, 0.0)}
+
+
+def build_results(run: EvaluationRun, args: argparse.Namespace, plan: Sequence[tuple[str, Budget]],
+                  attack_types: Sequence[str], variants: Sequence[str]) -> dict:
+    """The results of an engine run of ``plan`` (``AttackEngine.plan``: its (attack, budget) pairs)."""
     records = run.records
     labels = np.asarray(records.labels)
     clean = np.asarray(records.clean_correct, dtype=bool)
     cos_clean = [float(v) for v in records.extra.get("cos_clean", [])]
     entries = []
     for attack in attack_types:
-        for budget in budgets:
+        for budget in [b for a, b in plan if a == attack]:
             keys = records.attack_keys(attack, budget.key)
             if keys:
                 entries.append(_entry(run, args, attack, budget, keys, variants, labels))
     worst_case = []
-    for budget in budgets:
-        budget_keys = [k for attack in attack_types for k in records.attack_keys(attack, budget.key)]
+    for budget in {b.key: b for _, b in plan}.values():
+        with_budget = [a for a, b in plan if b.key == budget.key]
+        budget_keys = [k for attack in with_budget for k in records.attack_keys(attack, budget.key)]
         if budget_keys:
-            worst_case.append({"budget": budget.name, "eps_visual": budget.eps_visual, "eps_audio": budget.eps_audio,
-                               "grid": budget.grid, "attacks": list(attack_types),
+            worst_case.append({**budget_fields(budget), "attacks": with_budget,
                                **accuracy(records.robust(budget_keys))})
     clean_figures = accuracy(clean)
+    threat = ThreatModel.from_args(args)
+    extra = {"misalignment": misalignment_summary(run, threat)} if threat.max_shift is not None else {}
     return {
         "run": args.id, "arch_classifier": args.arch_classifier, "num_samples": records.num_samples,
+        "norm": threat.norm, "joint_eps": threat.joint_eps, "audio_eps_db": threat.audio_eps_db,
+        "temporal": list(threat.temporal), **extra,
         "eps_units": args.eps_units, "attack_steps": args.attack_steps, "apgd_steps": args.apgd_steps,
         "apgd_targets": args.apgd_targets, "attack_alpha": args.attack_alpha,
         "attack_loss": args.attack_loss, "random_start": args.random_start, "restarts": args.restarts,
@@ -115,3 +152,29 @@ def build_results(run: EvaluationRun, args: argparse.Namespace, budgets: Sequenc
                   "cos_mean": float(np.mean(cos_clean)) if cos_clean else None, "cos": cos_clean},
         "attacks": entries, "worst_case": worst_case,
     }
+
+
+def build_eps_map(run: EvaluationRun, args: argparse.Namespace, attack: str, label: str | None = None) -> dict:
+    """The (ε_v, ε_a) map of --eps_grid2d under ``attack``: ``acc[i][j]`` (with ``n``, ``correct``, ``ci``) is the
+    robust accuracy at ε_v = values[i], ε_a = values[j]; (0, 0) is the clean accuracy."""
+    threat = ThreatModel.from_args(args)
+    records = run.records
+    values = threat.map_values()
+    budgets = threat.map_budgets()
+    cells = []
+    for ev in values:
+        row = []
+        for ea in values:
+            if not (ev or ea):
+                correct = np.asarray(records.clean_correct, dtype=bool)
+                key = "clean"
+            else:
+                budget = budgets[(ev, ea)]
+                budget = budget.shifted(threat.max_shift) if attack.startswith("shift+") else budget
+                correct, key = records.correct_under(attack, budget.key), budget.key
+            row.append({"key": key, **accuracy(correct)})
+        cells.append(row)
+    return {"run": args.id, "label": label or args.arch_classifier, "attack": attack,
+            "norm": threat.norm, "eps_units": args.eps_units, "joint_eps": threat.joint_eps,
+            "temporal": threat.temporal[0], "values": values,
+            "acc": [[c["acc"] for c in row] for row in cells], "cells": cells}

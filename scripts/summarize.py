@@ -1,12 +1,14 @@
 """Print the paper-style robustness table of several evaluated runs, as Markdown and CSV.
 
     python scripts/summarize.py RUN_DIR [RUN_DIR ...] [--csv table.csv] [--markdown table.md] [--findings]
+                                [--eps_maps maps.png]
 
 Rows are models (each run's fusion head or defense label, or its folder name when two runs share one);
 columns are clean accuracy and the A / V / A+V attacks of each attack type (AA: the AutoAttack cascade),
 each with its 95 % Wilson interval, and the gradient-masking checks' verdict. Each RUN_DIR must hold the
 attack_results.json that ``main_attack.py --mode eval`` (or main_defense.py) writes; with its
 per_sample.npz, every finding comparing two models gets an exact McNemar test on the shared samples.
+``--eps_maps`` draws the (ε_v, ε_a) maps of the runs (their eps_map.json, from --eps_grid2d) side by side.
 """
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ import argparse
 import json
 from collections import Counter
 
+from evaluation.plots import plot_eps_maps
 from evaluation.records import load_records
 from evaluation.report import findings, summary_table, to_csv, to_markdown
 from utils.fileio import write_text_atomic
@@ -37,6 +40,20 @@ def load_runs(run_dirs: list[Path]) -> list[tuple[str, dict]]:
              else d.name, r) for d, r in zip(run_dirs, runs)]
 
 
+def load_eps_maps(run_dirs: list[Path], names: list[str]) -> list[dict]:
+    """Each run's eps_map.json, labelled with its row name in the table."""
+    maps = []
+    for run_dir, name in zip(run_dirs, names):
+        path = run_dir / "eps_map.json"
+        if not path.is_file():
+            sys.exit(f"error: {path} not found (evaluate this run with --eps_grid2d for its map)")
+        try:
+            maps.append({**json.loads(path.read_text()), "label": name})
+        except json.JSONDecodeError as err:
+            sys.exit(f"error: {path}: not valid JSON ({err})")
+    return maps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders with attack_results.json")
@@ -44,6 +61,8 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None, help="also write the Markdown table here")
     parser.add_argument("--findings", action="store_true",
                         help="also answer the paper's questions: does audio-visual beat unimodal, clean and attacked?")
+    parser.add_argument("--eps_maps", type=Path, default=None, metavar="OUT.png",
+                        help="also draw the runs' (eps_v, eps_a) maps (--eps_grid2d) side by side into this PNG")
     args = parser.parse_args()
     runs = load_runs(args.run_dirs)
     header, rows = summary_table(runs)
@@ -58,6 +77,9 @@ def main() -> None:
         write_text_atomic(args.csv, csv_text)
     if args.markdown:
         write_text_atomic(args.markdown, markdown)
+    if args.eps_maps:
+        plot_eps_maps(load_eps_maps(args.run_dirs, [name for name, _ in runs]), args.eps_maps)
+        print(f"wrote {args.eps_maps}")
 
 
 if __name__ == "__main__":
