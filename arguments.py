@@ -90,6 +90,9 @@ class ArgParser:
         g.add_argument("--batch_size_per_gpu", type=_positive_int, default=32,
                        help="batch size per process (per GPU; the whole batch on CPU)")
         g.add_argument("--workers", type=_non_negative_int, default=4, help="data loader workers per process")
+        g.add_argument("--decode_device", choices=("cpu", "cuda"), default="cpu",
+                       help="where frames are decoded: cpu (loader workers, PIL) or cuda (workers read JPEG bytes; "
+                            "the training GPU decodes them in batches with nvJPEG)")
         g.add_argument("--seed", type=int, default=1234, help="seed for data order, augmentation and init")
         return self
 
@@ -236,6 +239,25 @@ class ArgParser:
                        help="samples shown on the HTML page of adversarial examples")
         return self
 
+    def add_corruption_arguments(self) -> ArgParser:
+        from evaluation.corruptions import SEVERITIES, resolve_names
+
+        def corruption_name(text: str) -> str:
+            try:
+                resolve_names([text])
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+            return text
+
+        g = self.parser.add_argument_group("corruptions and missing modalities (--mode eval)")
+        g.add_argument("--corruptions", nargs="*", type=corruption_name, default=None, metavar="NAME",
+                       help="after the clean evaluation, the natural-robustness suite on the test split: corruptions "
+                            "(e.g. jpeg, aac), co-occurring pairs (e.g. jpeg+aac), missing_<visual|audio>_<zeros|mean"
+                            "|noise>, or the groups visual, audio, both, missing; no name: the whole suite")
+        g.add_argument("--corruption_severities", nargs="+", type=int, choices=SEVERITIES, default=list(SEVERITIES),
+                       help="severities of the --corruptions suite")
+        return self
+
     def add_defense_arguments(self) -> ArgParser:
         g = self.parser.add_argument_group("defense")
         g.add_argument("--train_mode", choices=["standard", "adv", "trades"], default="standard",
@@ -281,6 +303,8 @@ class ArgParser:
         args = self.parser.parse_args(argv)
         if hasattr(args, "dataset"):
             apply_dataset_preset(args, self.parser)
+        if getattr(args, "decode_device", "cpu") == "cuda":
+            _check_decode_device(args, self.parser)
         if hasattr(args, "num_epoch"):
             _apply_schedule(args, self.parser)
         if hasattr(args, "restarts") and args.restarts > 1 and not args.random_start:
@@ -300,6 +324,16 @@ class ArgParser:
         if hasattr(args, "arch_classifier"):
             args.id = run_id(args)
         return args
+
+
+def _check_decode_device(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        parser.error("--decode_device cuda: no CUDA GPU is available here (torch.cuda.is_available() is False); "
+                     "use --decode_device cpu")
+    if getattr(args, "device", "auto") == "cpu":
+        parser.error("--decode_device cuda decodes on the training GPU, but --device cpu trains on the CPU")
 
 
 def _apply_schedule(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

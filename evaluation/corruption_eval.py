@@ -126,14 +126,16 @@ def training_statistics(args: argparse.Namespace, info: DistInfo, max_clips: int
     count = min(len(dataset), max_clips)
     picked = sorted({int(i) for i in np.linspace(0, len(dataset) - 1, count).round()})
     loader = build_loader(Subset(dataset, picked), args, info, train=False)
-    sums = torch.zeros(10, dtype=torch.float64)  # pixel sum[3], sum of squares[3], pixels, audio sum, sq, samples
+    sums = torch.zeros(10, dtype=torch.float64, device=info.device)  # pixel sum[3], sum of squares[3], pixels,
+    # audio sum, sum of squares, samples
     for batch in tqdm(loader, desc="training statistics", disable=not info.is_main, dynamic_ncols=True):
-        frames, audio = batch["frames"].double(), batch["audio"].double()
+        frames, audio, _ = to_device(batch, info.device)
+        frames, audio = frames.double(), audio.double()
         sums[0:3] += frames.sum(dim=(0, 2, 3, 4))
         sums[3:6] += frames.pow(2).sum(dim=(0, 2, 3, 4))
         sums[6] += frames[:, 0].numel()
         sums[7], sums[8], sums[9] = sums[7] + audio.sum(), sums[8] + audio.pow(2).sum(), sums[9] + audio.numel()
-    sums = all_reduce_sum(sums, info)
+    sums = all_reduce_sum(sums, info).cpu()
     frame_mean = sums[0:3] / sums[6]
     frame_std = (sums[3:6] / sums[6] - frame_mean.pow(2)).clamp_min(0).sqrt()
     audio_mean = sums[7] / sums[9]

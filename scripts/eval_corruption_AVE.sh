@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Natural robustness of the AVE models of train_attack_AVE.sh: the test split under the corruption suite
+# (7 visual and 6 audio corruptions at severities 1-5, 5 co-occurring audio-visual pairs, missing modalities).
+#   AVE_ROOT=/path/to/AVE bash scripts/eval_corruption_AVE.sh [extra main_attack.py flags]
+# Pass the same HEADS and extra flags as for training so the run ids match. CORRUPTIONS picks names or groups
+# (default: the whole suite; e.g. CORRUPTIONS="both missing"), --corruption_severities the severities. Results
+# in each run folder: corruption_results.json, corruption_table.md, corruption.png. See scripts/_paper.sh.
+source "$(dirname "${BASH_SOURCE[0]}")/_paper.sh"
+paper_flags AVE
+for head in ${HEADS:-audio visual concat}; do
+    # shellcheck disable=SC2086
+    launch main_attack.py --mode eval --arch_classifier "$head" "${PAPER_FLAGS[@]}" --attack_type none \
+        --corruptions ${CORRUPTIONS:-} "$@"
+done
