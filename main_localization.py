@@ -40,7 +40,8 @@ from evaluation.loc_report import loc_table_markdown, write_loc_outputs
 from evaluation.localization import DEFAULT_OBJECTIVES, MAP_HEADS, OBJECTIVES, evaluate_localization
 from evaluation.protocol import budgets_from_args
 from models import FUSION_HEADS
-from training.engine import load_best, run_dir_of, run_entry_point
+from training.checkpoint import load_checkpoint, model_meta
+from training.engine import create_model, load_best, run_dir_of, run_entry_point
 from utils.distributed import DistInfo
 
 
@@ -56,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="attack objectives: 'class' (untargeted, --attack_loss), 'map' (maximise the map's "
                         "mass outside the box; without boxes, outside the clean map's top region) and 'corr' "
                         "(lower the audio-visual similarity inside that region, raise it outside)")
+    g.add_argument("--checkpoint", choices=["best", "latest"], default="best",
+                   help="which checkpoint of the run to evaluate: 'best' (highest validation accuracy; for the "
+                        "self-supervised heads that is the linear probe's, which can peak epochs before the "
+                        "localization does) or 'latest' (the last epoch trained)")
     g.add_argument("--ciou_mode", choices=sorted(CIOU_CONVENTIONS), default=DEFAULT_CIOU_MODE,
                    help="cIoU convention: 'lvs' (the published one: the map above its median against the boxes, "
                         "Chen et al. 2021) or 'threshold0.5' (the min-max normalised map >= 0.5; not comparable "
@@ -98,13 +103,17 @@ def load_boxes(path: str, dataset: AVDataset, list_test: str) -> GroundTruth:
 
 def evaluate_run(args: argparse.Namespace, info: DistInfo) -> dict:
     """The run's best checkpoint on the test split; writes and prints the results on rank 0."""
-    model, epoch = load_best(args, info)
+    if args.checkpoint == "best":
+        model, epoch = load_best(args, info)
+    else:
+        model = create_model(args, info, init_weights=False)
+        epoch = load_checkpoint(run_dir_of(args), model, "latest", model_meta(args))
     dataset = build_dataset(args, "test")
     boxes = None if args.boxes is None else load_boxes(args.boxes, dataset, args.list_test)
     loader = build_loader(dataset, args, info, train=False)
     results, records, vis = evaluate_localization(model, loader, args, info, budgets_from_args(args),
                                                   args.attack_type, args.loc_attack, boxes, args.num_vis)
-    results["epoch"] = epoch
+    results.update(epoch=epoch, checkpoint=args.checkpoint)
     if info.is_main:
         out_dir = run_dir_of(args) / "localization"
         written = write_loc_outputs(out_dir, results, vis, args.categories)
