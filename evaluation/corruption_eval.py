@@ -60,6 +60,10 @@ BOOTSTRAP_RESAMPLES = 2000
 VARIANT = "natural"
 NO_SEVERITY = "-"
 CORRUPTED_GROUPS = (VISUAL, AUDIO, BOTH)
+PANEL_TITLES = {VISUAL: "visual corruptions", AUDIO: "audio corruptions",
+                BOTH: "co-occurring audio-visual corruptions", MISSING: "missing modality"}
+MARKERS = ("o", "s", "^", "v", "D", "P", "X")
+LINESTYLES = ("-", "--", ":", "-.")
 
 Inputs = tuple[Tensor, Tensor]
 
@@ -317,7 +321,8 @@ def plot_corruptions(results: dict, path: Path) -> None:
     """Accuracy against severity (0 = clean) per corruption, one panel per group; missing modality as bars."""
     panels = [g for g in CORRUPTED_GROUPS if any(e["group"] == g for e in results["corruptions"])]
     panels += [MISSING] if results["missing"] else []
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.6 * max(1, len(panels)), 3.8), squeeze=False,
+                             layout="constrained")
     clean = results["clean"]["acc"]
     for ax, panel in zip(axes[0], panels):
         if panel == MISSING:
@@ -327,14 +332,15 @@ def plot_corruptions(results: dict, path: Path) -> None:
             ax.set_xlim(0, 100)
             ax.set_xlabel("accuracy (%)")
         else:
-            for entry in (e for e in results["corruptions"] if e["group"] == panel):
+            for i, entry in enumerate(e for e in results["corruptions"] if e["group"] == panel):
                 xs = [0] + [r["severity"] for r in entry["severities"]]
                 ys = [clean] + [r["acc"] for r in entry["severities"]]
-                ax.plot(xs, ys, marker="o", label=entry["name"])
+                ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)],
+                        label=entry["name"])
             ax.set_xlabel("severity (0 = clean)")
             ax.set_ylabel("accuracy (%)")
             ax.set_ylim(0, 100)
-        ax.set_title(f"{panel} corruptions" if panel != MISSING else "missing modality", fontsize=9)
+        ax.set_title(PANEL_TITLES[panel], fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.suptitle(results["run"], fontsize=8)
