@@ -59,6 +59,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from scipy.fft import next_fast_len
 from torch import Tensor
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -147,13 +148,20 @@ def white_noise(audio: Tensor, snr_db: float, gen: torch.Generator, rate: int) -
     return (audio + sigma * noise).clamp(-1.0, 1.0)
 
 
+def _fft_size(length: int) -> int:
+    """A length >= ``length`` with small prime factors only: 65535 (MUSIC's window) has 257 (slow FFTs)."""
+    return next_fast_len(length, real=True)
+
+
 def lowpass(audio: Tensor, cutoff_hz: float, gen: torch.Generator, rate: int) -> Tensor:
-    """Zero-phase low-pass: the spectrum times a 4th-order Butterworth magnitude 1 / sqrt(1 + (f/fc)^8)."""
+    """Zero-phase low-pass: the spectrum times a 4th-order Butterworth magnitude 1 / sqrt(1 + (f/fc)^8), on the
+    zero-padded clip (so the filter does not wrap its end onto its start)."""
     length = audio.shape[-1]
-    spectrum = torch.fft.rfft(audio.double(), dim=-1)
-    freqs = torch.fft.rfftfreq(length, d=1.0 / rate, dtype=torch.float64, device=audio.device)
+    size = _fft_size(length + 2 * math.ceil(rate / cutoff_hz))
+    spectrum = torch.fft.rfft(audio.double(), n=size, dim=-1)
+    freqs = torch.fft.rfftfreq(size, d=1.0 / rate, dtype=torch.float64, device=audio.device)
     gain = 1.0 / torch.sqrt(1.0 + (freqs / cutoff_hz) ** 8)
-    return torch.fft.irfft(spectrum * gain, n=length, dim=-1).clamp(-1.0, 1.0).to(audio.dtype)
+    return torch.fft.irfft(spectrum * gain, n=size, dim=-1)[..., :length].clamp(-1.0, 1.0).to(audio.dtype)
 
 
 def clipping(audio: Tensor, level: float, gen: torch.Generator, rate: int) -> Tensor:
@@ -183,7 +191,7 @@ def room_impulse_response(rt60: float, drr_db: float, rate: int, max_length: int
 def reverb(audio: Tensor, room: tuple[float, float], gen: torch.Generator, rate: int) -> Tensor:
     length = audio.shape[-1]
     response = room_impulse_response(room[0], room[1], rate, length, gen).to(audio.device)
-    size = length + response.numel() - 1
+    size = _fft_size(length + response.numel() - 1)
     wet = torch.fft.irfft(torch.fft.rfft(audio.double(), n=size) * torch.fft.rfft(response, n=size), n=size)
     wet = wet[..., :length]
     energy = float(wet.pow(2).sum())
