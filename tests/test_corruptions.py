@@ -29,6 +29,7 @@ from evaluation.corruptions import (
     corrupt,
     missing_modality,
     resolve_names,
+    room_impulse_response,
 )
 from evaluation.records import load_records, perturbation_sizes
 from tests.sop_fixture import write_rendered_clip
@@ -107,6 +108,27 @@ def test_lowpass_keeps_low_and_removes_high_frequencies():
     assert torch.dot(out, low) / torch.dot(0.4 * low, low) == pytest.approx(1.0, abs=0.01)
     # 4th-order Butterworth gain at three times the cut-off: 1 / sqrt(1 + 3^8) = 1/81
     assert torch.dot(out, high) / torch.dot(0.4 * high, high) == pytest.approx(1 / math.sqrt(1 + 3 ** 8), rel=0.1)
+
+
+def test_occlusion_and_dropout_remove_the_documented_share():
+    frames = torch.full((1, 3, 4, 40, 50), 0.5)
+    out = corrupt("occlusion", frames, 3, 0, ["x"], RATE)  # side 0.4 x 40 = 16 pixels, the same on every frame
+    black = (out == 0).all(dim=1)  # [1, T, H, W]
+    assert int(black[0, 0].sum()) == 16 * 16 and all(torch.equal(black[0, 0], black[0, t]) for t in range(4))
+    audio = torch.full((1, 1, 1000), 0.25)
+    silent = corrupt("dropout", audio, 4, 0, ["x"], RATE) == 0  # 0.3 of the window, one segment
+    start = int(silent.view(-1).nonzero()[0])
+    assert int(silent.sum()) == 300 and bool(silent.view(-1)[start:start + 300].all())
+
+
+def test_room_impulse_response_has_its_direct_to_reverberant_ratio_and_decay():
+    rate, rt60 = 8000, 0.5
+    response = room_impulse_response(rt60, 3.0, rate, 10 ** 6, torch.Generator().manual_seed(0))
+    assert response[0] == 1 and len(response) == rt60 * rate
+    tail = response[1:].pow(2)
+    assert 10 * math.log10(1 / float(tail.sum())) == pytest.approx(3.0, abs=1e-6)
+    early, middle = tail[:400].mean(), tail[1800:2200].mean()  # around 0.025 s and 0.25 s = RT60 / 2
+    assert 10 * math.log10(float(middle / early)) == pytest.approx(-60 * 0.225 / rt60, abs=2.0)
 
 
 @pytest.mark.parametrize("name", RANDOM_DRAWS)
