@@ -1,4 +1,4 @@
-"""Square attack (Andriushchenko et al. 2020), L∞: a score-based random search that needs only logits."""
+"""Square attack (Andriushchenko et al. 2020), L∞ and L2: a score-based random search that needs only logits."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from attacks.base import Attack, Ball, Inputs, Problem, per_sample
+from attacks import square_l2
+from attacks.base import Attack, Inputs, Problem, per_sample
 from attacks.losses import margin
+from attacks.regions import Ball, L2Ball
 from attacks.registry import ATTACKS
 from models.visual import IMAGENET_STD
 
@@ -88,8 +90,10 @@ class Square(Attack):
     candidate is kept if it lowers the sample's margin. Budgets are those of ``Attack`` (per channel for
     visual budgets in normalised units); every point is clamped into the ball and the valid range.
 
-    The L∞ threat model only: ``norm='l2'`` (and so ``joint_eps``) raises ValueError; ``audio_eps_db`` (each
-    clip's own ``eps``) and ``temporal='shared'`` (one perturbation for every frame) work as in ``Attack``.
+    With ``norm='l2'`` the moves are the L2 version's (``attacks.square_l2``: pseudo-Gaussian windows on the
+    frames and on the waveform, every point on the sphere of radius eps before the range clip). ``joint_eps``
+    is not supported (ValueError); ``audio_eps_db`` (each clip's own ``eps``) and ``temporal='shared'`` (one
+    perturbation for every frame) work as in ``Attack``.
 
     ``seed`` as in ``Attack`` (each call draws from its own generator). The gradient attacks' options
     (steps, alpha, loss, random start) do not apply; ``build_attack`` ignores them, and rejects
@@ -100,8 +104,8 @@ class Square(Attack):
                  seed: int | None = None, eps_units: str = "normalized",
                  std: Sequence[float] = IMAGENET_STD, norm: str = "linf", joint_eps: float | None = None,
                  audio_eps_db: float | None = None, temporal: str = "frame") -> None:
-        if norm != "linf":
-            raise ValueError(f"the square attack is L∞ only (its L2 version is not implemented), got norm={norm!r}")
+        if joint_eps is not None:
+            raise ValueError("the square attack takes per-modality budgets only, not joint_eps")
         if queries < 1:
             raise ValueError(f"queries must be >= 1, got {queries}")
         if not 0 < p_init <= 1:
@@ -131,9 +135,7 @@ class Square(Attack):
             p = square_fraction(iteration, self.queries, self.p_init)
             candidate = {}
             for m, ball in part.region.balls.items():
-                current = x[m][index]
-                inside = (_visual_window if m == "visual" else _audio_window)(current, p, generator)
-                candidate[m] = _set_window(ball, current, inside, generator)
+                candidate[m] = self._candidate(m, ball, x[m][index], p, generator)
             candidate_losses, candidate_fooled = part.evaluate(candidate)
             improved = candidate_losses > losses[index]
             rows = index[improved]
@@ -144,7 +146,18 @@ class Square(Attack):
         return x
 
     @staticmethod
-    def _initial_point(modality: str, ball: Ball, generator: torch.Generator) -> Tensor:
+    def _candidate(modality: str, ball: Ball | L2Ball, current: Tensor, p: float,
+                   generator: torch.Generator) -> Tensor:
+        """A new point from ``current`` with windows of share ``p``: L∞, ``_set_window``; L2, ``square_l2``."""
+        if isinstance(ball, L2Ball):
+            return square_l2.candidate(ball, current, p, generator)
+        inside = (_visual_window if modality == "visual" else _audio_window)(current, p, generator)
+        return _set_window(ball, current, inside, generator)
+
+    @staticmethod
+    def _initial_point(modality: str, ball: Ball | L2Ball, generator: torch.Generator) -> Tensor:
+        if isinstance(ball, L2Ball):
+            return square_l2.initial_point(ball, generator)
         clean = ball.clean
         shape = (*clean.shape[:2], *[1] * (clean.dim() - 3), clean.shape[-1]) if modality == "visual" else clean.shape
         return ball.project_(clean + _random_signs(shape, generator, clean) * ball.radius)
