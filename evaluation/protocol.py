@@ -23,7 +23,9 @@ import numpy as np
 @dataclass(frozen=True)
 class Budget:
     """One attack budget: per-modality radius and its threat model; ``grid`` marks points of an --eps_grid
-    sweep or of the --eps_grid2d map, ``eps_map`` the map's points (which only the first attack type runs)."""
+    sweep or of the --eps_grid2d map, ``eps_map`` the map's points (which only the first attack type runs).
+    The name (A, V, A+V) says which radii are non-zero; a misalignment (``max_shift``) is part of the threat
+    model, so the shift alone is 'A [shift ±s]'."""
 
     eps_visual: float
     eps_audio: float
@@ -41,7 +43,7 @@ class Budget:
 
     @property
     def attacks_audio(self) -> bool:
-        return self.eps_audio > 0 or self.audio_eps_db is not None or self.max_shift is not None
+        return self.eps_audio > 0 or self.audio_eps_db is not None
 
     @property
     def name(self) -> str:
