@@ -45,7 +45,8 @@ def plot_acc_vs_eps(results: dict, path: str | os.PathLike) -> None:
             xs, ys = zip(*([(0.0, results["clean"]["acc"])] + points))
             ax.plot(xs, ys, marker="o", color=COLORS[budget], linestyle=LINESTYLES[i % len(LINESTYLES)],
                     label=f"{attack.upper()} {budget}" + (f" [{threat}]" if threat else ""))
-    ax.set_xlabel(f"ε per attacked modality (visual in {results['eps_units']} units)")
+    norm = "L2 radius" if results.get("norm") == "l2" else "ε"
+    ax.set_xlabel(f"{norm} per attacked modality (visual in {results['eps_units']} units)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(results["run"], fontsize=8)
