@@ -9,19 +9,30 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dataset.device_decode import JpegClip
 from dataset.index import DataError, IndexRow, drop_bad_rows, frames_needed, read_index, stratified_subset
 from dataset.layout import frame_name, frame_time
-from dataset.media import load_audio_window, load_frame
-from dataset.transforms import transform_audio, transform_frames
+from dataset.media import decode_frame, load_audio_window, read_jpeg
+from dataset.transforms import crop_geometry, cut_window, frames_tensor, resize_target, transform_audio
 
 
 class AVDataset(Dataset):
     """Samples of one index CSV as the Batch of DESIGN.md.
 
-    Each item: ``frames`` float [3, T, H, W] in [0, 1], ``audio`` float [1, audLen] in [-1, 1],
-    ``label``, ``index`` and ``info`` ("<class>/<id>"). The random choices of a training item
-    (centre frame, crop, flip, volume) come from a generator seeded by (seed, epoch, index), so they do
-    not depend on the number of loader workers; call :meth:`set_epoch` once per epoch.
+    Each item: ``frames`` **uint8** [3, T, H, W] (levels 0-255; ``dataset.loaders.to_device`` makes them float
+    in [0, 1] on the device, where the Batch of DESIGN.md begins), ``audio`` float [1, audLen] in [-1, 1],
+    ``label``, ``index`` and ``info`` ("<class>/<id>"). With ``defer_decode`` an item carries ``jpeg``, the
+    clip's encoded frames and crop (:class:`dataset.device_decode.JpegClip`), instead of ``frames``, for
+    decoding on the device in ``to_device``.
+
+    The random choices of a training item (centre frame, crop, flip, volume) come from a generator seeded by
+    (seed, epoch, index), so they do not depend on the number of loader workers. The epoch lives in shared
+    memory: :meth:`set_epoch` reaches loader workers that were started before it (persistent workers) as well
+    as new ones; call it once per epoch, before iterating.
+
+    A frame stored at least twice as large as the resize target (shorter side) is decoded at a reduced JPEG
+    scale (:func:`dataset.media.decode_frame`) and only its crop window is resampled; smaller frames are decoded
+    and transformed exactly as before.
 
     A bad row raises DataError naming the CSV line and the file when the item is loaded — a missing or
     undecodable frame, a wav that cannot be read or is shorter than its header says, a frame count above
@@ -33,7 +44,8 @@ class AVDataset(Dataset):
     def __init__(self, index_csv: str, audio_path: str, frame_path: str, categories: list[str], *,
                  num_frames: int = 1, stride_frames: int = 8, frame_rate: float = 8, img_size: int = 224,
                  aud_len: int = 65535, aud_rate: int = 11025, train: bool = False, seed: int = 0,
-                 skip_bad: bool = False, check_workers: int = 8, max_samples: int | None = None) -> None:
+                 skip_bad: bool = False, check_workers: int = 8, max_samples: int | None = None,
+                 defer_decode: bool = False) -> None:
         self.audio_path = str(audio_path)
         self.frame_path = str(frame_path)
         self.categories = list(categories)
@@ -45,7 +57,8 @@ class AVDataset(Dataset):
         self.aud_rate = aud_rate
         self.train = train
         self.seed = seed
-        self.epoch = 0
+        self.defer_decode = defer_decode
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         rows = read_index(index_csv, self.categories, frames_needed(num_frames, stride_frames))
         if max_samples is not None:
             rows = stratified_subset(rows, max_samples)
@@ -62,8 +75,12 @@ class AVDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     @property
     def labels(self) -> list[int]:
@@ -96,22 +113,45 @@ class AVDataset(Dataset):
         frame_dir = os.path.join(self.frame_path, row.frames_rel.lstrip("/"))
         wav = os.path.join(self.audio_path, row.audio_rel.lstrip("/"))
         before, _ = self._frame_offsets()
+        paths = [os.path.join(frame_dir, frame_name(center - before + i * self.stride_frames))
+                 for i in range(self.num_frames)]
         try:
-            imgs = []
-            for i in range(self.num_frames):
-                k = center - before + i * self.stride_frames
-                path = os.path.join(frame_dir, frame_name(k))
-                if not os.path.exists(path):
-                    raise DataError(f"frame {path}: file not found (the index says {row.num_frames} frames)")
-                imgs.append(load_frame(path))
+            if self.defer_decode:
+                visual = {"jpeg": self._read_clip(paths, row, rng)}
+            else:
+                visual = {"frames": self._decode_clip(paths, row, rng)}
             # a count above the frames on disk would shift the centre frame and the audio window silently
-            last = os.path.join(frame_dir, frame_name(row.num_frames))
-            if not os.path.exists(last):
-                raise DataError(f"frame {last}: file not found (the index says {row.num_frames} frames)")
+            self._check_exists(os.path.join(frame_dir, frame_name(row.num_frames)), row)
             wave = load_audio_window(wav, frame_time(center, self.frame_rate), self.aud_len, self.aud_rate)
-            frames = transform_frames(imgs, self.img_size, self.train, rng)
             audio = transform_audio(wave, self.train, rng)
         except DataError as err:
             raise DataError(f"{row.where}: {err}") from None
-        return {"frames": frames, "audio": audio, "label": torch.tensor(row.label, dtype=torch.long),
+        return {**visual, "audio": audio, "label": torch.tensor(row.label, dtype=torch.long),
                 "index": torch.tensor(index, dtype=torch.long), "info": row.info}
+
+    @staticmethod
+    def _check_exists(path: str, row: IndexRow) -> None:
+        if not os.path.exists(path):
+            raise DataError(f"frame {path}: file not found (the index says {row.num_frames} frames)")
+
+    def _decode_clip(self, paths: list[str], row: IndexRow, rng: np.random.Generator | None) -> torch.Tensor:
+        """The clip's frames decoded and cut: uint8 [3, T, H, W]."""
+        shorter = resize_target(self.img_size, self.train)
+        windows, geometry = [], None
+        for path in paths:
+            self._check_exists(path, row)
+            img, full_size, reduced_box = decode_frame(path, shorter)
+            if geometry is None:
+                geometry = crop_geometry(full_size, self.img_size, self.train, rng)
+            windows.append(cut_window(img, full_size, geometry, reduced_box))
+        return frames_tensor(windows)
+
+    def _read_clip(self, paths: list[str], row: IndexRow, rng: np.random.Generator | None) -> JpegClip:
+        """The clip's frames still encoded, with the crop the CPU path would draw."""
+        data, sizes = [], []
+        for path in paths:
+            self._check_exists(path, row)
+            encoded, size = read_jpeg(path)
+            data.append(encoded)
+            sizes.append(size)
+        return JpegClip(data, sizes, crop_geometry(sizes[0], self.img_size, self.train, rng), paths, row.where)

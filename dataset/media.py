@@ -1,6 +1,7 @@
 """Reading frames and audio windows from the SoP layout; every failure names the file it came from."""
 from __future__ import annotations
 
+import io
 import math
 from fractions import Fraction
 
@@ -10,6 +11,7 @@ from PIL import Image
 from scipy.signal import resample_poly
 
 from dataset.index import DataError
+from dataset.transforms import resized_size
 from dataset.wav_header import wav_truncation
 
 # Extra source samples read on each side of a window that gets resampled, so the polyphase
@@ -17,15 +19,49 @@ from dataset.wav_header import wav_truncation
 _RESAMPLE_PAD = 64
 
 
-def load_frame(path: str) -> Image.Image:
-    """An RGB frame; a missing, truncated or undecodable file raises DataError naming it."""
+def _open_error(path: str, err: OSError) -> DataError:
+    if isinstance(err, FileNotFoundError):
+        return DataError(f"frame {path}: file not found")
+    return DataError(f"frame {path}: cannot decode ({err})")
+
+
+def decode_frame(path: str, shorter: int | None = None) -> tuple[Image.Image, tuple[int, int],
+                                                                   tuple[float, float, float, float] | None]:
+    """An RGB frame, its stored (width, height), and where the stored frame lies in the decoded image when that
+    was decoded at a reduced scale (else None). A missing, truncated or undecodable file raises DataError naming it.
+
+    ``shorter`` is the shorter side the caller will resize the frame to. A JPEG whose shorter side is at least
+    twice that is decoded with PIL's draft mode: libjpeg scales it down by 1/2, 1/4 or 1/8 in the DCT domain
+    while decoding, keeping it at least as large as the resized frame, at a fraction of the decoding cost.
+    """
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"frame {path}: file not found") from None
+            full_size = img.size
+            reduced_box = None
+            if shorter is not None and min(full_size) >= 2 * shorter:
+                draft = img.draft("RGB", resized_size(full_size, shorter))  # None: not a JPEG
+                if draft is not None and img.size != full_size:
+                    reduced_box = draft[1]
+            return img.convert("RGB"), full_size, reduced_box
     except OSError as err:
-        raise DataError(f"frame {path}: cannot decode ({err})") from None
+        raise _open_error(path, err) from None
+
+
+def read_jpeg(path: str) -> tuple[bytes, tuple[int, int]]:
+    """The encoded bytes of a JPEG frame and its (width, height), read from its header without decoding it;
+    DataError naming the file when it is missing, unreadable, not a JPEG or cut short."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+        with Image.open(io.BytesIO(data)) as img:
+            size, kind = img.size, img.format
+    except OSError as err:
+        raise _open_error(path, err) from None
+    if kind != "JPEG":
+        raise DataError(f"frame {path}: a {kind} file, not a JPEG (decoding on the device reads JPEG only)")
+    if not data.endswith(b"\xff\xd9"):  # nvJPEG may decode a cut-off file without complaint
+        raise DataError(f"frame {path}: not a complete JPEG (no end-of-image marker)")
+    return data, size
 
 
 def _read_circular(path: str, start: int, count: int, total: int) -> np.ndarray:

@@ -3,51 +3,108 @@
 Train: resize the shorter side to 1.1 x imgSize (bicubic), random imgSize crop, random horizontal
 flip — the same crop and flip for every frame of the clip — and audio volume x U(0.5, 1.5) clipped
 to [-1, 1]. Eval: resize the shorter side to imgSize and take the centre crop; audio unchanged.
+
+Frames leave the dataset as uint8 (a quarter of the bytes of float32 on their way to the device);
+:func:`frames_to_float` turns them into floats in [0, 1] on the device, once, in
+``dataset.loaders.to_device``.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
+# Level k -> float32(k) / float32(255), computed once on the CPU: a lookup gives the same floats on every device,
+# where a division on the GPU may be carried out as a multiplication by 1/255 and differ in the last bit.
+_UNIT_LEVELS = torch.arange(256, dtype=torch.float32) / 255
 
-def _resize_shorter(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    if min(w, h) == size:
-        return img
+
+def resized_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
+    """(width, height) of a ``size`` frame resized so that its shorter side is ``shorter``, aspect kept."""
+    w, h = size
+    if min(w, h) == shorter:
+        return size
     if w <= h:
-        new = (size, max(size, round(h * size / w)))
+        return shorter, max(shorter, round(h * shorter / w))
+    return max(shorter, round(w * shorter / h)), shorter
+
+
+def resize_target(img_size: int, train: bool) -> int:
+    """The shorter side frames are resized to before the ``img_size`` crop: 1.1 x larger in train."""
+    return int(img_size * 1.1) if train else img_size
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where the frames of one clip are cut: each frame is resized so that its shorter side is ``shorter``
+    (bicubic), the ``size`` x ``size`` window at (``left``, ``top``) of the resized frame is taken and mirrored
+    when ``flip``."""
+
+    shorter: int
+    left: int
+    top: int
+    size: int
+    flip: bool
+
+
+def crop_geometry(frame_size: tuple[int, int], img_size: int, train: bool,
+                  rng: np.random.Generator | None = None) -> CropGeometry:
+    """The clip's crop for a first frame of ``frame_size`` (width, height): random in train (draws left, top,
+    flip from ``rng`` in that order), the centre in eval."""
+    shorter = resize_target(img_size, train)
+    w, h = resized_size(frame_size, shorter)
+    if train:
+        if rng is None:
+            raise ValueError("train transforms need a random generator")
+        left = int(rng.integers(0, w - img_size + 1))
+        top = int(rng.integers(0, h - img_size + 1))
+        flip = bool(rng.random() < 0.5)
+        return CropGeometry(shorter, left, top, img_size, flip)
+    return CropGeometry(shorter, (w - img_size) // 2, (h - img_size) // 2, img_size, False)
+
+
+def cut_window(img: Image.Image, full_size: tuple[int, int], geometry: CropGeometry,
+               reduced_box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """The ``geometry`` window of one frame as uint8 [size, size, 3].
+
+    ``img`` is the frame decoded at ``full_size``, or at a reduced scale (JPEG draft) where ``reduced_box`` is
+    the full frame's extent in the reduced image's pixels. A full decode is resized whole and cropped (exactly
+    as before reduced decoding existed); a reduced one has only the window resampled, from the same region of
+    the picture, since it differs from the full decode anyway.
+    """
+    target = resized_size(full_size, geometry.shorter)
+    left, top, size = geometry.left, geometry.top, geometry.size
+    if reduced_box is None:
+        resized = img if img.size == target else img.resize(target, Image.BICUBIC)
+        window = resized.crop((left, top, left + size, top + size))
     else:
-        new = (max(size, round(w * size / h)), size)
-    return img.resize(new, Image.BICUBIC)
+        sx, sy = reduced_box[2] / target[0], reduced_box[3] / target[1]
+        window = img.resize((size, size), Image.BICUBIC,
+                            box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
+    if geometry.flip:
+        window = window.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(window, dtype=np.uint8)
 
 
-def _to_tensor(imgs: list[Image.Image]) -> torch.Tensor:
-    """Frames as float [3, T, H, W] in [0, 1]."""
-    stack = np.stack([np.asarray(img, dtype=np.uint8) for img in imgs])  # T, H, W, 3
-    # numpy, not torch, for the conversion: torch's intra-op threads cost more than they save here.
-    return torch.from_numpy(np.ascontiguousarray(stack.transpose(3, 0, 1, 2), dtype=np.float32) / np.float32(255))
+def frames_tensor(windows: list[np.ndarray]) -> torch.Tensor:
+    """[H, W, 3] uint8 windows as uint8 [3, T, H, W]."""
+    return torch.from_numpy(np.ascontiguousarray(np.stack(windows).transpose(3, 0, 1, 2)))
 
 
 def transform_frames(imgs: list[Image.Image], img_size: int, train: bool,
                      rng: np.random.Generator | None = None) -> torch.Tensor:
-    if train:
-        if rng is None:
-            raise ValueError("train transforms need a random generator")
-        resized = [_resize_shorter(img, int(img_size * 1.1)) for img in imgs]
-        w, h = resized[0].size
-        left = int(rng.integers(0, w - img_size + 1))
-        top = int(rng.integers(0, h - img_size + 1))
-        flip = bool(rng.random() < 0.5)
-        out = []
-        for img in resized:
-            img = img.crop((left, top, left + img_size, top + img_size))
-            out.append(img.transpose(Image.FLIP_LEFT_RIGHT) if flip else img)
-        return _to_tensor(out)
-    resized = [_resize_shorter(img, img_size) for img in imgs]
-    w, h = resized[0].size
-    left, top = (w - img_size) // 2, (h - img_size) // 2
-    return _to_tensor([img.crop((left, top, left + img_size, top + img_size)) for img in resized])
+    """Fully decoded frames of one clip as uint8 [3, T, H, W] (the dataset's transform)."""
+    geometry = crop_geometry(imgs[0].size, img_size, train, rng)
+    return frames_tensor([cut_window(img, img.size, geometry) for img in imgs])
+
+
+def frames_to_float(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames as float32 in [0, 1], on their own device: bit-identical to numpy's float32(k) / 255."""
+    if frames.dtype != torch.uint8:
+        raise TypeError(f"frames_to_float expects uint8 frames, got {frames.dtype}")
+    return _UNIT_LEVELS.to(frames.device)[frames.long()]
 
 
 def transform_audio(wave: np.ndarray, train: bool, rng: np.random.Generator | None = None) -> torch.Tensor:
