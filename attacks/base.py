@@ -176,7 +176,7 @@ class Problem:
         if not self.separate:
             inputs = {**self.fixed, **x}
             raw = self.model(inputs["visual"], inputs["audio"])
-            if self.loss_fn in NEEDS_FEATURES and not isinstance(raw, ModelOutput):
+            if any(self.loss_fn is f for f in NEEDS_FEATURES) and not isinstance(raw, ModelOutput):
                 raise ValueError(f"the attack loss {getattr(self.loss_fn, '__name__', self.loss_fn)!r} needs the "
                                  f"model's features, but {type(self.model).__name__} returns "
                                  f"{type(raw).__name__}, not a ModelOutput(logits, feat_v, feat_a, fmap_v); "
@@ -400,7 +400,7 @@ class Attack:
             parts.append(f"temporal='{self.temporal}'")
         return ", ".join(parts) + ", "
 
-    def attacks(self, modality: str) -> bool:
+    def perturbs(self, modality: str) -> bool:
         """Whether this attack perturbs ``modality`` (a budget > 0 and a model that uses it)."""
         budget = self.eps[modality] > 0 or (modality == "audio" and self.audio_eps_db is not None)
         return budget and getattr(self.model, f"uses_{modality}", True)
@@ -409,7 +409,7 @@ class Attack:
                  labels: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """``(adv_frames, adv_audio)``; an unattacked modality comes back as the tensor passed in."""
         inputs = {"visual": frames, "audio": audio}
-        attacked = [m for m in MODALITIES if self.attacks(m)]
+        attacked = [m for m in MODALITIES if self.perturbs(m)]
         for m in attacked:
             if inputs[m] is None:
                 raise ValueError(f"the {m} budget is > 0 but the {m} input is None")

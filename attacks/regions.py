@@ -151,7 +151,7 @@ class L2Ball(ModalitySet):
     def __init__(self, clean: Tensor, radius: Tensor, step: Tensor, valid_range: tuple[float, float],
                  shared: bool = False) -> None:
         super().__init__(clean, radius, step, valid_range, shared)
-        if self.radius[0].numel() != 1:
+        if self.radius.shape[1:].numel() != 1:
             raise ValueError("an L2 radius is one number per sample (no per-channel budgets)")
         self.radius_per_sample = self.radius.flatten()
 
