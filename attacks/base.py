@@ -483,7 +483,7 @@ class Attack:
             with torch.no_grad():
                 direction = self.direction(region, grads, state)
                 for m, v in x.items():
-                    v.add_(region.step[m] * direction[m])
+                    v.addcmul_(region.step[m], direction[m])
                 problem.project_(x)
         return x
 
