@@ -87,6 +87,14 @@ def load_boxes(path: str, dataset: AVDataset, list_test: str) -> GroundTruth:
         match = "sample id <class>/<id>" if boxes.keyed_by_sample else "video id, the <id> of <class>/<id>"
         raise DataError(f"--boxes: none of the {len(dataset)} test samples of {list_test} has a box in {path} "
                         f"({boxes.source} format; samples match by {match})")
+    if not boxes.keyed_by_sample:
+        seen: dict[str, str] = {}
+        for row in annotated:
+            key = boxes.key_of(row.info)
+            if key in seen:
+                raise DataError(f"--boxes: {boxes.source} boxes are matched by video id, and test samples {seen[key]} "
+                                f"and {row.info} share the id {key}; give every video a unique id")
+            seen[key] = row.info
     if boxes.default_frame_size is None:
         sizes = {}
         for row in annotated:
