@@ -367,6 +367,10 @@ def _validate_threat_model(args: argparse.Namespace, parser: argparse.ArgumentPa
             parser.error("--joint_eps cannot be combined with --audio_eps_db (the joint ball's audio unit is eps_a)")
         if args.epsilons and not any(ev > 0 and ea > 0 for ev, ea in args.epsilons):
             parser.error("--joint_eps applies to A+V budgets: give an --epsilons pair with both values > 0")
+        square = sorted({"square", "autoattack", "aa"} & {a.split("+")[-1] for a in args.attack_type})
+        if square:
+            parser.error(f"--joint_eps: Square has no joint-ball version, so --attack_type {' '.join(square)} cannot "
+                         f"run under it (use apgd / apgd-t / pgd)")
     if args.audio_eps_db is not None and not args.audio_eps_db < 0:
         parser.error(f"--audio_eps_db must be < 0 dB (relative to the clip's loudness), got {args.audio_eps_db:g}")
     args.temporal = list(dict.fromkeys(args.temporal))

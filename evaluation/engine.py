@@ -162,6 +162,8 @@ class AttackEngine:
         steps = {"fgsm": None, "pgd": args.attack_steps, "mim": args.attack_steps, "square": None}.get(
             attack, args.apgd_steps)
         alpha = args.attack_alpha if attack in ("fgsm", "pgd", "mim") else None
+        if alpha is not None and budget.audio_eps_db is not None:  # each clip's audio step follows its own budget
+            alpha = {"visual": alpha}
         threat = {"norm": budget.norm, "joint_eps": budget.joint_eps, "audio_eps_db": budget.audio_eps_db,
                   "temporal": budget.temporal}
         threat = {k: v for k, v in threat.items() if v != THREAT_DEFAULTS[k]}  # the default L∞ model as before

@@ -112,6 +112,7 @@ def test_summary_table_puts_each_threat_model_in_its_own_columns_and_keeps_the_p
     (["--max_shift", "0.5"], "--max_shift needs a misalignment attack"),
     (["--eps_grid2d", "0.01", "--attack_type", "shift", "pgd", "--max_shift", "1"], "--eps_grid2d needs a first"),
     (["--eps_grid2d", "0.01", "--audio_eps_db", "-20"], "--eps_grid2d cannot be combined"),
+    (["--norm", "l2", "--joint_eps", "1", "--epsilons", "1,1", "--attack_type", "aa"], "Square has no joint-ball"),
 ])
 def test_threat_model_flags_that_do_not_fit_are_parse_errors_naming_the_flag(argv, message, capsys) -> None:
     with pytest.raises(SystemExit):
@@ -163,6 +164,17 @@ def test_engine_with_a_db_audio_budget_keeps_every_clip_at_the_asked_snr(tmp_pat
     records = load_records(tmp_path / "per_sample.npz")
     snr = records.column("pgd|A@l2:v0,a-20dB|default", "snr_a")
     assert snr.min() >= 20 - 1e-2 and snr.max() < 20.5  # ||δ||₂ = ||x||₂ · 10^(-20/20): SNR 20 dB
+
+
+def test_a_visual_step_size_applies_beside_a_db_audio_budget(tmp_path: Path) -> None:
+    model = TwoInputLinear()
+    evaluate_robustness(model, toy_loader(model), make_args(audio_eps_db=-20.0, attack_alpha=0.01,
+                                                            epsilons=[(0.03, 0.3)]), DistInfo(), tmp_path)
+    records = load_records(tmp_path / "per_sample.npz")
+    linf_v = records.column("pgd|A+V@v0.03,a-20dB|default", "linf_v")
+    snr = records.column("pgd|A+V@v0.03,a-20dB|default", "snr_a")
+    assert 0 < linf_v.min() and linf_v.max() <= 0.03 * 255 + 1e-3  # the visual step ran inside its budget
+    assert np.isfinite(snr).all() and snr.min() > 0  # the audio too, at a fraction of each clip's peak
 
 
 def test_shared_temporal_budget_is_evaluated_beside_the_per_frame_one_with_one_perturbation_for_every_frame():
