@@ -10,10 +10,11 @@ import torch
 from torch.utils.data import Dataset
 
 from dataset.device_decode import JpegClip
+from dataset.geometry import crop_geometry, resize_target
 from dataset.index import DataError, IndexRow, drop_bad_rows, frames_needed, read_index, stratified_subset
 from dataset.layout import frame_name, frame_time
 from dataset.media import decode_frame, load_audio_window, read_jpeg
-from dataset.transforms import crop_geometry, cut_window, frames_tensor, resize_target, transform_audio
+from dataset.transforms import cut_window, frames_tensor, transform_audio
 
 
 class AVDataset(Dataset):

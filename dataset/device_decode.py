@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
+from dataset.geometry import CropGeometry, resized_size
 from dataset.index import DataError
-from dataset.transforms import CropGeometry, resized_size
 
 # Frames resized in one call at most: 1280 x 720 float frames take 11 MB each.
 _RESIZE_CHUNK = 64

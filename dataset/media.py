@@ -10,8 +10,8 @@ import soundfile as sf
 from PIL import Image
 from scipy.signal import resample_poly
 
+from dataset.geometry import resized_size
 from dataset.index import DataError
-from dataset.transforms import resized_size
 from dataset.wav_header import wav_truncation
 
 # Extra source samples read on each side of a window that gets resampled, so the polyphase

@@ -1,6 +1,7 @@
 """Extract frames and mono audio from VIDEOS/<class>/<id>.<ext> into the SoP layout under --out.
 
     python scripts/preprocess.py --videos VIDEOS --out ROOT [--fps 8] [--audio_rate 11025] [--workers N]
+                                 [--frame_size S]
 
 Rerunning resumes: finished videos are skipped. Exit status 1 when any video failed.
 """
@@ -25,6 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--audio_rate", type=int, default=11025, help="sample rate of the mono wav")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
     parser.add_argument("--jpeg_quality", type=int, default=95, help="JPEG quality, 1-100")
+    parser.add_argument("--frame_size", type=int, default=None,
+                        help="store frames with this shorter side in pixels, aspect kept (e.g. 256: less disk, faster "
+                             "loading; --imgSize above S / 1.1 then upscales); default: the video's own size")
     args = parser.parse_args(argv)
     if not args.videos.is_dir():
         parser.error(f"--videos: no such directory: {args.videos}")
@@ -36,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     if not 1 <= args.jpeg_quality <= 100:
         parser.error(f"--jpeg_quality must be in 1..100, got {args.jpeg_quality}")
+    if args.frame_size is not None and args.frame_size < 1:
+        parser.error(f"--frame_size must be a positive number of pixels, got {args.frame_size}")
     return args
 
 
@@ -46,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     start = time.perf_counter()
-    results = preprocess_tree(args.videos, args.out, args.fps, args.audio_rate, args.workers, args.jpeg_quality)
+    results = preprocess_tree(args.videos, args.out, args.fps, args.audio_rate, args.workers, args.jpeg_quality,
+                              args.frame_size)
     elapsed = time.perf_counter() - start
     print(format_summary(results))
     print(f"{len(results)} videos in {elapsed:.1f} s ({len(results) / max(elapsed, 1e-9):.2f} videos/s); "

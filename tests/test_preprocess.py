@@ -259,3 +259,33 @@ def test_cli_missing_videos_dir_is_a_clear_error(tmp_path):
     assert proc.returncode == 2
     assert "--videos" in proc.stderr and str(tmp_path / "absent") in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("size", "frame_size", "stored"), [
+    ((64, 48), 24, (32, 24)),  # landscape: the height becomes S
+    ((32, 48), 16, (16, 24)),  # portrait: the width becomes S
+    ((64, 48), 96, (128, 96)),  # S above the video's size: upscaled to S as asked
+    ((64, 48), 48, (64, 48)),  # already S: stored as decoded
+])
+def test_frame_size_sets_the_shorter_side_and_keeps_the_aspect(tmp_path, size, frame_size, stored):
+    spec = VideoSpec("c", "clip", ".mp4", seconds=0.5, fps=16, size=size, audio_rate=None)
+    result = extract_video(spec.write(tmp_path / "videos"), tmp_path / "out", "c", "clip", FPS, AUDIO_RATE,
+                           frame_size=frame_size)
+    frame_dir, _ = output_paths(tmp_path / "out", "c", "clip")
+    assert result.status == "no_audio" and result.num_frames == expected_num_frames(spec)
+    assert {Image.open(frame_dir / frame_name(k)).size for k in range(1, result.num_frames + 1)} == {stored}
+    assert extracted_indices(frame_dir) == [expected_source_index(k, spec) for k in range(1, result.num_frames + 1)]
+
+
+def test_cli_frame_size_reaches_the_frames_and_is_validated(video_tree, tmp_path):
+    videos, specs = video_tree
+    spec = specs["music/fast"]
+    tree = tmp_path / "videos"
+    spec.path(tree).parent.mkdir(parents=True)
+    shutil.copy(spec.path(videos), spec.path(tree))
+    proc = run_cli("preprocess.py", "--videos", str(tree), "--out", str(tmp_path / "sop"), "--frame_size", "24",
+                   "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(output_paths(tmp_path / "sop", "music", "fast")[0] / frame_name(1)).size == (32, 24)
+    proc = run_cli("preprocess.py", "--videos", str(tree), "--out", str(tmp_path / "o"), "--frame_size", "0")
+    assert proc.returncode == 2 and "--frame_size must be a positive number of pixels, got 0" in proc.stderr
