@@ -68,6 +68,19 @@ eval_attack() {
 # train_defense DATASET ARGS...: from the trained HEAD model (default concat): the dissimilarity
 # constraint, the BASELINES (default: adv trades), then the memory banks of the undefended and the
 # dissimilarity-trained models.
+# eval_corruption DATASET [extra flags]: the test split of each of HEADS (default audio visual concat) under
+# the corruption suite; CORRUPTIONS picks names or groups (default: the whole suite).
+eval_corruption() {
+    local dataset=$1 head
+    shift
+    paper_flags "$dataset"
+    for head in ${HEADS:-audio visual concat}; do
+        # shellcheck disable=SC2086
+        launch main_attack.py --mode eval --arch_classifier "$head" "${PAPER_FLAGS[@]}" --attack_type none \
+            --corruptions ${CORRUPTIONS:-} "$@"
+    done
+}
+
 train_defense() {
     local dataset=$1 head="${HEAD:-concat}" base baseline lambda_cos
     shift

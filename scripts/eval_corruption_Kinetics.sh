@@ -6,9 +6,4 @@
 # (default: the whole suite; e.g. CORRUPTIONS="both missing"), --corruption_severities the severities. Results
 # in each run folder: corruption_results.json, corruption_table.md, corruption.png. See scripts/_paper.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/_paper.sh"
-paper_flags Kinetics
-for head in ${HEADS:-audio visual concat}; do
-    # shellcheck disable=SC2086
-    launch main_attack.py --mode eval --arch_classifier "$head" "${PAPER_FLAGS[@]}" --attack_type none \
-        --corruptions ${CORRUPTIONS:-} "$@"
-done
+eval_corruption Kinetics "$@"
