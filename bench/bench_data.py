@@ -1,7 +1,7 @@
 """Data pipeline throughput: loader samples/s per worker count, old and new frame paths side by side, at real
 frame sizes, and preprocessing videos/s (figures, not pass/fail).
 
-    python bench/bench_data.py [--root data/synthetic] [--videos data/synthetic_videos/videos] [--workers 1 2]
+    python bench/bench_data.py [--root data/synthetic] [--videos data/synthetic_videos/videos] [--workers 0 1 2]
                                [--img_size 224] [--aud_len 65535] [--batch_size 32] [--batches 10]
 
 Datasets: the embedded data at ``--root`` (112 px frames, when it exists) and generated SoP roots with
@@ -116,41 +116,46 @@ def make_dataset(cls: type, root: Path, args: argparse.Namespace, defer_decode: 
 
 
 def samples_per_second(dataset: AVDataset, args: argparse.Namespace, workers: int,
-                       device: torch.device | None = None) -> float:
-    """Batches drawn with replacement (no epoch restart inside the measurement); the first ones (worker start)
-    are not timed. With ``device``, each batch also goes through to_device there."""
+                       device: torch.device | None = None) -> tuple[float, float]:
+    """(samples/s, CPU ms per sample of this process). Batches drawn with replacement (no epoch restart inside
+    the measurement); the first ones (worker start) are not timed. With ``device``, each batch also goes
+    through to_device there. With 0 workers this process does all the work, so its CPU time per sample is the
+    cost of a sample whatever else the machine runs."""
     total = (WARMUP_BATCHES + args.batches) * args.batch_size
     sampler = RandomSampler(dataset, replacement=True, num_samples=total, generator=torch.Generator().manual_seed(0))
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=workers,
                         collate_fn=collate_batch, pin_memory=device is not None,
                         prefetch_factor=4 if workers > 0 else None)
-    seen, start = 0, 0.0
+    seen, start, cpu_start = 0, 0.0, 0.0
     for step, batch in enumerate(loader):
         if device is not None:
-            frames, _, _ = to_device(batch, device)
+            to_device(batch, device)
             torch.cuda.synchronize(device)
         if step == WARMUP_BATCHES - 1:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
         elif step >= WARMUP_BATCHES:
             seen += args.batch_size
-    return seen / (time.perf_counter() - start)
+    return seen / (time.perf_counter() - start), (time.process_time() - cpu_start) / seen * 1000
 
 
 def bench_loaders(args: argparse.Namespace, roots: list[tuple[str, Path]]) -> dict[tuple[str, int, str], float]:
     cuda = torch.device("cuda") if torch.cuda.is_available() else None
     paths = ["old", "cpu"] + (["gpu"] if cuda is not None else [])
-    header = f"{'frames':<22}{'workers':>8}" + "".join(f"{p + ' samples/s':>16}" for p in paths) + f"{'cpu/old':>9}"
-    print(header)
+    print(f"{'frames':<22}{'workers':>8}" + "".join(f"{p + ' samples/s':>16}" for p in paths) + f"{'cpu/old':>9}"
+          "   (0 workers: CPU ms per sample)")
     rates = {}
     for name, root in roots:
         for workers in args.workers:
-            rates[name, workers, "old"] = samples_per_second(make_dataset(FullDecodeDataset, root, args), args, workers)
-            rates[name, workers, "cpu"] = samples_per_second(make_dataset(AVDataset, root, args), args, workers)
-            if cuda is not None:
-                rates[name, workers, "gpu"] = samples_per_second(make_dataset(AVDataset, root, args, True), args,
-                                                                 workers, cuda)
-            print(f"{name:<22}{workers:>8}" + "".join(f"{rates[name, workers, p]:>16.0f}" for p in paths)
-                  + f"{rates[name, workers, 'cpu'] / rates[name, workers, 'old']:>8.2f}x", flush=True)
+            cpu_ms = {}
+            for path in paths:
+                dataset = make_dataset(FullDecodeDataset if path == "old" else AVDataset, root, args, path == "gpu")
+                rates[name, workers, path], cpu_ms[path] = samples_per_second(dataset, args, workers,
+                                                                              cuda if path == "gpu" else None)
+            line = f"{name:<22}{workers:>8}" + "".join(f"{rates[name, workers, p]:>16.0f}" for p in paths)
+            line += f"{rates[name, workers, 'cpu'] / rates[name, workers, 'old']:>8.2f}x"
+            if workers == 0:
+                line += "   " + ", ".join(f"{p} {cpu_ms[p]:.1f} ms" for p in paths)
+            print(line, flush=True)
     return rates
 
 
@@ -173,7 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="data/synthetic", help="the embedded data, preprocessed (train.csv)")
     parser.add_argument("--videos", default="data/synthetic_videos/videos", help="videos for the preprocessing run")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="loader worker counts to time")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="loader worker counts to time")
     parser.add_argument("--img_size", type=int, default=224)
     parser.add_argument("--aud_len", type=int, default=65535)
     parser.add_argument("--batch_size", type=int, default=32)

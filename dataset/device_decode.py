@@ -5,10 +5,11 @@ the CPU path does (:class:`JpegClip`); :func:`collate_batch` packs a batch's byt
 (:class:`JpegBatch`), and :func:`decode_clips` decodes them together with ``torchvision.io.decode_jpeg`` on the
 device, resizes each frame (bicubic, antialiased, PIL's kernel) and cuts the same window as the CPU path.
 
-The result matches the CPU path's full decode within 2 levels per pixel on the CPU (libjpeg on both sides; the
-resize rounds once in float instead of PIL's 8-bit fixed point with a rounded intermediate pass); nvJPEG on a
-GPU may differ from libjpeg by a level or two more. Frames the CPU path decodes at reduced scale (stored at
-least twice the resize target) differ as the reduced decode does.
+On the CPU (``device='cpu'``, how the tests run it) the result matches the CPU path within one level per pixel:
+libjpeg decodes on both sides, and the resize repeats PIL's two passes with 8-bit rounding in between, in float
+where PIL uses 22-bit fixed-point coefficients. nvJPEG on a GPU is a different decoder (IDCT and chroma
+upsampling), not measured here. Frames that the CPU path decodes at reduced scale (stored at least twice the
+resize target) are decoded in full here, so they differ as reduced decoding does (tests/test_fast_loading.py).
 """
 from __future__ import annotations
 
