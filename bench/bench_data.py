@@ -185,6 +185,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=10, help="timed batches per measurement")
     parser.add_argument("--num_videos", type=int, default=40)
     args = parser.parse_args()
+    torch.set_num_threads(1)  # as in a loader worker (DataLoader sets it there), also for the 0-worker runs
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA GPU (gpu path not timed)"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{gpu}")
