@@ -1,11 +1,13 @@
 """Sound-source localization metrics: boxes in the model input, pointing game, cIoU, AUC, map changes.
 
 A localization map is what a head's ``attention(feat_a, fmap_v)`` returns, ``[B, h, w]`` on the grid
-of the visual feature map (the ``loc`` and ``attention`` heads have one). Every metric works on maps
+of the visual feature map (the ``loc``, ``attention``, ``ssl`` and ``ssl_lvs`` heads have one). Data-free
+baselines: ``center_prior_maps`` and ``random_maps``. Every metric works on maps
 upsampled bilinearly to the model input (``imgSize`` x ``imgSize``), against boxes mapped from the
 generated frame into that input through the eval transform (resize the shorter side, centre crop).
 
-Metrics against the boxes (gt: the binary union of a sample's boxes):
+Metrics against the boxes (gt: the binary union of a sample's boxes; with several annotators, the ground-truth
+map of ``dataset.annotations`` with values in [0, 1], where ``gt_pointing_hits`` / ``gt_ciou`` apply):
 
 * pointing game: the map's argmax lies inside the box;
 * cIoU, by default in the published convention (``CIOU_LVS``: LVS, Chen et al. CVPR 2021; EZ-VSL follows
