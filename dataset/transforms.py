@@ -10,6 +10,8 @@ Frames leave the dataset as uint8 (a quarter of the bytes of float32 on their wa
 """
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import torch
 from PIL import Image
@@ -56,11 +58,16 @@ def transform_frames(imgs: list[Image.Image], img_size: int, train: bool,
     return frames_tensor([cut_window(img, img.size, geometry) for img in imgs])
 
 
+@cache
+def _unit_levels_on(device: torch.device) -> torch.Tensor:
+    return _UNIT_LEVELS.to(device)  # once per device, not a small blocking copy per batch
+
+
 def frames_to_float(frames: torch.Tensor) -> torch.Tensor:
     """uint8 frames as float32 in [0, 1], on their own device: bit-identical to numpy's float32(k) / 255."""
     if frames.dtype != torch.uint8:
         raise TypeError(f"frames_to_float expects uint8 frames, got {frames.dtype}")
-    return _UNIT_LEVELS.to(frames.device)[frames.long()]
+    return _unit_levels_on(frames.device)[frames.long()]
 
 
 def transform_audio(wave: np.ndarray, train: bool, rng: np.random.Generator | None = None) -> torch.Tensor:
