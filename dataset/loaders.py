@@ -77,12 +77,13 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
 def to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(frames, audio, labels) of a loader batch on ``device``: the one place where frames become the float
     [0, 1] pixels of the Batch interface, after the uint8 copy (or, with deferred decoding, after decoding the
-    JPEG bytes on ``device``). Every loop that feeds a model from a loader goes through here."""
+    JPEG bytes on ``device``). Every loop that feeds a model from a loader goes through here. Float frames
+    (batches made by hand, e.g. in tests) are taken as already in [0, 1] and only moved."""
     non_blocking = device.type == "cuda"
     if "jpeg" in batch:
         frames = decode_clips(batch["jpeg"], device)
     else:
         frames = batch["frames"].to(device, non_blocking=non_blocking)
-    return (frames_to_float(frames),
+    return (frames_to_float(frames) if frames.dtype == torch.uint8 else frames,
             batch["audio"].to(device, non_blocking=non_blocking),
             batch["label"].to(device, non_blocking=non_blocking))

@@ -105,6 +105,10 @@ def test_every_level_converts_as_numpy_did_and_only_uint8_is_accepted():
     assert converted.dtype == torch.float32 and torch.equal(converted, torch.from_numpy(expected))
     with pytest.raises(TypeError, match="uint8"):
         frames_to_float(converted)  # a second conversion would shrink the pixels by 255 again
+    batch = {"frames": levels[None], "audio": torch.zeros(1, 1, 8), "label": torch.zeros(1, dtype=torch.long)}
+    once, _, _ = to_device(batch, CPU)
+    again, _, _ = to_device({**batch, "frames": once}, CPU)  # float frames are taken as converted
+    assert torch.equal(once[0], converted) and torch.equal(again, once)
 
 
 @pytest.mark.parametrize("train", [True, False])
