@@ -62,9 +62,9 @@ def toy_loader(model: nn.Module, n: int = 16, batch: int = 8, scale: float = 0.0
     """Batches whose labels are the model's clean predictions (every sample correct on clean inputs)."""
     gen = torch.Generator().manual_seed(1)
     audio = (torch.rand(n, 1, LENGTH, generator=gen) * 2 - 1) * scale
-    frames = torch.rand(n, 3, 1, 4, 4, generator=gen)
+    frames = torch.randint(0, 256, (n, 3, 1, 4, 4), generator=gen, dtype=torch.uint8)  # as the loader gives them
     with torch.no_grad():
-        labels = model(frames, audio).logits.argmax(dim=1)
+        labels = model(frames.float() / 255, audio).logits.argmax(dim=1)
     return [{"frames": frames[i:i + batch], "audio": audio[i:i + batch], "label": labels[i:i + batch],
              "index": torch.arange(i, min(i + batch, n)), "info": [f"c/{j}" for j in range(i, min(i + batch, n))]}
             for i in range(0, n, batch)]
