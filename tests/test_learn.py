@@ -209,3 +209,21 @@ def test_resume_with_other_optimisation_flags_fails_clearly(data_root: Path, tmp
     with pytest.raises(SystemExit) as exc:
         _train(data_root, tmp_path, "--resume", "--label_smoothing", "0.2")
     assert "--label_smoothing 0.1 -> 0.2" in str(exc.value) + capsys.readouterr().err
+
+
+def test_pgd_on_a_poolcnn_model_stays_in_its_budget_and_moves_the_loss() -> None:
+    from attacks import build_attack
+
+    torch.manual_seed(0)
+    model = build_model("poolcnn", "mel", "concat", cls_num=3, frame_dim=16, sound_dim=16, stft_frame=254,
+                        stft_hop=64).eval()
+    frames, audio = torch.rand(4, 3, 1, 64, 64), torch.rand(4, 1, 2048) * 2 - 1
+    labels = model(frames, audio).logits.argmax(1)
+    eps = {"visual": 8 / 255, "audio": 0.01}
+    adv_frames, adv_audio = build_attack("pgd", model, eps, steps=3, eps_units="pixel")(frames, audio, labels)
+    assert (adv_frames - frames).abs().max() <= eps["visual"] + 1e-6 and 0 <= adv_frames.min() <= adv_frames.max() <= 1
+    assert (adv_audio - audio).abs().max() <= eps["audio"] + 1e-6 and adv_audio.abs().max() <= 1
+    with torch.no_grad():
+        clean = F.cross_entropy(model(frames, audio).logits, labels)
+        attacked = F.cross_entropy(model(adv_frames, adv_audio).logits, labels)
+    assert attacked > clean
