@@ -1,0 +1,184 @@
+"""Learnability of sound-source localization: the class-trained `loc` head and the self-supervised `ssl` head
+(EZ-VSL) against the centre prior and a random map, on two generated datasets built differently:
+
+* ``embedded``: ``dataset/synthetic.py`` (the generator of scripts/make_synthetic.py), its default clip mix
+  (distractor objects, occlusions, noise bursts, off-screen sounds), objects placed anywhere;
+* ``shapes-centred``: ``dataset/shapes_dataset.py`` (scripts/make_shapes.py) with large objects
+  (``--shapes_scale``, a fraction of the frame side) that sit near the centre with probability
+  ``--shapes_centre_bias``: data on which the centre prior is strong.
+
+Clips are rendered straight into the SoP layout (JPEG frames and wav; no video encoding, so no codec artefacts),
+split per class into train / val / test, each model is trained by ``main_attack.py --mode train`` and its last
+epoch evaluated clean by ``main_localization.py --boxes`` (LVS cIoU). Prints, per dataset, the clean accuracy,
+pointing, cIoU@0.5, mean cIoU and AUC of each model, the centre prior and the random map, and whether the model
+beats the centre prior (exact McNemar test on per-sample pointing and cIoU@0.5).
+
+    python bench/bench_localization.py --out /tmp/bench_loc            (a few minutes on 2 CPU cores)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import main_attack  # noqa: E402
+import main_localization  # noqa: E402
+from dataset import shapes_dataset, synthetic  # noqa: E402
+from dataset.layout import audio_relpath, frame_name, frames_relpath  # noqa: E402
+from evaluation.stats import format_fraction  # noqa: E402
+from training.engine import run_dir_of  # noqa: E402
+
+AUDIO_RATE = 11025
+Clip = tuple[np.ndarray, np.ndarray, dict]  # frames uint8 [T, H, W, 3], audio float32 [N], boxes.json entry
+
+
+def write_clip(root: Path, cls: str, vid: str, frames: np.ndarray, audio: np.ndarray) -> str:
+    """One clip in the SoP layout; returns its index row."""
+    frame_dir = root / "frames" / cls / f"{vid}.mp4"
+    frame_dir.mkdir(parents=True, exist_ok=True)
+    for k, picture in enumerate(frames, start=1):
+        Image.fromarray(picture).save(frame_dir / frame_name(k), quality=95)
+    (root / "audio" / cls).mkdir(parents=True, exist_ok=True)
+    sf.write(root / "audio" / cls / f"{vid}.wav", audio, AUDIO_RATE, subtype="FLOAT")
+    return f"{audio_relpath(cls, vid)},{frames_relpath(cls, vid)},{len(frames)}"
+
+
+def embedded_clips(args: argparse.Namespace) -> tuple[list[str], int, Callable[[int, int], Clip]]:
+    config = synthetic.SynthConfig(num_classes=args.num_classes, per_class=args.per_class, seed=args.seed,
+                                   size=args.size, duration=args.duration, fps=8, audio_rate=AUDIO_RATE)
+
+    def render(c: int, v: int) -> Clip:
+        spec_rng, video_rng, audio_rng = synthetic.clip_rngs(config.seed, c, v)
+        spec = synthetic.make_spec(config, c, v, spec_rng)
+        return (synthetic.render_video(spec, video_rng), synthetic.render_audio(spec, audio_rng),
+                synthetic.spec_metadata(spec))
+
+    return synthetic.class_names(args.num_classes), config.size, render
+
+
+def shapes_clips(args: argparse.Namespace) -> tuple[list[str], int, Callable[[int, int], Clip]]:
+    config = shapes_dataset.ShapesConfig(num_classes=args.num_classes, per_class=args.per_class, seed=args.seed,
+                                         size=args.size, duration=args.duration, fps=8, audio_rate=AUDIO_RATE,
+                                         object_scale=tuple(args.shapes_scale), centre_bias=args.shapes_centre_bias)
+    return (shapes_dataset.class_names(args.num_classes), config.size,
+            lambda c, v: shapes_dataset.render_clip(config, c, v))
+
+
+DATASETS = {"embedded": embedded_clips, "shapes-centred": shapes_clips}
+
+
+def build_dataset_root(root: Path, name: str, args: argparse.Namespace) -> Path:
+    """Render the dataset into ``root`` (skipped when its boxes.json exists); returns the boxes.json path."""
+    boxes = root / "boxes.json"
+    if boxes.is_file():
+        return boxes
+    names, size, render = DATASETS[name](args)
+    splits = ["train"] * args.train + ["val"] * args.val + ["test"] * (args.per_class - args.train - args.val)
+    rows: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    videos = {}
+    for c, cls in enumerate(names):
+        for v, split in enumerate(splits):
+            frames, audio, meta = render(c, v)
+            vid = f"vid{v:04d}"
+            rows[split].append(write_clip(root, cls, vid, frames, audio))
+            videos[f"{cls}/{vid}"] = meta
+    for split, lines in rows.items():
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    (root / "categories.txt").write_text("\n".join(names) + "\n")
+    boxes.write_text(json.dumps({"size": [size, size], "videos": videos}))
+    return boxes
+
+
+def model_flags(root: Path, ckpt: Path, head: str, args: argparse.Namespace) -> list[str]:
+    lr = str(args.lr)
+    return ["--dataset", "synthetic", "--data_root", str(root), "--ckpt", str(ckpt), "--arch_classifier", head,
+            "--arch_frame", "smallcnn", "--frame_dim", "32", "--arch_sound", "anet", "--sound_dim", "32",
+            "--imgSize", str(args.img_size), "--audLen", "8192", "--audRate", str(AUDIO_RATE),
+            "--batch_size_per_gpu", "32", "--workers", "0", "--num_epoch", str(args.epochs),
+            "--lr_steps", str(args.epochs * 2), "--lr_frame", lr, "--lr_sound", lr, "--lr_classifier", lr,
+            "--seed", str(args.seed), "--device", "cpu"]
+
+
+def train_and_localize(root: Path, boxes: Path, head: str, args: argparse.Namespace) -> tuple[dict, float]:
+    flags = model_flags(root, Path(args.out) / "ckpt", head, args)
+    start = time.time()
+    main_attack.main(["--mode", "train", *flags])
+    main_localization.main([*flags, "--boxes", str(boxes), "--attack_type", "none", "--num_vis", "0",
+                            "--checkpoint", "latest"])
+    run = Path(run_dir_of(main_attack.parse_args(flags)))
+    return json.loads((run / "localization" / "loc_results.json").read_text()), time.time() - start
+
+
+def row(name: str, values: dict, num_boxed: int, verdict: str = "", seconds: str = "") -> str:
+    acc = f"{values['acc']:.1f}" if "acc" in values else ""
+    return (f"| {name} | {acc} | {format_fraction(values['pointing_hits'], num_boxed)} | "
+            f"{format_fraction(values['ciou_hits'], num_boxed)} | {values['miou']:.3f} | {values['auc']:.3f} | "
+            f"{verdict} | {seconds} |")
+
+
+def verdict(results: dict) -> str:
+    parts = []
+    for metric, title in (("pointing", "pointing"), ("ciou", "cIoU@0.5")):
+        test = results["vs_prior"][metric]
+        parts.append(f"{title}: {'yes' if test['beats'] else 'no'} (p = {test['p_value']:.2g})")
+    return "; ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="work folder (datasets and runs; datasets are reused)")
+    parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
+    parser.add_argument("--heads", nargs="+", default=["loc", "ssl"], help="fusion heads with a map to train")
+    parser.add_argument("--num_classes", type=int, default=10,
+                        help="classes (more classes: fewer same-class negatives in a contrastive batch)")
+    parser.add_argument("--per_class", type=int, default=50, help="clips per class, split train / val / test")
+    parser.add_argument("--train", type=int, default=35, help="training clips per class")
+    parser.add_argument("--val", type=int, default=5, help="validation clips per class (the rest is test)")
+    parser.add_argument("--size", type=int, default=96, help="generated frame side in pixels")
+    parser.add_argument("--img_size", type=int, default=96, help="model input side (--imgSize)")
+    parser.add_argument("--duration", type=float, default=2.0, help="clip length in seconds")
+    parser.add_argument("--shapes_scale", type=float, nargs=2, default=[0.35, 0.6], metavar=("LO", "HI"),
+                        help="shapes-centred: object side as a fraction of the frame side")
+    parser.add_argument("--shapes_centre_bias", type=float, default=0.5,
+                        help="shapes-centred: probability that an object sits near the centre")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate of every module")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    if not (args.train > 0 and args.val > 0 and args.train + args.val < args.per_class):
+        parser.error("--train and --val must be > 0 and leave test clips in --per_class")
+    torch.set_num_threads(args.threads)
+    report = []
+    for name in args.datasets:
+        root = Path(args.out) / name
+        root.mkdir(parents=True, exist_ok=True)
+        boxes = build_dataset_root(root, name, args)
+        lines = [f"### {name}", "", "| map | clean acc (%) | pointing | cIoU@0.5 | mean cIoU | AUC | beats the centre "
+                 "prior (exact McNemar) | train + eval (s) |", "|---" * 8 + "|"]
+        baselines = None
+        for head in args.heads:
+            results, seconds = train_and_localize(root, boxes, head, args)
+            lines.append(row(head, results["clean"], results["num_boxed"], verdict(results), f"{seconds:.0f}"))
+            baselines = results
+        lines += [row("centre prior", baselines["center_prior"], baselines["num_boxed"]),
+                  row("random map", baselines["random_map"], baselines["num_boxed"]), "",
+                  f"{baselines['num_boxed']} test clips with a box; input {args.img_size} px, map "
+                  f"{'x'.join(map(str, baselines['map_size']))}; cIoU in the LVS convention.", ""]
+        report += lines
+        print("\n".join(lines), flush=True)
+    print("\n".join(["", "## bench_localization: " + " ".join(sys.argv[1:] if argv is None else argv), ""] + report))
+
+
+if __name__ == "__main__":
+    main()
