@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from attacks import build_attack
+from dataset.loaders import to_device
 from models import build_model
 
 TrainStep = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -190,7 +191,6 @@ def bench_loader(data_root: str, img_size: int, audio_len: int, batch: int, work
 def measure_data_wait(loader: Iterable[dict], train_step: TrainStep, device: torch.device, warmup: int) -> DataWait:
     """Run ``train_step`` on every batch of ``loader``; of the batches after the first ``warmup`` (worker
     start-up), sum the time spent in next(loader) and the whole step time (wait + transfer + step, synchronized)."""
-    non_blocking = device.type == "cuda"
     iterator = iter(loader)
     wait = total = 0.0
     measured = 0
@@ -203,9 +203,7 @@ def measure_data_wait(loader: Iterable[dict], train_step: TrainStep, device: tor
         except StopIteration:
             break
         got = time.perf_counter()
-        train_step(batch["frames"].to(device, non_blocking=non_blocking),
-                   batch["audio"].to(device, non_blocking=non_blocking),
-                   batch["label"].to(device, non_blocking=non_blocking))
+        train_step(*to_device(batch, device))
         synchronize(device)
         end = time.perf_counter()
         if index >= warmup:

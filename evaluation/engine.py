@@ -334,7 +334,7 @@ class AttackEngine:
         self._configure(self.variants[0])
         attacker = build_attack("pgd", self.model, eps={"visual": budget.eps_visual, "audio": budget.eps_audio},
                                 steps=SANITY_STEPS, alpha=2.5 * eps / SANITY_STEPS, eps_units=self.args.eps_units,
-                                random_start=True)
+                                random_start=True, seed=self.args.seed)
         key = (SANITY_ATTACK, budget.key, self.variants[0].name)
         adv_frames, adv_audio, out = self._attack(key, attacker, ctx)
         everyone = torch.arange(ctx.labels.numel(), device=ctx.labels.device)

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from dataset.loaders import to_device
 from models.av_model import AVModel
 from models.sparse_coding import fista, implicit_lasso, ista_released, lipschitz_constant
 from training.checkpoint import CheckpointError
@@ -114,7 +115,8 @@ def collect_features(model: nn.Module, loader: Iterable[dict[str, Any]], device:
             for i, batch in enumerate(loader):
                 if max_batches is not None and i >= max_batches:
                     break
-                out = model(batch["frames"].to(device), batch["audio"].to(device))
+                frames, audio, _ = to_device(batch, torch.device(device))
+                out = model(frames, audio)
                 if out.feat_v is not None:
                     feats_v.append(out.feat_v.float().cpu())
                 if out.feat_a is not None:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from arguments import ArgParser
 from dataset.av_dataset import AVDataset
 from dataset.index import DataError, IndexRow
+from dataset.loaders import to_device
 from dataset.stats import class_counts, imbalance_warning, short_audio_warning
 
 
@@ -64,7 +65,7 @@ def report(args: argparse.Namespace) -> None:
     loader = DataLoader(datasets["train"], batch_size=min(8, len(datasets["train"])), shuffle=True,
                         generator=torch.Generator().manual_seed(args.seed))
     batch = next(iter(loader))
-    f, a = batch["frames"], batch["audio"]
+    f, a, _ = to_device(batch, torch.device("cpu"))
     print(f"one train batch: frames {tuple(f.shape)} in [{f.min():.2f}, {f.max():.2f}], "
           f"audio {tuple(a.shape)} in [{a.min():.2f}, {a.max():.2f}], labels {batch['label'].tolist()}")
 

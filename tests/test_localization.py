@@ -220,7 +220,7 @@ def test_boxes_follow_the_eval_transform(frame_size, img_size, box) -> None:
     x0, y0, x1, y1 = box
     picture[y0:y1, x0:x1] = 255
     frames = transform_frames([Image.fromarray(picture)], img_size, train=False)
-    bright = frames[0, 0] > 0.5
+    bright = frames[0, 0] > 127
     rows, cols = bright.any(dim=1).nonzero().flatten(), bright.any(dim=0).nonzero().flatten()
     mapped = box_to_input(box, frame_size, img_size)
     mask = box_masks(torch.tensor([mapped]), img_size, img_size)[0]

@@ -27,6 +27,7 @@ import main_attack
 import main_defense
 import main_localization
 from dataset.av_dataset import AVDataset
+from dataset.transforms import frames_to_float
 from models import build_model
 from models.visual import ResNet18Frame, SmallCNNFrame
 from tests.sop_fixture import make_root
@@ -564,7 +565,7 @@ def test_eval_loads_best_and_writes_metrics_matching_a_recount(data_root: Path, 
     with torch.no_grad():
         for i in range(len(dataset)):
             item = dataset[i]
-            logits = model(item["frames"][None], item["audio"][None]).logits
+            logits = model(frames_to_float(item["frames"])[None], item["audio"][None]).logits
             label = int(item["label"])
             loss += F.cross_entropy(logits, item["label"][None]).item()
             total[label] += 1
