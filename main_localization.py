@@ -1,8 +1,8 @@
 """Sound-source visual localization, clean and under multimodal attacks.
 
     python main_localization.py --dataset synthetic --arch_classifier ssl ... --boxes DIR/boxes.json
-    python main_localization.py --dataset flickr ... --arch_classifier ssl --boxes Flickr-SoundNet/Annotations
-    python main_localization.py --dataset vggss ... --arch_classifier loc --boxes vggss.json
+    python main_localization.py <the run's flags> --list_test ROOT/test.csv --audio_path ROOT/audio \
+        --frame_path ROOT/frames --boxes Flickr-SoundNet/Annotations   (or --boxes vggss.json; see the README)
     python main_localization.py --dataset MUSIC --arch_classifier loc ...        (real data: no boxes)
 
 Takes the flags the model was trained with (main_attack.py --mode train) plus the attack flags of

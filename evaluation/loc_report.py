@@ -233,7 +233,7 @@ def write_loc_visualization(samples: list[dict], out_dir: str | os.PathLike, cat
             f"<p>{html.escape(title)}</p><p>Each cell: the min-max normalised map (jet colours) over the model's "
             "input frame, the sounding object's box in white, the prediction and the sample's cIoU "
             f"({html.escape(CIOU_CONVENTIONS[mode])}). 'class' attacks the label, 'map' pushes the map out of "
-            "the box.</p>"
+            "the box, 'corr' lowers the audio-visual similarity in the box and raises it elsewhere.</p>"
             f"<table><tr><th>sample</th><th>clean</th>{head}</tr>{''.join(rows)}</table></body></html>\n")
     index = out_dir / "index.html"
     write_text_atomic(index, page)
