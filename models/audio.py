@@ -2,6 +2,11 @@
 
 Spectrogram front ends run inside the model with ``torch.stft`` (no torchaudio), so they are
 differentiable and attacks can perturb the raw waveform.
+
+Which to use: ``anet`` is the paper's and learns from the raw waveform only with many clips and long
+training; trained from scratch on small data (a CPU run, your own dataset) ``mel`` learns in a few epochs and
+copes better with noise (bench/bench_learn.py); ``stft`` keeps the full frequency resolution, for classes told
+apart by fine pitch.
 """
 from __future__ import annotations
 
