@@ -40,7 +40,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from dataset import shapes_dataset, synthetic
-from dataset.transforms import transform_audio, transform_frames
+from dataset.transforms import frames_to_float, transform_audio, transform_frames
 from models import build_model
 from models.audio import MelNet
 from training.engine import build_optimizer, build_scheduler
@@ -138,8 +138,8 @@ def batches(split: Split, rng: np.random.Generator, augment: bool, shuffle: bool
     for start in range(0, len(order), BATCH):
         idx = order[start:start + BATCH]
         if augment:
-            frames = torch.stack([transform_frames([Image.fromarray(split.frames[i])], IMG_SIZE, True, rng)
-                                  for i in idx])
+            frames = frames_to_float(torch.stack([transform_frames([Image.fromarray(split.frames[i])], IMG_SIZE,
+                                                                   True, rng) for i in idx]))
             audio = torch.stack([transform_audio(split.audio[i], True, rng) for i in idx])
         else:
             frames = torch.from_numpy(split.frames[idx]).permute(0, 3, 1, 2).unsqueeze(2).float() / 255
