@@ -110,7 +110,7 @@ def model_flags(root: Path, ckpt: Path, head: str, args: argparse.Namespace) -> 
 
 
 def train_and_localize(root: Path, boxes: Path, head: str, args: argparse.Namespace) -> tuple[dict, float]:
-    flags = model_flags(root, Path(args.out) / "ckpt", head, args)
+    flags = model_flags(root, Path(args.out) / "ckpt" / root.name, head, args)
     start = time.time()
     main_attack.main(["--mode", "train", *flags])
     main_localization.main([*flags, "--boxes", str(boxes), "--attack_type", "none", "--num_vis", "0",
