@@ -13,7 +13,8 @@ from models.registry import Registry
 
 B, C, IMG, L = 2, 5, 64, 4096
 FRAME_DIM, SOUND_DIM = 32, 64
-BUILTIN_HEADS = ["attention", "audio", "bilinear", "concat", "film", "gated", "late", "loc", "sum", "visual"]
+BUILTIN_HEADS = ["attention", "audio", "bilinear", "concat", "film", "gated", "late", "loc", "ssl", "ssl_lvs", "sum",
+                 "visual"]
 MODALITIES = {"audio": {"audio"}, "visual": {"visual"}}
 MEAN = torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
@@ -34,7 +35,7 @@ def _seed() -> None:
 
 def test_registries_hold_the_builtin_parts() -> None:
     assert FUSION_HEADS.names() == BUILTIN_HEADS
-    assert FRAME_NETS.names() == ["resnet18", "smallcnn"]
+    assert FRAME_NETS.names() == ["poolcnn", "resnet18", "smallcnn"]
     assert SOUND_NETS.names() == ["anet", "mel", "stft"]
 
 
@@ -93,7 +94,7 @@ def test_spectrogram_front_ends_use_the_stft_sizes() -> None:
     assert mel.mel_filters.shape == (64, 512)
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "smallcnn"])
+@pytest.mark.parametrize("arch", ["poolcnn", "resnet18", "smallcnn"])
 def test_imagenet_normalisation_happens_inside(arch: str) -> None:
     net = FRAME_NETS.get(arch)().eval()
     frames = torch.rand(B, 3, 1, IMG, IMG)
