@@ -93,7 +93,9 @@ def root_categories(root: str | os.PathLike, folder_categories: bool) -> list[st
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such dataset folder (--data_root)")
     audio = root / "audio"
-    folders = sorted(p.name for p in audio.iterdir() if p.is_dir()) if audio.is_dir() else []
+    # hidden folders (.ipynb_checkpoints, ...) are no classes, as for preprocess.py and create_index.py
+    subfolders = [p for p in audio.iterdir() if p.is_dir()] if audio.is_dir() else []
+    folders = sorted(p.name for p in subfolders if not p.name.startswith("."))
     if listing.is_file():
         names = read_categories_file(listing)
         unknown = [name for name in folders if name not in names]

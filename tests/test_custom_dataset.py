@@ -46,6 +46,16 @@ def test_custom_without_categories_txt_uses_sorted_class_folders_and_says_so(
     assert "categories.txt not found" in err and "3 class folders" in err
 
 
+def test_custom_ignores_hidden_folders_under_audio_like_create_index(
+        root: Path, capsys: pytest.CaptureFixture) -> None:
+    (root / "audio" / ".ipynb_checkpoints").mkdir()
+    assert parse("--dataset", "custom", "--data_root", str(root)).categories == ["zebra", "apple", "mango"]
+    (root / "categories.txt").unlink()
+    args = parse("--dataset", "custom", "--data_root", str(root))
+    assert args.categories == ["apple", "mango", "zebra"] and args.cls_num == 3
+    assert "3 class folders" in capsys.readouterr().err
+
+
 def test_synthetic_still_needs_categories_txt(root: Path, capsys: pytest.CaptureFixture) -> None:
     assert parse("--dataset", "synthetic", "--data_root", str(root)).categories == ["zebra", "apple", "mango"]
     (root / "categories.txt").unlink()
