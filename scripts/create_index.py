@@ -23,6 +23,7 @@ from dataset.index_builder import (  # noqa: E402
     write_categories,
     write_index,
 )
+from dataset.presets import read_categories_file  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     if write_categories(args.root, [entry.cls for entry in entries]):
         print(f"wrote {categories}")
     else:
-        listed = set(categories.read_text().split())
+        try:
+            listed = set(read_categories_file(categories))
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         missing = sorted({entry.cls for entry in entries} - listed)
         print(f"kept existing {categories}")
         if missing:

@@ -11,6 +11,7 @@ import pytest
 from arguments import ArgParser
 from dataset import shapes_dataset as shapes
 from evaluation.loc_metrics import Boxes
+from scripts import create_index
 from tests.sop_fixture import make_root
 
 
@@ -75,6 +76,22 @@ def test_custom_errors_name_the_problem(root: Path, tmp_path: Path, capsys: pyte
     (root / "audio" / "walrus").mkdir()
     err = parse_error(capsys, "--dataset", "custom", "--data_root", str(root))
     assert "walrus not listed in" in err and "categories.txt" in err
+
+
+def test_create_index_rerun_reads_its_categories_txt_line_by_line(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """A class name with a space ("playing guitar", as in Kinetics) is one line of categories.txt, not two."""
+    root = make_root(tmp_path / "own", classes=("playing guitar", "dog"), per_class=1, num_frames=4)
+    (root / "categories.txt").write_text("# label order\nplaying guitar\ndog\n")
+    assert create_index.main(["--root", str(root), "--split", "1", "0", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "not listed" not in err
+    (root / "categories.txt").write_text("dog\n")
+    assert create_index.main(["--root", str(root), "--split", "1", "0", "0"]) == 0
+    assert "classes not listed in" in capsys.readouterr().err
+    (root / "categories.txt").write_text("# only a comment\n")
+    assert create_index.main(["--root", str(root), "--split", "1", "0", "0"]) == 1
+    assert "no class names" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ shapes
