@@ -102,7 +102,7 @@ def build_dataset_root(root: Path, name: str, args: argparse.Namespace) -> Path:
 def model_flags(root: Path, ckpt: Path, head: str, args: argparse.Namespace) -> list[str]:
     lr = str(args.lr)
     return ["--dataset", "synthetic", "--data_root", str(root), "--ckpt", str(ckpt), "--arch_classifier", head,
-            "--arch_frame", "smallcnn", "--frame_dim", "32", "--arch_sound", "anet", "--sound_dim", "32",
+            "--arch_frame", args.arch_frame, "--frame_dim", "32", "--arch_sound", "anet", "--sound_dim", "32",
             "--imgSize", str(args.img_size), "--audLen", "8192", "--audRate", str(AUDIO_RATE),
             "--batch_size_per_gpu", "32", "--workers", "0", "--num_epoch", str(args.epochs),
             "--lr_steps", str(args.epochs * 2), "--lr_frame", lr, "--lr_sound", lr, "--lr_classifier", lr,
@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="shapes-centred: object side as a fraction of the frame side")
     parser.add_argument("--shapes_centre_bias", type=float, default=0.5,
                         help="shapes-centred: probability that an object sits near the centre")
+    parser.add_argument("--arch_frame", choices=["smallcnn", "poolcnn"], default="smallcnn",
+                        help="frame encoder (32-d): smallcnn (31 px receptive field) or poolcnn (77 px)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate of every module")
     parser.add_argument("--seed", type=int, default=0)
