@@ -24,7 +24,7 @@ from dataset.loaders import build_dataset, build_loader
 from dataset.presets import PRESETS
 from evaluation.engine import Variant
 from evaluation.pipeline import evaluate_robustness
-from models import AVModel
+from models import FUSION_HEADS, AVModel
 from models.memory_bank import DefendedModel, MemoryBank, build_bank, collect_features, load_bank, save_bank
 from training.checkpoint import CheckpointError
 from training.engine import evaluate_clean, load_best, run_dir_of, run_entry_point, train
@@ -40,6 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse(argv)
     if args.lambda_cos is None:
         args.lambda_cos = 1.0 if args.train_mode == "standard" else 0.0
+    if getattr(FUSION_HEADS.get(args.arch_classifier), "self_supervised", False) and args.mode == "train" \
+            and (args.train_mode != "standard" or args.lambda_cos):
+        parser.parser.error(f"--arch_classifier {args.arch_classifier} is self-supervised: --train_mode "
+                            f"{args.train_mode} / --lambda_cos {args.lambda_cos:g} would train its encoders on the "
+                            f"labels (use --train_mode standard --lambda_cos 0)")
     preset = PRESETS[args.dataset]
     args.bank_mix = preset.bank_mix if args.bank_mix is None else args.bank_mix
     if not 0 <= args.bank_mix <= 1:

@@ -102,6 +102,16 @@ def test_lambda_cos_defaults_to_the_dissimilarity_only_for_standard_training():
     assert explicit.lambda_cos == 0.5
 
 
+@pytest.mark.parametrize("flags", [[], ["--train_mode", "adv"], ["--train_mode", "trades"]])
+def test_self_supervised_heads_refuse_label_training_at_parse_time(flags, capsys):
+    with pytest.raises(SystemExit):
+        main_defense.parse_args(["--dataset", "MUSIC", "--mode", "train", "--arch_classifier", "ssl"] + flags)
+    assert "self-supervised" in capsys.readouterr().err
+    args = main_defense.parse_args(["--dataset", "MUSIC", "--mode", "train", "--arch_classifier", "ssl",
+                                    "--lambda_cos", "0"])
+    assert args.lambda_cos == 0.0
+
+
 def test_dissimilarity_term_lowers_audio_visual_cosine(base):
     root, ckpt, run = base
     runs = {}
