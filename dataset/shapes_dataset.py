@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw
 from scipy.signal import butter, lfilter, sosfilt
 
 from dataset.synthetic import BOX_FORMAT, encode_mp4
+from dataset.synthetic import ConfigError as ShapesConfigError  # the same error: a bad field, named
 from utils.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 SILHOUETTES = ("triangle", "square", "pentagon", "hexagon", "star5", "star4", "ellipse", "arrow", "plus",
@@ -43,14 +44,6 @@ SOUNDS = ("bell", "chirp_up", "chirp_down", "hiss", "tremolo", "buzz", "siren", 
 MAX_CLASSES = len(SILHOUETTES)
 PEAK = 0.9
 SUPERSAMPLE = 4
-
-
-class ShapesConfigError(ValueError):
-    """A bad generator parameter; ``field`` names it (the CLI flag has the same name)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field} {message}")
-        self.field = field
 
 
 @dataclass(frozen=True)
