@@ -177,6 +177,11 @@ def test_names_groups_and_pairs():
     pair_frames, pair_audio = pair.apply(frames, audio, IDS)
     assert torch.equal(pair_frames, corrupt("jpeg", frames, 4, 5, IDS, RATE))
     assert torch.equal(pair_audio, corrupt("aac", audio, 4, 5, IDS, RATE))
+    cache: dict = {}  # a batch's single corruptions, reused by its pairs
+    (jpeg_alone,) = build_conditions(["jpeg"], [4], 5, RATE, None)
+    alone_frames = jpeg_alone.apply(frames, audio, IDS, cache)[0]
+    cached_frames, cached_audio = pair.apply(frames, audio, IDS, cache)
+    assert cached_frames is alone_frames and torch.equal(cached_audio, pair_audio)
     (visual_only,) = build_conditions(["occlusion"], [2], 5, RATE, None)
     assert visual_only.apply(frames, audio, IDS)[1] is audio  # the other modality untouched
 
