@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy.signal import butter, lfilter, sosfilt
 
-from dataset.synthetic import BOX_FORMAT, encode_mp4
+from dataset.synthetic import BOX_FORMAT, check_clip_fields, encode_mp4
 from dataset.synthetic import ConfigError as ShapesConfigError  # the same error: a bad field, named
 from utils.fileio import atomic_path, write_json_atomic, write_text_atomic
 
@@ -62,17 +62,7 @@ class ShapesConfig:
     snr_db: tuple[float, float] = (-12.0, 20.0)
 
     def __post_init__(self) -> None:
-        def check(field: str, ok: bool, message: str) -> None:
-            if not ok:
-                raise ShapesConfigError(field, f"{message}, got {getattr(self, field)!r}")
-
-        check("num_classes", 2 <= self.num_classes <= MAX_CLASSES, f"must be in [2, {MAX_CLASSES}]")
-        check("per_class", self.per_class >= 1, "must be >= 1")
-        check("seed", self.seed >= 0, "must be >= 0")
-        check("size", self.size >= 32 and self.size % 2 == 0, "must be an even number >= 32")
-        check("duration", 0.5 <= self.duration <= 600, "must be in [0.5, 600] seconds")
-        check("fps", 1 <= self.fps <= 120, "must be in [1, 120]")
-        check("audio_rate", 8000 <= self.audio_rate <= 96000, "must be in [8000, 96000]")
+        check = check_clip_fields(self, MAX_CLASSES)
         lo, hi = self.object_scale
         check("object_scale", 0.05 <= lo <= hi <= 0.95, "must be LO HI with 0.05 <= LO <= HI <= 0.95")
         check("centre_bias", 0.0 <= self.centre_bias <= 1.0, "must be a probability in [0, 1]")

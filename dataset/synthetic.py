@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,23 @@ class ConfigError(ValueError):
         self.field = field
 
 
+def check_clip_fields(config: Any, max_classes: int) -> Callable[[str, bool, str], None]:
+    """Check the fields every generator config has (classes, clips, seed, frame size, duration, fps, audio rate)
+    and return the check, ``check(field, ok, message)``, which raises :class:`ConfigError` naming the field."""
+    def check(field: str, ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(field, f"{message}, got {getattr(config, field)!r}")
+
+    check("num_classes", 2 <= config.num_classes <= max_classes, f"must be in [2, {max_classes}]")
+    check("per_class", config.per_class >= 1, "must be >= 1")
+    check("seed", config.seed >= 0, "must be >= 0")
+    check("size", config.size >= 32 and config.size % 2 == 0, "must be an even number >= 32")
+    check("duration", 0.5 <= config.duration <= 600, "must be in [0.5, 600] seconds")
+    check("fps", 1 <= config.fps <= 120, "must be in [1, 120]")
+    check("audio_rate", 8000 <= config.audio_rate <= 96000, "must be in [8000, 96000]")
+    return check
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Parameters of one generated dataset; invalid values raise :class:`ConfigError`."""
@@ -137,17 +155,7 @@ class SynthConfig:
     p_audio_distractor: float = 0.3
 
     def __post_init__(self) -> None:
-        def check(field: str, ok: bool, message: str) -> None:
-            if not ok:
-                raise ConfigError(field, f"{message}, got {getattr(self, field)!r}")
-
-        check("num_classes", 2 <= self.num_classes <= MAX_CLASSES, f"must be in [2, {MAX_CLASSES}]")
-        check("per_class", self.per_class >= 1, "must be >= 1")
-        check("seed", self.seed >= 0, "must be >= 0")
-        check("size", self.size >= 32 and self.size % 2 == 0, "must be an even number >= 32")
-        check("duration", 0.5 <= self.duration <= 600, "must be in [0.5, 600] seconds")
-        check("fps", 1 <= self.fps <= 120, "must be in [1, 120]")
-        check("audio_rate", 8000 <= self.audio_rate <= 96000, "must be in [8000, 96000]")
+        check = check_clip_fields(self, MAX_CLASSES)
         for field in ("p_distractor", "p_occlusion", "p_noise_burst", "p_audio_distractor"):
             check(field, 0.0 <= getattr(self, field) <= 1.0, "must be a probability in [0, 1]")
 
