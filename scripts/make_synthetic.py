@@ -10,26 +10,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import os  # noqa: E402
 
+from dataset.generator_cli import config_params, generator_parser  # noqa: E402
 from dataset.presets import PRESETS  # noqa: E402
-from dataset.synthetic import ConfigError, SynthConfig, generate, rename_classes  # noqa: E402
+from dataset.synthetic import SynthConfig, generate, rename_classes  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SynthConfig()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder (videos/, categories.txt, boxes.json)")
+    parser = generator_parser(__doc__, defaults)
     parser.add_argument("--names_from", choices=[n for n, p in PRESETS.items() if p.categories], default=None,
                         help="name the classes after this dataset's categories (sets --num_classes)")
-    parser.add_argument("--num_classes", type=int, default=defaults.num_classes)
-    parser.add_argument("--per_class", type=int, default=defaults.per_class, help="videos per class")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--size", type=int, default=defaults.size, help="frame height and width in pixels")
-    parser.add_argument("--duration", type=float, default=defaults.duration, help="clip length in seconds")
-    parser.add_argument("--fps", type=int, default=defaults.fps, help="frame rate of the videos")
-    parser.add_argument("--audio_rate", type=int, default=defaults.audio_rate, help="audio sample rate in Hz")
     parser.add_argument("--p_distractor", type=float, default=defaults.p_distractor,
                         help="probability of a silent object of another class in the picture")
     parser.add_argument("--p_occlusion", type=float, default=defaults.p_occlusion,
@@ -38,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="probability of loud broadband noise over most of the clip")
     parser.add_argument("--p_audio_distractor", type=float, default=defaults.p_audio_distractor,
                         help="probability of an off-screen sound of another class")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
     return parser
 
 
@@ -47,13 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.names_from:
         args.num_classes = len(PRESETS[args.names_from].categories)
-    params = {f.name: getattr(args, f.name) for f in dataclasses.fields(SynthConfig)}
-    try:
-        SynthConfig(**params)
-        if args.workers < 1:
-            raise ConfigError("workers", f"must be >= 1, got {args.workers}")
-    except ConfigError as err:
-        parser.error(f"argument --{err.field}: {err}")
+    params = config_params(parser, args, SynthConfig)
     boxes = generate(args.out, workers=args.workers, **params)
     if args.names_from:
         boxes = rename_classes(args.out, PRESETS[args.names_from].categories)
