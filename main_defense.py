@@ -26,10 +26,10 @@ from evaluation.engine import Variant
 from evaluation.pipeline import evaluate_robustness
 from models import FUSION_HEADS, AVModel
 from models.memory_bank import DefendedModel, MemoryBank, build_bank, collect_features, load_bank, save_bank
-from training.checkpoint import CheckpointError
 from training.engine import evaluate_clean, load_best, run_dir_of, run_entry_point, train
 from training.objectives import CrossEntropy, Objective, PGDAdversarialTraining, Trades
 from utils.distributed import DistInfo
+from utils.fileio import CheckpointError
 
 BANK_FILES = {"visual": "bank_v.pth", "audio": "bank_a.pth"}
 

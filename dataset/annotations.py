@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from evaluation.loc_metrics import Boxes, box_masks, box_to_input
+from dataset.boxes import Boxes, box_masks, box_to_input
 
 NormalizedBox = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the frame's width / height
 FLICKR_IMAGE_SIZE = 256  # the Flickr-SoundNet annotations are in pixels of the 256 x 256 test images
@@ -166,7 +166,7 @@ def read_vggss(path: str | os.PathLike) -> GroundTruth:
 
 
 def read_boxes_json(path: str | os.PathLike) -> GroundTruth:
-    """A synthetic dataset's boxes.json (``evaluation.loc_metrics.Boxes``) as ground truth."""
+    """A synthetic dataset's boxes.json (``dataset.boxes.Boxes``) as ground truth."""
     try:
         synthetic = Boxes.load(path)
     except (ValueError, json.JSONDecodeError) as err:

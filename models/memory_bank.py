@@ -22,8 +22,7 @@ from torch import Tensor, nn
 from dataset.loaders import to_device
 from models.av_model import AVModel
 from models.sparse_coding import fista, implicit_lasso, ista_released, lipschitz_constant
-from training.checkpoint import CheckpointError
-from utils.fileio import atomic_path
+from utils.fileio import CheckpointError, atomic_path
 
 BANK_METHODS = ("random", "kmeans")
 SOLVERS = ("fista", "ista")

@@ -10,7 +10,7 @@ import pytest
 
 from arguments import ArgParser
 from dataset import shapes_dataset as shapes
-from evaluation.loc_metrics import Boxes
+from dataset.boxes import Boxes
 from scripts import create_index
 from tests.sop_fixture import make_root
 

@@ -12,15 +12,13 @@ from PIL import Image
 
 import main_attack
 import main_localization
+from dataset.boxes import Boxes, box_masks, box_to_input
 from dataset.synthetic import SynthConfig, class_names
 from dataset.transforms import transform_frames
 from evaluation.loc_metrics import (
     CIOU_LVS,
     CIOU_THRESHOLD05,
-    Boxes,
     auc,
-    box_masks,
-    box_to_input,
     center_prior_maps,
     ciou,
     mask_iou,

@@ -18,7 +18,7 @@ from models.memory_bank import (
     save_bank,
 )
 from models.sparse_coding import fista, ista_released, lasso_objective, lipschitz_constant, soft_threshold
-from training.checkpoint import CheckpointError
+from utils.fileio import CheckpointError
 
 LAM = 0.1
 B, C, IMG, WAVE = 3, 5, 64, 4096

@@ -33,17 +33,13 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from utils.fileio import fsync_path, replace_symlink
+from utils.fileio import CheckpointError, fsync_path, replace_symlink
 
 MODULES = ("frame", "sound", "classifier")
 META_KEYS = ("arch_frame", "arch_sound", "arch_classifier", "cls_num", "frame_dim", "sound_dim")
 STORE = ".checkpoints"  # inside the run folder: the set folders and one pointer per tag
 LOAD_ATTEMPTS = 3  # a load that loses a race with a save (its set deleted mid-read) starts over this often
 T = TypeVar("T")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable or made for another model."""
 
 
 def module_path(run_dir: str | os.PathLike, module: str, tag: str) -> Path:

@@ -1,5 +1,5 @@
 """Atomic writes: a file appears under its final name complete or not at all; durable ones (fsync) and atomic
-symlink switches for what must survive a power cut."""
+symlink switches for what must survive a power cut; the error of a saved file that cannot be used."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint (weights, a train state, a memory bank) that is missing, unreadable or made for another
+    model."""
 
 
 def _umask() -> int:
