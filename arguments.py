@@ -240,7 +240,7 @@ class ArgParser:
         return self
 
     def add_corruption_arguments(self) -> ArgParser:
-        from evaluation.corruptions import SEVERITIES, resolve_names
+        from evaluation.corruption.corruptions import SEVERITIES, resolve_names
 
         def corruption_name(text: str) -> str:
             try:

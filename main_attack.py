@@ -6,7 +6,7 @@
 Eval writes into the run folder: metrics.json (clean), attack_results.json (accuracies with 95 % intervals,
 perturbation sizes, the gradient-masking checks), per_sample.npz (per-sample records), attack_table.md,
 acc_vs_eps.png, cos_sim.png and visualization/index.html; with --corruptions also corruption_results.json,
-corruption_table.md, corruption_per_sample.npz and corruption.png (evaluation/corruption_eval.py).
+corruption_table.md, corruption_per_sample.npz and corruption.png (evaluation/corruption/evaluate.py).
 
 Runs on CUDA when present, else on the CPU; one process per GPU under torchrun (scripts/_launch.sh).
 """
@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from arguments import ArgParser
 from dataset.loaders import build_dataset, build_loader
-from evaluation.corruption_eval import evaluate_corruptions
-from evaluation.pipeline import evaluate_robustness
+from evaluation.corruption.evaluate import evaluate_corruptions
+from evaluation.robustness.pipeline import evaluate_robustness
 from training.engine import evaluate_clean, load_best, run_dir_of, run_entry_point, train
 from utils.distributed import DistInfo
 

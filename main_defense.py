@@ -22,8 +22,8 @@ import torch
 from arguments import ArgParser
 from dataset.loaders import build_dataset, build_loader
 from dataset.presets import PRESETS
-from evaluation.engine import Variant
-from evaluation.pipeline import evaluate_robustness
+from evaluation.robustness.engine import Variant
+from evaluation.robustness.pipeline import evaluate_robustness
 from models import FUSION_HEADS, AVModel
 from models.memory_bank import DefendedModel, MemoryBank, build_bank, collect_features, load_bank, save_bank
 from training.engine import evaluate_clean, load_best, run_dir_of, run_entry_point, train

@@ -35,10 +35,10 @@ from dataset.av_dataset import AVDataset
 from dataset.index import DataError
 from dataset.layout import frame_name
 from dataset.loaders import build_dataset, build_loader
-from evaluation.loc_metrics import CIOU_CONVENTIONS, DEFAULT_CIOU_MODE
-from evaluation.loc_report import loc_table_markdown, write_loc_outputs
-from evaluation.localization import DEFAULT_OBJECTIVES, MAP_HEADS, OBJECTIVES, evaluate_localization
-from evaluation.protocol import budgets_from_args
+from evaluation.localization.evaluate import DEFAULT_OBJECTIVES, MAP_HEADS, OBJECTIVES, evaluate_localization
+from evaluation.localization.metrics import CIOU_CONVENTIONS, DEFAULT_CIOU_MODE
+from evaluation.localization.report import loc_table_markdown, write_loc_outputs
+from evaluation.robustness.protocol import budgets_from_args
 from models import FUSION_HEADS
 from training.checkpoint import load_checkpoint, model_meta
 from training.engine import create_model, load_best, run_dir_of, run_entry_point

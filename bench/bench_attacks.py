@@ -31,8 +31,8 @@ from torch import Tensor, nn
 import main_attack
 from attacks import PGD
 from dataset.loaders import build_dataset, build_loader
-from evaluation.engine import AttackEngine
-from evaluation.protocol import PAPER_PROTOCOL
+from evaluation.robustness.engine import AttackEngine
+from evaluation.robustness.protocol import PAPER_PROTOCOL
 from models import ModelOutput, build_model
 from training.engine import load_best, run_dir_of
 from utils.distributed import DistInfo

@@ -1,2 +1,2 @@
-"""Robustness evaluation: the attack engine with per-sample records, metrics with intervals, the
-gradient-masking checks, localization, and the reports (tables, figures, HTML)."""
+"""Evaluation, by concern: ``robustness`` (attacks, per-sample records, checks), ``corruption``,
+``localization``, ``reporting`` (tables, figures, HTML) and ``stats`` (intervals and tests)."""

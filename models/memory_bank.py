@@ -303,7 +303,7 @@ class DefendedModel(AVModel):
     @property
     def runs_optimisation(self) -> bool:
         """Whether the forward pass runs an optimisation that its output depends on (a bank with ``mix > 0``):
-        a "dynamic" defense (``evaluation/checks.py`` reads this), to be evaluated with ``adaptive_attacks``."""
+        a "dynamic" defense (the robustness checks read this), to be evaluated with ``adaptive_attacks``."""
         return any(bank is not None and bank.mix > 0 for bank in (self.bank_v, self.bank_a))
 
     @property

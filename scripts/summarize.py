@@ -19,9 +19,9 @@ import argparse
 import json
 from collections import Counter
 
-from evaluation.plots import plot_eps_maps
-from evaluation.records import load_records
-from evaluation.report import findings, summary_table, to_csv, to_markdown
+from evaluation.reporting.plots import plot_eps_maps
+from evaluation.reporting.tables import findings, summary_table, to_csv, to_markdown
+from evaluation.robustness.records import load_records
 from utils.fileio import write_text_atomic
 
 

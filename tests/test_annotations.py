@@ -14,7 +14,7 @@ from dataset.annotations import (
     load_ground_truth,
     read_flickr_xml,
 )
-from evaluation.loc_metrics import gt_ciou, gt_pointing_hits
+from evaluation.localization.metrics import gt_ciou, gt_pointing_hits
 
 ANNOTATORS = ((0, 0, 128, 128), (64, 64, 192, 192), (64, 0, 128, 64))  # pixels of the 256 x 256 Flickr image
 

@@ -12,9 +12,9 @@ import soundfile as sf
 import torch
 
 import main_attack
-from evaluation.html_report import perturbation_caption, waveform_image
-from evaluation.protocol import PAPER_PROTOCOL, Budget, budgets_from_args
-from evaluation.report import findings, summary_table
+from evaluation.reporting.html import perturbation_caption, waveform_image
+from evaluation.reporting.tables import findings, summary_table
+from evaluation.robustness.protocol import PAPER_PROTOCOL, Budget, budgets_from_args
 from tests.sop_fixture import make_root, write_clip, write_index
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The natural-corruption suite (evaluation.corruptions) and its evaluation (main_attack.py --corruptions)."""
+"""The natural-corruption suite (evaluation.corruption) and its evaluation (main_attack.py --corruptions)."""
 from __future__ import annotations
 
 import json
@@ -16,8 +16,7 @@ import torch.nn.functional as F
 
 import main_attack
 from dataset.synthetic import SynthConfig, class_names
-from evaluation.corruption_eval import build_conditions
-from evaluation.corruptions import (
+from evaluation.corruption.corruptions import (
     AUDIO,
     CORRUPTIONS,
     GROUPS,
@@ -31,7 +30,8 @@ from evaluation.corruptions import (
     resolve_names,
     room_impulse_response,
 )
-from evaluation.records import load_records, perturbation_sizes
+from evaluation.corruption.evaluate import build_conditions
+from evaluation.robustness.records import load_records, perturbation_sizes
 from tests.sop_fixture import write_rendered_clip
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import main_attack
 import main_defense
 from attacks import build_attack
 from dataset.loaders import build_dataset, build_loader, to_device
-from evaluation.records import load_records
+from evaluation.robustness.records import load_records
 from models import AVModel
 from utils.distributed import DistInfo
 

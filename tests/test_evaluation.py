@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from evaluation.checks import check_eps_monotone
-from evaluation.engine import Variant
-from evaluation.pipeline import evaluate_robustness
-from evaluation.protocol import Budget
-from evaluation.records import Records, load_records
+from evaluation.robustness.checks import check_eps_monotone
+from evaluation.robustness.engine import Variant
+from evaluation.robustness.pipeline import evaluate_robustness
+from evaluation.robustness.protocol import Budget
+from evaluation.robustness.records import Records, load_records
 from models.av_model import ModelOutput
 from models.sparse_coding import DenseCodeWarning
 from utils.distributed import DistInfo

@@ -15,7 +15,8 @@ import main_localization
 from dataset.boxes import Boxes, box_masks, box_to_input
 from dataset.synthetic import SynthConfig, class_names
 from dataset.transforms import transform_frames
-from evaluation.loc_metrics import (
+from evaluation.localization.evaluate import localization_maps, map_head, outside_mass_loss
+from evaluation.localization.metrics import (
     CIOU_LVS,
     CIOU_THRESHOLD05,
     auc,
@@ -27,8 +28,7 @@ from evaluation.loc_metrics import (
     pointing_hits,
     top_mass_masks,
 )
-from evaluation.loc_report import loc_table_markdown, write_loc_outputs
-from evaluation.localization import localization_maps, map_head, outside_mass_loss
+from evaluation.localization.report import loc_table_markdown, write_loc_outputs
 from models import build_model
 from tests.sop_fixture import write_rendered_clip
 from training.engine import run_dir_of

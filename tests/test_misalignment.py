@@ -17,8 +17,8 @@ from dataset.av_dataset import AVDataset
 from dataset.layout import frame_time
 from dataset.media import load_audio_window
 from dataset.misalignment import ShiftedAudio, shifted_windows
-from evaluation.pipeline import evaluate_robustness
-from evaluation.records import load_records
+from evaluation.robustness.pipeline import evaluate_robustness
+from evaluation.robustness.records import load_records
 from models.av_model import ModelOutput
 from tests.sop_fixture import RAMP_SLOPE, RAMP_START, make_root, ramp_time, write_clip, write_index
 from utils.distributed import DistInfo

@@ -16,7 +16,7 @@ from attacks import build_attack
 from dataset.annotations import load_ground_truth
 from dataset.loaders import build_dataset, build_loader, to_device
 from dataset.synthetic import class_names
-from evaluation.localization import correspondence_loss, map_head, region_similarity
+from evaluation.localization.evaluate import correspondence_loss, map_head, region_similarity
 from models import build_model
 from tests.test_localization import PER_SPLIT, model_flags, write_synthetic_root
 from training.checkpoint import load_checkpoint, model_meta

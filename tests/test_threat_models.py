@@ -14,11 +14,11 @@ import torch
 from torch import Tensor, nn
 
 import main_attack
-from evaluation.engine import AttackEngine
-from evaluation.pipeline import evaluate_robustness
-from evaluation.protocol import Budget, attack_plan, budgets_from_args
-from evaluation.records import load_records
-from evaluation.report import summary_table
+from evaluation.reporting.tables import summary_table
+from evaluation.robustness.engine import AttackEngine
+from evaluation.robustness.pipeline import evaluate_robustness
+from evaluation.robustness.protocol import Budget, attack_plan, budgets_from_args
+from evaluation.robustness.records import load_records
 from models.av_model import ModelOutput
 from utils.distributed import DistInfo
 

@@ -18,13 +18,13 @@ from torch import nn
 
 from dataset.loaders import build_loader
 from dataset.misalignment import with_audio_shifts
-from evaluation.checks import run_checks
-from evaluation.engine import BLACK_BOX, AttackEngine, Variant
-from evaluation.html_report import write_visualization
-from evaluation.plots import plot_acc_vs_eps, plot_cos_sim, plot_eps_maps
-from evaluation.protocol import ThreatModel, budgets_from_args
-from evaluation.report import attack_table_markdown
-from evaluation.results import build_eps_map, build_results
+from evaluation.reporting.html import write_visualization
+from evaluation.reporting.plots import plot_acc_vs_eps, plot_cos_sim, plot_eps_maps
+from evaluation.reporting.tables import attack_table_markdown
+from evaluation.robustness.checks import run_checks
+from evaluation.robustness.engine import BLACK_BOX, AttackEngine, Variant
+from evaluation.robustness.protocol import ThreatModel, budgets_from_args
+from evaluation.robustness.results import build_eps_map, build_results
 from models.sparse_coding import DenseCodeWarning
 from utils.distributed import DistInfo
 from utils.fileio import write_json_atomic, write_text_atomic

@@ -1,6 +1,6 @@
 """Sound-source localization under multimodal attacks, on the evaluation engine: the map of a head, the
 map attack, and the per-sample localization metrics an engine observer records (metrics in
-``evaluation.loc_metrics``, outputs in ``evaluation.loc_report``).
+``evaluation.localization.metrics``, outputs in ``evaluation.localization.report``).
 
 Objectives are engine variants: ``class``, the untargeted attack on the label (``--attack_loss``); ``map``,
 which maximises the map's mass outside the box (without a box: outside the clean map's region above
@@ -26,8 +26,7 @@ from torch import Tensor
 
 from attacks import LossFn
 from dataset.annotations import GroundTruth
-from evaluation.engine import CASCADES, AttackEngine, BatchContext, Variant
-from evaluation.loc_metrics import (
+from evaluation.localization.metrics import (
     MAP_THRESHOLD,
     SUCCESS_THRESHOLD,
     TOP_MASS,
@@ -43,8 +42,9 @@ from evaluation.loc_metrics import (
     top_mass_masks,
     upsample_maps,
 )
-from evaluation.protocol import Budget
-from evaluation.records import Key, Records
+from evaluation.robustness.engine import CASCADES, AttackEngine, BatchContext, Variant
+from evaluation.robustness.protocol import Budget
+from evaluation.robustness.records import Key, Records
 from evaluation.stats import DEFAULT_ALPHA, mcnemar_exact
 from models.av_model import AVModel, ModelOutput
 from models.fusion import FusionHead

@@ -1,14 +1,15 @@
-"""Natural robustness of a trained model: the corruption suite of ``evaluation.corruptions`` on the test split.
+"""Natural robustness of a trained model: the corruption suite (``evaluation.corruption.corruptions``) on the
+test split.
 
 Every selected condition (a corruption at a severity, a co-occurring pair at a severity, a missing modality)
 is applied to each test batch and the model's per-sample correctness, loss and the measured strength of the
-change (PSNR of the frames, SNR of the audio; ``evaluation.records.perturbation_sizes``) are recorded per
+change (PSNR of the frames, SNR of the audio; ``evaluation.robustness.records.perturbation_sizes``) are recorded per
 sample, gathered over ranks like the attack engine's records. Writes into the run folder:
 
 * ``corruption_results.json``: every accuracy with its 95 % Wilson interval, its ratio to the clean accuracy
   (relative robustness, MultiBench's), the mean PSNR / SNR, per corruption the mean over severities, and
   the mean corruption accuracy overall and per group (visual, audio, both);
-* ``corruption_per_sample.npz``: the per-sample records (``evaluation.records.load_records``), keys
+* ``corruption_per_sample.npz``: the per-sample records (``evaluation.robustness.records.load_records``), keys
   ``<condition>|<severity>|natural`` (severity ``-`` for a missing modality);
 * ``corruption_table.md`` and ``corruption.png`` (accuracy against severity per corruption, by group).
 
@@ -33,7 +34,7 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from dataset.loaders import build_dataset, build_loader, to_device
-from evaluation.corruptions import (
+from evaluation.corruption.corruptions import (
     AUDIO,
     BOTH,
     CORRUPTIONS,
@@ -46,8 +47,8 @@ from evaluation.corruptions import (
     missing_modality,
     resolve_names,
 )
-from evaluation.records import Records, perturbation_sizes
-from evaluation.results import accuracy
+from evaluation.robustness.records import Records, perturbation_sizes
+from evaluation.robustness.results import accuracy
 from evaluation.stats import format_accuracy
 from utils.distributed import DistInfo, all_reduce_sum
 from utils.fileio import atomic_path, write_json_atomic, write_text_atomic

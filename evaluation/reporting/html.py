@@ -13,7 +13,7 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from evaluation.records import perturbation_sizes
+from evaluation.robustness.records import perturbation_sizes
 from utils.fileio import atomic_path, write_text_atomic
 
 STYLE = """

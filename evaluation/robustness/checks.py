@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from evaluation.protocol import Budget
-from evaluation.records import Records
+from evaluation.robustness.protocol import Budget
+from evaluation.robustness.records import Records
 from evaluation.stats import wilson_interval
 from models.av_model import ModelOutput
 from utils.distributed import DistInfo, all_reduce_sum

@@ -1,5 +1,5 @@
 """The evaluation engine: every attack of a list, under every budget and attack variant, on each batch, with
-per-sample records (``evaluation.records``).
+per-sample records (``evaluation.robustness.records``).
 
 Attacks come in two kinds:
 
@@ -36,9 +36,9 @@ from tqdm import tqdm
 
 from attacks import LossFn, attack_options, build_attack, joint_split
 from dataset.loaders import to_device
-from evaluation.checks import SANITY_ATTACK, SANITY_STEPS, GradientProbe
-from evaluation.protocol import Budget, ThreatModel, attack_plan
-from evaluation.records import Key, Records, key_name, perturbation_sizes
+from evaluation.robustness.checks import SANITY_ATTACK, SANITY_STEPS, GradientProbe
+from evaluation.robustness.protocol import Budget, ThreatModel, attack_plan
+from evaluation.robustness.records import Key, Records, key_name, perturbation_sizes
 from models.av_model import ModelOutput, feature_cosine
 from utils.distributed import DistInfo, all_reduce_sum
 

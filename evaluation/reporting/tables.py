@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from evaluation.protocol import Budget
-from evaluation.records import Records
+from evaluation.robustness.protocol import Budget
+from evaluation.robustness.records import Records
 from evaluation.stats import format_accuracy, mcnemar_exact
 
 BUDGET_ORDER = ("A", "V", "A+V")

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from evaluation.engine import CASCADES, SHIFT_SEARCH, EvaluationRun, is_shift_attack
-from evaluation.protocol import Budget, ThreatModel
-from evaluation.records import Records
+from evaluation.robustness.engine import CASCADES, SHIFT_SEARCH, EvaluationRun, is_shift_attack
+from evaluation.robustness.protocol import Budget, ThreatModel
+from evaluation.robustness.records import Records
 from evaluation.stats import wilson_interval
 
 

@@ -1,13 +1,13 @@
 """Localization outputs: loc_table.md, ciou_vs_eps.png, the HTML page of map overlays, loc_results.json.
 
-The results dict (what ``evaluation.localization`` returns and loc_results.json holds) is read through these
+The results dict (what ``evaluation.localization.evaluate`` returns and loc_results.json holds) is read through these
 keys. Top level: ``run``, ``num_samples``, ``num_boxed``, ``map_size``, ``input_size``, ``eps_units``,
 ``attack_steps``, ``attack_loss``, ``clean``, ``attacks`` (a list of entries with ``objective``, ``attack``,
 ``budget``, ``eps_visual``, ``eps_audio``, ``grid``, ``seconds``), ``worst_case`` (entries of the same form,
 objective ``worst``: per budget, the per-sample worst case over every attack and objective), optionally the
 baselines ``center_prior`` and ``random_map``, ``vs_prior`` (per metric, ``pointing`` and ``ciou``:
 ``num_boxed``, ``model_hits``, ``baseline_hits``, ``only_model``, ``only_baseline``, ``p_value``, ``alpha``,
-``beats``), and ``ciou_mode`` (the cIoU convention of ``evaluation.loc_metrics``; when absent, the default of
+``beats``), and ``ciou_mode`` (the cIoU convention of ``evaluation.localization.metrics``; when absent, the default of
 ``ciou``). Per condition (``clean``, a baseline, every attack entry): ``acc`` in %; ``pointing`` and ``ciou``
 (cIoU@0.5) as fractions, ``miou`` (mean cIoU), ``auc``; ``map_iou_top_mass``, ``map_iou_threshold``,
 ``peak_shift_px``, ``box_similarity`` (when present). The proportions carry a 95% Wilson interval; it needs
@@ -26,9 +26,15 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from evaluation.html_report import STYLE, frame_image, page_layout, safe_name, save_png
-from evaluation.loc_metrics import CIOU_CONVENTIONS, DEFAULT_CIOU_MODE, MAP_THRESHOLD, SUCCESS_THRESHOLD, TOP_MASS
-from evaluation.report import budget_label
+from evaluation.localization.metrics import (
+    CIOU_CONVENTIONS,
+    DEFAULT_CIOU_MODE,
+    MAP_THRESHOLD,
+    SUCCESS_THRESHOLD,
+    TOP_MASS,
+)
+from evaluation.reporting.html import STYLE, frame_image, page_layout, safe_name, save_png
+from evaluation.reporting.tables import budget_label
 from evaluation.stats import format_accuracy, format_fraction
 from utils.fileio import atomic_path, write_json_atomic, write_text_atomic
 

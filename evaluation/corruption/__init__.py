@@ -1,0 +1,1 @@
+"""Robustness to common corruptions: the visual and audio corruptions, and their evaluation."""

@@ -1,0 +1,1 @@
+"""Reports of evaluations: markdown tables and findings, figures, and the HTML page of adversarial examples."""
