@@ -6,8 +6,8 @@
 Datasets, rendered in memory at 112 px / 11025 Hz (no video encoding), split per class 60 / 40 into train /
 test:
 
-* embedded: dataset/synthetic.py as the demo makes it (6 classes, distractors, occlusion, noise bursts);
-* shapes: dataset/shapes_dataset.py (10 classes; PIL polygons 35-70 px on fractal noise, short synthesised
+* embedded: dataset/generators/synthetic.py as the demo makes it (6 classes, distractors, occlusion, noise bursts);
+* shapes: dataset/generators/shapes.py (10 classes; PIL polygons 35-70 px on fractal noise, short synthesised
   sound events at -12...20 dB SNR), built unlike the embedded generator.
 
 Models, each trained on the centre frame / the 16384-sample audio window around it, batch 16:
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from dataset import shapes_dataset, synthetic
+from dataset.generators import shapes, synthetic
 from dataset.transforms import frames_to_float, transform_audio, transform_frames
 from models import build_model
 from models.audio import MelNet
@@ -68,8 +68,8 @@ def embedded_clip(config: synthetic.SynthConfig, c: int, v: int) -> tuple[np.nda
     return frames[len(frames) // 2], centre_window(synthetic.render_audio(spec, audio_rng))
 
 
-def shapes_clip(config: shapes_dataset.ShapesConfig, c: int, v: int) -> tuple[np.ndarray, np.ndarray]:
-    frames, audio, _ = shapes_dataset.render_clip(config, c, v)
+def shapes_clip(config: shapes.ShapesConfig, c: int, v: int) -> tuple[np.ndarray, np.ndarray]:
+    frames, audio, _ = shapes.render_clip(config, c, v)
     return frames[len(frames) // 2], centre_window(audio)
 
 
@@ -81,7 +81,7 @@ def make_splits(name: str, per_class: int, seed: int) -> tuple[Split, Split, int
         clip = embedded_clip
     else:
         num_classes = 10
-        config = shapes_dataset.ShapesConfig(num_classes=num_classes, per_class=per_class, seed=seed, size=IMG_SIZE,
+        config = shapes.ShapesConfig(num_classes=num_classes, per_class=per_class, seed=seed, size=IMG_SIZE,
                                              duration=DURATION, fps=FPS, audio_rate=AUD_RATE)
         clip = shapes_clip
     n_train = round(0.6 * per_class)

@@ -1,9 +1,9 @@
 """Learnability of sound-source localization: the class-trained `loc` head and the self-supervised `ssl` head
 (EZ-VSL) against the centre prior and a random map, on two generated datasets built differently:
 
-* ``embedded``: ``dataset/synthetic.py`` (the generator of scripts/make_synthetic.py), its default clip mix
+* ``embedded``: ``dataset/generators/synthetic.py`` (the generator of scripts/make_synthetic.py), its default clip mix
   (distractor objects, occlusions, noise bursts, off-screen sounds), objects placed anywhere;
-* ``shapes-centred``: ``dataset/shapes_dataset.py`` (scripts/make_shapes.py) with large objects
+* ``shapes-centred``: ``dataset/generators/shapes.py`` (scripts/make_shapes.py) with large objects
   (``--shapes_scale``, a fraction of the frame side) that sit near the centre with probability
   ``--shapes_centre_bias``: data on which the centre prior is strong.
 
@@ -33,7 +33,7 @@ from PIL import Image  # noqa: E402
 
 import main_attack  # noqa: E402
 import main_localization  # noqa: E402
-from dataset import shapes_dataset, synthetic  # noqa: E402
+from dataset.generators import shapes, synthetic  # noqa: E402
 from dataset.layout import audio_relpath, frame_name, frames_relpath  # noqa: E402
 from evaluation.stats import format_fraction  # noqa: E402
 from training.engine import run_dir_of  # noqa: E402
@@ -67,11 +67,11 @@ def embedded_clips(args: argparse.Namespace) -> tuple[list[str], int, Callable[[
 
 
 def shapes_clips(args: argparse.Namespace) -> tuple[list[str], int, Callable[[int, int], Clip]]:
-    config = shapes_dataset.ShapesConfig(num_classes=args.num_classes, per_class=args.per_class, seed=args.seed,
+    config = shapes.ShapesConfig(num_classes=args.num_classes, per_class=args.per_class, seed=args.seed,
                                          size=args.size, duration=args.duration, fps=8, audio_rate=AUDIO_RATE,
                                          object_scale=tuple(args.shapes_scale), centre_bias=args.shapes_centre_bias)
-    return (shapes_dataset.class_names(args.num_classes), config.size,
-            lambda c, v: shapes_dataset.render_clip(config, c, v))
+    return (shapes.class_names(args.num_classes), config.size,
+            lambda c, v: shapes.render_clip(config, c, v))
 
 
 DATASETS = {"embedded": embedded_clips, "shapes-centred": shapes_clips}

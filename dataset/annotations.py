@@ -1,7 +1,7 @@
 """Ground truth of sound-source localization, from the three box formats ``--boxes`` reads, as maps in the model input.
 
-* ``boxes.json`` of ``dataset/synthetic.py``: ``{"size": [H, W], "videos": {"<class>/<id>": {"box": [x0, y0, x1,
-  y1]}}}`` in pixels of the generated frames, keyed by sample id. Ground truth: the box (0 or 1).
+* ``boxes.json`` of the generators (``dataset.generators``): ``{"size": [H, W], "videos": {"<class>/<id>": {"box":
+  [x0, y0, x1, y1]}}}`` in pixels of the generated frames, keyed by sample id. Ground truth: the box (0 or 1).
 * Flickr-SoundNet test annotations (Senocak et al. 2018): a folder of ``<id>.xml`` files, one per image, each with
   the boxes of several annotators: ``bbox`` elements whose children give xmin, ymin, xmax, ymax in pixels of the
   256 x 256 image (named ``xmin`` ... or, unnamed, the four children after the first, as the public evaluation

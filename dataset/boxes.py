@@ -64,7 +64,7 @@ class Boxes:
             height, width = data["size"]
             boxes = {key: tuple(float(v) for v in meta["box"]) for key, meta in data["videos"].items()}
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: not a boxes.json of dataset/synthetic.py "
+            raise ValueError(f"{path}: not a boxes.json of dataset/generators/synthetic.py "
                              f"({type(err).__name__}: {err})") from None
         return cls((int(height), int(width)), boxes)
 

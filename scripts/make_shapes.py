@@ -1,4 +1,4 @@
-"""Generate the second generated dataset, "shapes" (see dataset/shapes_dataset.py): rotated shaded polygons
+"""Generate the second generated dataset, "shapes" (see dataset/generators/shapes.py): rotated shaded polygons
 over fractal-noise backgrounds, short synthesised sound events at -12...20 dB SNR.
 
     python scripts/make_shapes.py --out DIR [--num_classes 10] [--per_class 60] [--seed 0] [--size 112]
@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
 
-from dataset.generator_cli import config_params, generator_parser  # noqa: E402
-from dataset.shapes_dataset import ShapesConfig, generate_shapes  # noqa: E402
+from dataset.generators.cli import config_params, generator_parser  # noqa: E402
+from dataset.generators.shapes import ShapesConfig, generate_shapes  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

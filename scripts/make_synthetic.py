@@ -1,4 +1,4 @@
-"""Generate the embedded synthetic audio-visual dataset (see dataset/synthetic.py).
+"""Generate the embedded synthetic audio-visual dataset (see dataset/generators/synthetic.py).
 
     python scripts/make_synthetic.py --out DIR [--num_classes 6] [--per_class 40] [--seed 0] [--size 112]
     python scripts/make_synthetic.py --out DIR --names_from MUSIC   (11 classes named like MUSIC's: a stand-in
@@ -11,9 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
 
-from dataset.generator_cli import config_params, generator_parser  # noqa: E402
+from dataset.generators.cli import config_params, generator_parser  # noqa: E402
+from dataset.generators.synthetic import SynthConfig, generate, rename_classes  # noqa: E402
 from dataset.presets import PRESETS  # noqa: E402
-from dataset.synthetic import SynthConfig, generate, rename_classes  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

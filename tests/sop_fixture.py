@@ -62,7 +62,7 @@ def write_rendered_clip(root: Path, config, seed: int, class_index: int, video_i
                         class_name: str) -> tuple[str, str, dict]:
     """Render one clip of the embedded synthetic generator straight into the SoP layout (no video file);
     returns its index CSV row, its id ``<class>/<id>`` and its boxes.json entry."""
-    from dataset.synthetic import clip_rngs, make_spec, render_audio, render_video, spec_metadata
+    from dataset.generators.synthetic import clip_rngs, make_spec, render_audio, render_video, spec_metadata
 
     spec_rng, video_rng, audio_rng = clip_rngs(seed, class_index, video_index)
     spec = make_spec(config, class_index, video_index, spec_rng)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import main_attack
-from dataset.synthetic import SynthConfig, class_names
+from dataset.generators.synthetic import SynthConfig, class_names
 from evaluation.corruption.corruptions import (
     AUDIO,
     CORRUPTIONS,

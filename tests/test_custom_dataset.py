@@ -1,5 +1,5 @@
 """Own data: ``--dataset custom`` (categories from categories.txt or the class folders), its errors, and the
-second generated dataset (dataset/shapes_dataset.py) that the learnability benchmark trains on."""
+second generated dataset (dataset/generators/shapes.py) that the learnability benchmark trains on."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from arguments import ArgParser
-from dataset import shapes_dataset as shapes
 from dataset.boxes import Boxes
+from dataset.generators import shapes
 from scripts import create_index
 from tests.sop_fixture import make_root
 

@@ -37,7 +37,7 @@ import pytest
 import main_attack
 import main_defense
 import main_localization
-from dataset.synthetic import SynthConfig, class_names
+from dataset.generators.synthetic import SynthConfig, class_names
 from tests.sop_fixture import write_rendered_clip
 from training.engine import run_dir_of
 

@@ -13,7 +13,7 @@ from PIL import Image
 import main_attack
 import main_localization
 from dataset.boxes import Boxes, box_masks, box_to_input
-from dataset.synthetic import SynthConfig, class_names
+from dataset.generators.synthetic import SynthConfig, class_names
 from dataset.transforms import transform_frames
 from evaluation.localization.evaluate import localization_maps, map_head, outside_mass_loss
 from evaluation.localization.metrics import (

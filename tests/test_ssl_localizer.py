@@ -14,8 +14,8 @@ import main_attack
 import main_localization
 from attacks import build_attack
 from dataset.annotations import load_ground_truth
+from dataset.generators.synthetic import class_names
 from dataset.loaders import build_dataset, build_loader, to_device
-from dataset.synthetic import class_names
 from evaluation.localization.evaluate import correspondence_loss, map_head, region_similarity
 from models import build_model
 from tests.test_localization import PER_SPLIT, model_flags, write_synthetic_root

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from dataset import synthetic as syn
+from dataset.generators import synthetic as syn
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(num_classes=3, per_class=4, seed=0, size=64, duration=2.0, fps=16, audio_rate=22050,
@@ -256,7 +256,7 @@ def test_cli_generates_a_dataset(tmp_path):
 
 
 def test_rename_classes_lets_synthetic_data_stand_in_for_a_preset(tmp_path):
-    from dataset.synthetic import generate, rename_classes
+    from dataset.generators.synthetic import generate, rename_classes
 
     before = generate(tmp_path, num_classes=2, per_class=1, size=32, duration=0.5, workers=1, progress=False)
     boxes = rename_classes(tmp_path, ["flute", "tuba"])

@@ -6,7 +6,7 @@ import dataclasses
 import os
 from typing import Any
 
-from dataset.synthetic import ConfigError
+from dataset.generators.synthetic import ConfigError
 
 
 def generator_parser(description: str, defaults: Any) -> argparse.ArgumentParser:

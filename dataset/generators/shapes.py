@@ -1,4 +1,4 @@
-"""A second generated audio-visual dataset, built unlike the embedded one (dataset/synthetic.py).
+"""A second generated audio-visual dataset, built unlike the embedded one (dataset/generators/synthetic.py).
 
 It stands in for "a small real dataset this project was not designed for": objects are drawn as
 rotated PIL polygons with a radial shading and an outline over fractal-noise backgrounds with sensor
@@ -33,8 +33,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy.signal import butter, lfilter, sosfilt
 
-from dataset.synthetic import BOX_FORMAT, check_clip_fields, encode_mp4
-from dataset.synthetic import ConfigError as ShapesConfigError  # the same error: a bad field, named
+from dataset.generators.synthetic import BOX_FORMAT, check_clip_fields, encode_mp4
+from dataset.generators.synthetic import ConfigError as ShapesConfigError  # the same error: a bad field, named
 from utils.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 SILHOUETTES = ("triangle", "square", "pentagon", "hexagon", "star5", "star4", "ellipse", "arrow", "plus",
