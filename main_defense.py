@@ -22,14 +22,20 @@ import torch
 from arguments import ArgParser
 from dataset.loaders import build_dataset, build_loader
 from dataset.presets import PRESETS
+from defenses.memory_bank import (
+    BankError,
+    bank_adaptive_attacks,
+    build_bank,
+    collect_features,
+    defend_with_banks,
+    save_bank,
+)
 from evaluation.robustness.engine import Variant
 from evaluation.robustness.pipeline import evaluate_robustness
 from models import FUSION_HEADS, AVModel
-from models.memory_bank import DefendedModel, MemoryBank, build_bank, collect_features, load_bank, save_bank
 from training.engine import evaluate_clean, load_best, run_dir_of, run_entry_point, train
 from training.objectives import CrossEntropy, Objective, PGDAdversarialTraining, Trades
 from utils.distributed import DistInfo
-from utils.fileio import CheckpointError
 
 BANK_FILES = {"visual": "bank_v.pth", "audio": "bank_a.pth"}
 
@@ -111,33 +117,24 @@ def defended_model(args: argparse.Namespace, info: DistInfo) -> tuple[AVModel, i
     model, epoch = load_best(args, info)
     if not args.use_banks:
         return model, epoch
-    banks = {}
-    for modality, flag, net, step in (("visual", args.weights_Dv, model.net_frame, args.alpha_v),
-                                      ("audio", args.weights_Da, model.net_sound, args.alpha_a)):
-        if net is None:
-            continue
-        path = flag or run_dir_of(args) / BANK_FILES[modality]
-        D = load_bank(path, net.out_dim).to(info.device)
-        try:
-            banks[modality] = MemoryBank(D, args.lasso_lambda, args.bank_mix, args.solver, step, args.coding_tol,
-                                         args.coding_max_iter)
-        except ValueError as err:  # e.g. an ISTA step too large for this bank's spectrum
-            flag = "--alpha_v" if modality == "visual" else "--alpha_a"
-            raise CheckpointError(f"{path}: {err} (lower {flag} or use --solver fista)") from None
-    return DefendedModel(model, banks.get("visual"), banks.get("audio")).to(info.device), epoch
+    paths = {"visual": args.weights_Dv or run_dir_of(args) / BANK_FILES["visual"],
+             "audio": args.weights_Da or run_dir_of(args) / BANK_FILES["audio"]}
+    try:
+        defended = defend_with_banks(model, paths, lam=args.lasso_lambda, mix=args.bank_mix, solver=args.solver,
+                                     steps={"visual": args.alpha_v, "audio": args.alpha_a}, tol=args.coding_tol,
+                                     max_iter=args.coding_max_iter, device=info.device)
+    except BankError as err:
+        if "ISTA step" in str(err):
+            raise BankError(f"{err} (lower --alpha_v / --alpha_a or use --solver fista)") from None
+        raise
+    return defended, epoch
 
 
 def attack_variants(args: argparse.Namespace) -> list[Variant]:
-    """The white-box variants whose per-sample worst case is reported: CE and the released adaptive CE + cos
-    through the sparse coding (``--coding_grad``), and BPDA (identity backward through the coding)."""
-    variants = []
-    for name in args.defense_attacks:
-        if name == "bpda":
-            if args.use_banks:  # without purification BPDA is the plain CE attack
-                variants.append(Variant("bpda", "ce", "bpda"))
-        else:
-            variants.append(Variant(name, name, args.coding_grad if args.use_banks else None))
-    return variants
+    """The white-box variants whose per-sample worst case is reported (``defenses.memory_bank``): CE and the
+    released adaptive CE + cos through the sparse coding (``--coding_grad``), and BPDA."""
+    return [Variant(a.name, a.loss, a.purification)
+            for a in bank_adaptive_attacks(args.defense_attacks, args.coding_grad, args.use_banks)]
 
 
 def evaluate_defense(args: argparse.Namespace, info: DistInfo) -> dict:

@@ -59,9 +59,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from models import build_model
-from models.memory_bank import DefendedModel, MemoryBank
-from models.sparse_coding import (
+from defenses.memory_bank import DefendedModel, MemoryBank
+from defenses.sparse_coding import (
     DenseCodeWarning,
     fista,
     implicit_lasso,
@@ -69,6 +68,7 @@ from models.sparse_coding import (
     lasso_objective,
     lipschitz_constant,
 )
+from models import build_model
 
 T = TypeVar("T")
 

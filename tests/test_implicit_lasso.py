@@ -6,8 +6,8 @@ import warnings
 import pytest
 import torch
 
-from models.memory_bank import MemoryBank
-from models.sparse_coding import (
+from defenses.memory_bank import MemoryBank
+from defenses.sparse_coding import (
     DenseCodeWarning,
     fista,
     implicit_lasso,

@@ -1,4 +1,4 @@
-"""Tests of the lasso solvers (models.sparse_coding) and the memory-bank defense (models.memory_bank).
+"""Tests of the lasso solvers (defenses.sparse_coding) and the memory-bank defense (defenses.memory_bank).
 
 Per-sample convergence, implicit gradients and the purification modes: tests/test_implicit_lasso.py.
 """
@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import ModelOutput, build_model
-from models.memory_bank import (
+from defenses.memory_bank import (
     BankError,
     DefendedModel,
     MemoryBank,
@@ -17,7 +16,8 @@ from models.memory_bank import (
     load_bank,
     save_bank,
 )
-from models.sparse_coding import fista, ista_released, lasso_objective, lipschitz_constant, soft_threshold
+from defenses.sparse_coding import fista, ista_released, lasso_objective, lipschitz_constant, soft_threshold
+from models import ModelOutput, build_model
 from utils.fileio import CheckpointError
 
 LAM = 0.1
@@ -292,7 +292,7 @@ def test_defended_model_outputs_and_attributes() -> None:
         DefendedModel(small_model("visual"), bank_a=bank_a)
 
 
-@pytest.mark.filterwarnings("ignore::models.sparse_coding.DenseCodeWarning")  # 50 iterations: dense codes
+@pytest.mark.filterwarnings("ignore::defenses.sparse_coding.DenseCodeWarning")  # 50 iterations: dense codes
 def test_attack_gradients_reach_the_inputs_in_every_mode() -> None:
     defended = DefendedModel(small_model(), *banks(0.5)).eval()
     frames, audio = (x.requires_grad_(True) for x in inputs())
@@ -330,7 +330,7 @@ def test_defended_model_flags_itself_as_a_dynamic_defense() -> None:
     assert not DefendedModel(model, *banks(0.0)).runs_optimisation  # mix 0: the features pass unchanged
     assert not DefendedModel(model).runs_optimisation
     assert not hasattr(model, "runs_optimisation")
-    assert "BPDA" in DefendedModel.adaptive_attacks and "implicit" in DefendedModel.adaptive_attacks
+    assert "BPDA" in DefendedModel.adaptive_advice and "implicit" in DefendedModel.adaptive_advice
 
 
 def test_collect_features_over_a_loader() -> None:

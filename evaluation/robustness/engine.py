@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from attacks import LossFn, attack_options, build_attack, joint_split
 from dataset.loaders import to_device
+from defenses.protocol import purifying
 from evaluation.robustness.checks import SANITY_ATTACK, SANITY_STEPS, GradientProbe
 from evaluation.robustness.protocol import Budget, ThreatModel, attack_plan
 from evaluation.robustness.records import Key, Records, key_name, perturbation_sizes
@@ -75,7 +76,8 @@ LossFactory = Callable[[BatchContext], "str | LossFn"]
 @dataclass(frozen=True)
 class Variant:
     """One white-box configuration: ``loss`` (a registered name, or a factory called with the batch
-    context) and the defended model's ``purification`` mode set before its attacks (None: leave as is)."""
+    context) and the ``purification`` mode a defended model's gradients take during its attacks (None: the
+    model's own; ``defenses.protocol``)."""
 
     name: str
     loss: str | LossFactory = "ce"
@@ -171,9 +173,12 @@ class AttackEngine:
                             steps=steps, alpha=alpha, loss=loss if loss is not None else "ce",
                             eps_units=args.eps_units, **threat, **options)
 
-    def _attack(self, key: Key, attacker: Any, ctx: BatchContext) -> tuple[Tensor, Tensor, ModelOutput]:
+    def _attack(self, key: Key, attacker: Any, ctx: BatchContext,
+                variant: Variant) -> tuple[Tensor, Tensor, ModelOutput]:
+        """``attacker`` on ``ctx`` with gradients through the defense as ``variant`` asks; timed under ``key``."""
         start = time.perf_counter()
-        adv_frames, adv_audio = attacker(ctx.frames, ctx.audio, ctx.labels)
+        with purifying(self.model, variant.purification):
+            adv_frames, adv_audio = attacker(ctx.frames, ctx.audio, ctx.labels)
         if self.info.device.type == "cuda":
             torch.cuda.synchronize(self.info.device)
         name = key_name(key)
@@ -209,18 +214,13 @@ class AttackEngine:
             values.update({name: _scatter(value, idx, batch_size) for name, value in sub_values.items()})
         records.add(key, values, batch_size)
 
-    def _configure(self, variant: Variant) -> None:
-        if variant.purification is not None:
-            self.model.purification = variant.purification
-
     def _single(self, records: Records, attack: str, budget: Budget, ctx: BatchContext,
                 vis_adv: dict | None) -> None:
         everyone = torch.arange(ctx.labels.numel(), device=ctx.labels.device)
         for variant in self.variants:
-            self._configure(variant)
             key = (attack, budget.key, variant.name)
             loss = variant.loss_for(ctx) if attack in USES_LOSS else None
-            adv_frames, adv_audio, out = self._attack(key, self._build(attack, budget, loss, False), ctx)
+            adv_frames, adv_audio, out = self._attack(key, self._build(attack, budget, loss, False), ctx, variant)
             self._record(records, key, ctx, everyone, adv_frames, adv_audio, out, ctx.labels.numel(), budget=budget)
             if vis_adv is not None:
                 vis_adv.setdefault((attack, budget, variant.name), (adv_frames, adv_audio, out))
@@ -275,10 +275,10 @@ class AttackEngine:
         follow_up = attack.split("+", 1)[1]
         shift_fooled = search.out.logits.argmax(dim=1) != ctx.labels
         for variant in self.variants:
-            self._configure(variant)
             key = (attack, budget.key, variant.name)
             loss = variant.loss_for(shifted) if follow_up in USES_LOSS else None
-            adv_frames, adv_audio, out = self._attack(key, self._build(follow_up, budget, loss, False), shifted)
+            adv_frames, adv_audio, out = self._attack(key, self._build(follow_up, budget, loss, False), shifted,
+                                                     variant)
             undo = shift_fooled & (out.logits.argmax(dim=1) == ctx.labels)  # the shift alone did better
             if undo.any():
                 if adv_frames is not ctx.frames:
@@ -314,10 +314,9 @@ class AttackEngine:
             if idx.numel() == 0:
                 self._record(records, key, ctx, idx, ctx.frames, ctx.audio, ctx.clean_out, batch_size, not_run)
                 continue
-            self._configure(variant)
             sub = ctx.subset(idx)
             loss = variant.loss_for(sub) if component in USES_LOSS else None
-            adv_frames, adv_audio, out = self._attack(key, self._build(component, budget, loss, True), sub)
+            adv_frames, adv_audio, out = self._attack(key, self._build(component, budget, loss, True), sub, variant)
             self._record(records, key, sub, idx, adv_frames, adv_audio, out, batch_size, not_run, budget)
             if final is not None:
                 final[0][idx], final[1][idx] = adv_frames.detach(), adv_audio.detach()
@@ -331,12 +330,11 @@ class AttackEngine:
         eps = self.sanity_eps
         budget = Budget(eps if getattr(self.model, "uses_visual", True) else 0.0,
                         eps if getattr(self.model, "uses_audio", True) else 0.0)
-        self._configure(self.variants[0])
         attacker = build_attack("pgd", self.model, eps={"visual": budget.eps_visual, "audio": budget.eps_audio},
                                 steps=SANITY_STEPS, alpha=2.5 * eps / SANITY_STEPS, eps_units=self.args.eps_units,
                                 random_start=True, seed=self.args.seed)
         key = (SANITY_ATTACK, budget.key, self.variants[0].name)
-        adv_frames, adv_audio, out = self._attack(key, attacker, ctx)
+        adv_frames, adv_audio, out = self._attack(key, attacker, ctx, self.variants[0])
         everyone = torch.arange(ctx.labels.numel(), device=ctx.labels.device)
         self._record(records, key, ctx, everyone, adv_frames, adv_audio, out, ctx.labels.numel())
 
@@ -349,7 +347,6 @@ class AttackEngine:
         vis: list[dict] = []
         for batch in tqdm(loader, desc="attacks", disable=not self.info.is_main, dynamic_ncols=True):
             frames, audio, labels = to_device(batch, self.info.device)
-            self._configure(self.variants[0])
             with torch.no_grad():
                 out = self.model(frames, audio)
             clean_correct = out.logits.argmax(dim=1) == labels
@@ -358,7 +355,8 @@ class AttackEngine:
             if cos is not None:
                 records.add_extra("cos_clean", cos.cpu())
             records.add_extra("clean_loss", F.cross_entropy(out.logits.float(), labels, reduction="none").cpu())
-            probe.update(frames, audio, labels, out)
+            with purifying(self.model, self.variants[0].purification):
+                probe.update(frames, audio, labels, out)
             ctx = BatchContext(frames, audio, labels, out)
             if self.observer is not None:
                 for name, values in self.observer.on_clean(ctx, batch).items():
@@ -366,7 +364,6 @@ class AttackEngine:
             vis_adv = {} if self.info.is_main and len(vis) < self.num_vis else None  # adversarial inputs to show
             search = None
             if any(is_shift_attack(attack) for attack, _ in self.plan):
-                self._configure(self.variants[0])
                 search = self._shift_search(ctx, batch)
                 records.add_extra("shift_missing", search.missing)
             for attack, budget in self.plan:

@@ -10,14 +10,15 @@ With --max_shift (the misalignment attacks) the evaluation loader is rebuilt ove
 from __future__ import annotations
 
 import argparse
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from dataset.loaders import build_loader
 from dataset.misalignment import with_audio_shifts
+from defenses.protocol import diagnostics
 from evaluation.reporting.html import write_visualization
 from evaluation.reporting.plots import plot_acc_vs_eps, plot_cos_sim, plot_eps_maps
 from evaluation.reporting.tables import attack_table_markdown
@@ -25,8 +26,7 @@ from evaluation.robustness.checks import run_checks
 from evaluation.robustness.engine import BLACK_BOX, AttackEngine, Variant
 from evaluation.robustness.protocol import ThreatModel, budgets_from_args
 from evaluation.robustness.results import build_eps_map, build_results
-from models.sparse_coding import DenseCodeWarning
-from utils.distributed import DistInfo
+from utils.distributed import DistInfo, all_reduce_sum
 from utils.fileio import write_json_atomic, write_text_atomic
 
 
@@ -42,12 +42,10 @@ def evaluate_robustness(model: nn.Module, loader, args: argparse.Namespace, info
         loader = with_audio_shifts(loader, threat.shifts(), lambda data: build_loader(data, args, info, train=False))
     engine = AttackEngine(model, args, info, budgets, args.attack_type, variants, num_vis=args.num_vis,
                           sanity_eps=args.sanity_eps)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DenseCodeWarning)
-        run = engine.run(loader)
-    for message in {str(w.message): w for w in caught}.values():  # shown once each, then counted by a check
-        warnings.warn_explicit(message.message, message.category, message.filename, message.lineno)
-    dense_backward = sum(issubclass(w.category, DenseCodeWarning) for w in caught)
+    before = diagnostics(model).get("dense_backward", 0)
+    run = engine.run(loader)
+    dense_backward = diagnostics(model).get("dense_backward", 0) - before
+    dense_backward = int(all_reduce_sum(torch.tensor(dense_backward, dtype=torch.float64), info).item())
     names = [v.name for v in variants]
     results = build_results(run, args, engine.plan, engine.attack_types, names)
     if label:

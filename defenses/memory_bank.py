@@ -1,7 +1,7 @@
 """External feature memory banks (the paper's defense) and the defended audio-visual model.
 
 A bank ``D [d, N]`` holds training-set features as columns. A test feature ``f`` is sparse-coded over it
-(lasso, ``models.sparse_coding``) and replaced by ``a·Dα + (1 − a)·f``.
+(lasso, ``defenses.sparse_coding``) and replaced by ``a·Dα + (1 − a)·f``.
 
 Bank files (``save_bank`` / ``load_bank``): ``{"D": [d, N] float tensor, "meta": {"feature_dim", "size",
 "method", "seed", ...}}`` written atomically and read with ``weights_only=True``; a bare ``[d, N]`` tensor
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,8 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from dataset.loaders import to_device
+from defenses.protocol import AdaptiveAttack
+from defenses.sparse_coding import CodingStats, fista, implicit_lasso, ista_released, lipschitz_constant
 from models.av_model import AVModel
-from models.sparse_coding import fista, implicit_lasso, ista_released, lipschitz_constant
 from utils.fileio import CheckpointError, atomic_path
 
 BANK_METHODS = ("random", "kmeans")
@@ -186,7 +187,7 @@ class MemoryBank(nn.Module):
     (``ista_released``: the paper's fixed ``step`` and an eigen-decomposition on every call).
     ``mode``, the gradient of the purification when autograd records (the input needs gradients):
     ``implicit`` (the white-box default) differentiates the lasso solution through its optimality conditions
-    (``models.sparse_coding.implicit_lasso``: memory independent of the iteration count, exact at a converged
+    (``defenses.sparse_coding.implicit_lasso``: memory independent of the iteration count, exact at a converged
     code); ``unrolled`` backpropagates through the solver's iterations as the released code did (memory grows
     with the iterations); ``bpda`` purifies forward and passes gradients through as the identity.
     The coding runs in float32 whatever the input's dtype, with autocast disabled around it; the output has the
@@ -219,6 +220,7 @@ class MemoryBank(nn.Module):
         self.tol = tol
         self.max_iter = max_iter
         self.mode = mode
+        self.stats = CodingStats()
 
     @property
     def mode(self) -> str:
@@ -255,7 +257,7 @@ class MemoryBank(nn.Module):
         if records and self.mode == "unrolled":
             codes, f_in = self.code(f, differentiable=True), f
         elif records and self.mode == "implicit":
-            codes, f_in = implicit_lasso(D, f, self.code), f
+            codes, f_in = implicit_lasso(D, f, self.code, self.stats), f
         else:
             f_in = f.detach()
             codes = self.code(f_in)
@@ -270,6 +272,33 @@ class MemoryBank(nn.Module):
                 f"mode={self.mode}, L={self.L:.4g}")
 
 
+def bank_adaptive_attacks(names: Sequence[str], gradient: str, has_banks: bool) -> list[AdaptiveAttack]:
+    """The white-box configurations to evaluate for the attack names ``names``: each loss (``ce``, the released
+    adaptive ``ce+cos``) with ``gradient`` (a purification mode) through the banks, and ``bpda`` (CE with the
+    identity backward through the purification), which without banks is the plain CE attack and is left out."""
+    return [AdaptiveAttack("bpda", "ce", "bpda") if name == "bpda"
+            else AdaptiveAttack(name, name, gradient if has_banks else None)
+            for name in names if name != "bpda" or has_banks]
+
+
+def defend_with_banks(model: AVModel, paths: dict[str, str | os.PathLike], *, lam: float, mix: float, solver: str,
+                      steps: dict[str, float | None], tol: float, max_iter: int,
+                      device: torch.device | str = "cpu") -> DefendedModel:
+    """``model`` with a memory bank per modality it encodes, each loaded from ``paths[modality]``; ``steps`` are
+    the ISTA steps per modality. A bank that does not fit raises ``BankError`` naming its file."""
+    banks = {}
+    for modality, net in (("visual", model.net_frame), ("audio", model.net_sound)):
+        if net is None:
+            continue
+        path = paths[modality]
+        D = load_bank(path, net.out_dim).to(device)
+        try:
+            banks[modality] = MemoryBank(D, lam, mix, solver, steps[modality], tol, max_iter)
+        except ValueError as err:  # e.g. an ISTA step too large for this bank's spectrum
+            raise BankError(f"{path}: {err}") from None
+    return DefendedModel(model, banks.get("visual"), banks.get("audio")).to(device)
+
+
 class DefendedModel(AVModel):
     """An ``AVModel`` whose embeddings are purified by memory banks before the fusion head.
 
@@ -281,7 +310,8 @@ class DefendedModel(AVModel):
     (under ``no_grad``) gets its purified embedding without differentiating its sparse coding.
     """
 
-    adaptive_attacks: ClassVar[str] = (
+    purification_modes: ClassVar[tuple[str, ...]] = PURIFICATION_MODES
+    adaptive_advice: ClassVar[str] = (
         "the purification solves a lasso problem in every forward pass (a dynamic defense): evaluate it with "
         "white-box attacks through the sparse coding (purification 'implicit', or 'unrolled'), BPDA "
         "(purification 'bpda': identity backward through the purification), the released adaptive loss "
@@ -315,9 +345,30 @@ class DefendedModel(AVModel):
 
     @purification.setter
     def purification(self, mode: str) -> None:
-        for bank in (self.bank_v, self.bank_a):
-            if bank is not None:
-                bank.mode = mode
+        for bank in self._banks():
+            bank.mode = mode
+
+    def _banks(self) -> list[MemoryBank]:
+        return [bank for bank in (self.bank_v, self.bank_a) if bank is not None]
+
+    @contextmanager
+    def purifying(self, mode: str) -> Iterator[None]:
+        """Gradients cross the banks in ``mode`` inside the block; each bank's own mode is restored after."""
+        before = [(bank, bank.mode) for bank in self._banks()]
+        try:
+            self.purification = mode
+            yield
+        finally:
+            for bank, old in before:
+                bank.mode = old
+
+    def adaptive_attacks(self, names: Sequence[str], gradient: str) -> list[AdaptiveAttack]:
+        """``bank_adaptive_attacks`` for this model's banks."""
+        return bank_adaptive_attacks(names, gradient, bool(self._banks()))
+
+    def diagnostics(self) -> dict[str, int]:
+        """``dense_backward``: backward passes whose implicit gradient met codes that are not lasso solutions."""
+        return {"dense_backward": sum(bank.stats.dense_backward for bank in self._banks())}
 
     def encode_visual(self, frames: Tensor) -> tuple[Tensor, Tensor]:
         """``(purified feat_v, fmap_v)``; the feature map is the encoder's, not purified."""

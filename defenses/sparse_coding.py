@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -119,6 +120,14 @@ class DenseCodeWarning(UserWarning):
     """An implicit lasso gradient taken at a code that is not a unique lasso solution (see ``lasso_solution_vjp``)."""
 
 
+@dataclass
+class CodingStats:
+    """What a bank's coding met: ``dense_backward``, the backward passes whose implicit gradient fell back to the
+    pseudo-inverse at codes that are not unique lasso solutions (the robustness checks read it)."""
+
+    dense_backward: int = 0
+
+
 def _is_well_conditioned(chol: Tensor, info: Tensor) -> bool:
     """Whether a Cholesky factorisation succeeded and its pivots do not reveal a numerically singular matrix.
 
@@ -140,7 +149,7 @@ def _psd_solve(M: Tensor, rhs: Tensor) -> tuple[Tensor, bool]:
     return torch.linalg.pinv(M, hermitian=True) @ rhs, False
 
 
-def lasso_solution_vjp(D: Tensor, A: Tensor, grad_A: Tensor) -> Tensor:
+def lasso_solution_vjp(D: Tensor, A: Tensor, grad_A: Tensor, stats: CodingStats | None = None) -> Tensor:
     """Vector-Jacobian product of the lasso solution map ``f ↦ α*(f)``: ``grad_F [B, d]`` from ``grad_A [B, N]``.
 
     At a solution ``α*`` with active set ``S = {i : α*_i ≠ 0}`` the optimality conditions
@@ -152,7 +161,8 @@ def lasso_solution_vjp(D: Tensor, A: Tensor, grad_A: Tensor) -> Tensor:
     pseudo-inverse gradient ``(D_Sᵀ)⁺ g_S`` is used (``D_S (D_SᵀD_S)⁺ g_S``, or ``(D_S D_Sᵀ)⁺ D_S g_S`` when
     ``|S| > d``): the derivative of the minimum-norm least-squares fit of ``f`` by the columns in ``S``. With
     ``|S| > d`` and ``D_S`` of rank ``d`` it makes ``d(Dα)/df`` the identity: the reconstruction is
-    differentiated as if it followed ``f`` exactly. A ``DenseCodeWarning`` says when that happens.
+    differentiated as if it followed ``f`` exactly. A ``DenseCodeWarning`` says when that happens, and ``stats``
+    (when given) counts it.
 
     One small solve per sample, since active sets differ between samples; float64, since ``D_SᵀD_S`` squares
     the condition number of bank features. Memory: one ``|S| × |S|`` (or ``d × d``) system at a time plus at
@@ -180,6 +190,8 @@ def lasso_solution_vjp(D: Tensor, A: Tensor, grad_A: Tensor) -> Tensor:
             grad_F[b], _ = _psd_solve(outer - D_off @ D_off.T if N - k < k else D_S @ D_S.T, D_S @ g_S)
             exact = False
         inexact += not exact
+    if inexact and stats is not None:
+        stats.dense_backward += 1
     if inexact:
         warnings.warn(DenseCodeWarning(
             "implicit lasso gradient at codes that are not unique lasso solutions (more non-zeros than the feature "
@@ -197,19 +209,21 @@ class ImplicitLasso(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, F: Tensor, D: Tensor, solve: Callable[[Tensor], Tensor]) -> Tensor:
+    def forward(ctx: Any, F: Tensor, D: Tensor, solve: Callable[[Tensor], Tensor],
+                stats: CodingStats | None) -> Tensor:
         A = solve(F)
         ctx.save_for_backward(D, A)
+        ctx.stats = stats
         return A
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_A: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, grad_A: Tensor) -> tuple[Tensor, None, None, None]:
         D, A = ctx.saved_tensors
-        return lasso_solution_vjp(D, A, grad_A), None, None
+        return lasso_solution_vjp(D, A, grad_A, ctx.stats), None, None, None
 
 
-def implicit_lasso(D: Tensor, F: Tensor, solve: Callable[[Tensor], Tensor]) -> Tensor:
+def implicit_lasso(D: Tensor, F: Tensor, solve: Callable[[Tensor], Tensor], stats: CodingStats | None = None) -> Tensor:
     """Codes ``solve(F) [B, N]`` (a lasso solver over ``D [d, N]``, e.g. ``fista``) with implicit gradients to ``F``.
 
     ``solve`` runs under ``no_grad``; run it to convergence: the gradient is exact only at a lasso solution.
@@ -217,7 +231,7 @@ def implicit_lasso(D: Tensor, F: Tensor, solve: Callable[[Tensor], Tensor]) -> T
     if D.requires_grad:
         raise ValueError("implicit lasso gradients are for the features only: pass a dictionary that does not "
                          "require grad (D.detach())")
-    return ImplicitLasso.apply(F, D, solve)
+    return ImplicitLasso.apply(F, D, solve, stats)
 
 
 def ista_released(D: Tensor, F: Tensor, lam: float = 0.1, step: float = 1e-6, tol: float = 8e-4,
