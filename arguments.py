@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from attacks import ALIASES, CASCADES, attack_names, describe
+from attacks.threat import add_threat_flags, check_threat_flags
 from dataset.presets import PRESETS, root_categories
+from evaluation.robustness.engine import SHIFT
 
 
 def _positive_int(text: str) -> int:
@@ -172,37 +175,12 @@ class ArgParser:
     def add_attack_arguments(self) -> ArgParser:
         g = self.parser.add_argument_group("attacks (--mode eval)")
         g.add_argument("--attack_type", nargs="+", type=str.lower, default=["fgsm", "pgd", "mim"],
-                       choices=["fgsm", "fsgm", "pgd", "mim", "apgd", "apgd-t", "square", "autoattack", "aa", "none",
-                                "shift"] + [f"shift+{a}" for a in ("fgsm", "pgd", "mim", "apgd", "apgd-t", "square")],
-                       help="attacks to run ('fsgm' is the original code's spelling of fgsm; 'autoattack' / 'aa': "
-                            "the cascade APGD-CE, APGD-T, Square on the samples still standing; 'shift': the worst "
-                            "audio-visual misalignment of the --max_shift grid; 'shift+pgd' etc.: that attack from the "
-                            "worst-shifted audio; 'none': clean only)")
-        g.add_argument("--norm", choices=["linf", "l2"], default="linf",
-                       help="threat model: per-modality L-inf balls (the paper's) or L2 balls (visual over the whole "
-                            "clip in [0, 1] pixels, audio over the waveform)")
-        g.add_argument("--eps_units", choices=["normalized", "pixel"], default=None,
-                       help="visual budget units: ImageNet-normalised (the paper's; eps*std_c in pixels) "
-                            "or [0, 1] pixels (default: normalized with --norm linf, pixel with --norm l2, the only "
-                            "units of L2); the audio budget is always in waveform amplitude")
-        g.add_argument("--joint_eps", type=_positive_float, default=None, metavar="J",
-                       help="--norm l2: one joint ball over both modalities for the A+V budgets, "
-                            "||d_v/eps_v||^2 + ||d_a/eps_a||^2 <= J^2 (the budget pairs are the units); the attack "
-                            "chooses the split, which is reported")
-        g.add_argument("--audio_eps_db", type=float, default=None, metavar="D",
-                       help="loudness-relative audio budget (D < 0 dB) replacing the audio eps of every budget that "
-                            "attacks audio: L-inf max|x|*10^(D/20), L2 ||x||_2*10^(D/20) (SNR -D dB)")
-        g.add_argument("--temporal", nargs="+", choices=["frame", "shared"], default=["frame"],
-                       help="visual perturbation per frame, or one shared by all frames of a clip (needs "
-                            "--num_frames > 1); both: evaluated side by side as separate budgets")
-        g.add_argument("--eps_grid2d", type=_non_negative_float, nargs="+", default=None, metavar="EPS",
-                       help="the (eps_v, eps_a) map: every pair of these values (0 added) under the first "
-                            "--attack_type; writes eps_map.json and eps_map.png")
-        g.add_argument("--max_shift", type=_positive_float, default=None, metavar="SECONDS",
-                       help="misalignment attacks (shift, shift+<attack>): shift the audio window against the "
-                            "frames by up to this many seconds (read from the wav, no wrap-around)")
-        g.add_argument("--shift_steps", type=_positive_int, default=9,
-                       help="shifts of the misalignment grid, evenly spaced in [-max_shift, +max_shift]")
+                       choices=attack_type_choices(),
+                       help="attacks to run (the README's table lists them; 'fsgm' is the original code's spelling of "
+                            "fgsm; 'autoattack' / 'aa': the cascade APGD-CE, APGD-T, Square on the samples still "
+                            "standing; 'shift': the worst audio-visual misalignment of the --max_shift grid; "
+                            "'shift+pgd' etc.: that attack from the worst-shifted audio; 'none': clean only)")
+        add_threat_flags(g, _positive_float, _non_negative_float, _positive_int)
         g.add_argument("--epsilons", type=_eps_pair, nargs="+", default=None, metavar="EV,EA",
                        help="budgets as visual,audio pairs, replacing the paper's protocol "
                             "(A: 0,0.012  V: 0.012,0  A+V: 0.006,0.006)")
@@ -315,10 +293,13 @@ class ArgParser:
         if hasattr(args, "arch_sound") and args.arch_sound in ("stft", "mel") and args.audLen < args.stft_frame:
             self.parser.error(f"--audLen {args.audLen} is shorter than --stft_frame {args.stft_frame}: the "
                               f"{args.arch_sound} encoder needs at least one STFT window of audio")
-        if hasattr(args, "attack_type") and {"apgd-t", "autoattack", "aa"} & set(args.attack_type) \
-                and args.cls_num < 4:
-            self.parser.error(f"--attack_type apgd-t / autoattack need at least 4 classes for the targeted DLR "
-                              f"loss; this dataset has {args.cls_num}")
+        if hasattr(args, "attack_type"):
+            for attack in args.attack_type:
+                name = attack.split("+")[-1]
+                if name != SHIFT and describe(name).min_classes > args.cls_num:
+                    self.parser.error(f"--attack_type {attack}: its attacks need at least "
+                                      f"{describe(name).min_classes} classes (the targeted DLR loss); this dataset "
+                                      f"has {args.cls_num}")
         if hasattr(args, "norm"):
             _validate_threat_model(args, self.parser)
         if hasattr(args, "arch_classifier"):
@@ -354,40 +335,26 @@ def _apply_schedule(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         parser.error(f"--warmup_epochs {args.warmup_epochs} must be fewer than --num_epoch {args.num_epoch}")
 
 
+def attack_type_choices() -> list[str]:
+    """--attack_type's choices, from the attack registry: every attack and cascade, their aliases, 'none', the
+    misalignment 'shift' and 'shift+<attack>' for every single attack."""
+    singles = [name for name in attack_names() if name not in CASCADES]
+    return [*attack_names(), *ALIASES, "none", SHIFT, *(f"{SHIFT}+{name}" for name in singles)]
+
+
 def _validate_threat_model(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Resolve --eps_units and check that the issue-11 threat-model flags fit together."""
-    if args.eps_units is None:
-        args.eps_units = "pixel" if args.norm == "l2" else "normalized"
-    elif args.norm == "l2" and args.eps_units == "normalized":
-        parser.error("--eps_units normalized is not defined for --norm l2 (the L2 radius is in [0, 1] pixels)")
+    """Resolve --eps_units and check the threat-model flags against each other and the attacks."""
+    no_joint = []
     if args.joint_eps is not None:
-        if args.norm != "l2":
-            parser.error("--joint_eps needs --norm l2")
-        if args.audio_eps_db is not None:
-            parser.error("--joint_eps cannot be combined with --audio_eps_db (the joint ball's audio unit is eps_a)")
-        if args.epsilons and not any(ev > 0 and ea > 0 for ev, ea in args.epsilons):
-            parser.error("--joint_eps applies to A+V budgets: give an --epsilons pair with both values > 0")
-        square = sorted({"square", "autoattack", "aa"} & {a.split("+")[-1] for a in args.attack_type})
-        if square:
-            parser.error(f"--joint_eps: Square has no joint-ball version, so --attack_type {' '.join(square)} cannot "
-                         f"run under it (use apgd / apgd-t / pgd)")
-    if args.audio_eps_db is not None and not args.audio_eps_db < 0:
-        parser.error(f"--audio_eps_db must be < 0 dB (relative to the clip's loudness), got {args.audio_eps_db:g}")
-    args.temporal = list(dict.fromkeys(args.temporal))
-    if "shared" in args.temporal and getattr(args, "num_frames", 1) < 2:
-        parser.error("--temporal shared needs --num_frames > 1 (one frame has nothing to share)")
-    shift_attacks = [a for a in args.attack_type if a.split("+")[0] == "shift"]
+        no_joint = sorted({a for a in args.attack_type if not describe(a.split("+")[-1]).joint_ball})
+    check_threat_flags(args, parser.error, no_joint)
+    shift_attacks = [a for a in args.attack_type if a.split("+")[0] == SHIFT]
     if shift_attacks and args.max_shift is None:
         parser.error(f"--attack_type {shift_attacks[0]} needs --max_shift SECONDS")
     if args.max_shift is not None and not shift_attacks:
         parser.error("--max_shift needs a misalignment attack in --attack_type (shift, shift+pgd, ...)")
-    if args.eps_grid2d is not None:
-        if args.audio_eps_db is not None:
-            parser.error("--eps_grid2d cannot be combined with --audio_eps_db (the map's audio axis is eps_a)")
-        if not args.attack_type or args.attack_type[0] == "shift":
-            parser.error("--eps_grid2d needs a first --attack_type with a budget (not 'shift' or 'none')")
-        if not any(eps > 0 for eps in args.eps_grid2d):
-            parser.error("--eps_grid2d needs a value > 0")
+    if args.eps_grid2d is not None and (not args.attack_type or args.attack_type[0] == SHIFT):
+        parser.error("--eps_grid2d needs a first --attack_type with a budget (not 'shift' or 'none')")
 
 
 def run_id(args: argparse.Namespace) -> str:

@@ -1,6 +1,6 @@
-"""Multimodal attacks on ``model(frames, audio)``: FGSM, PGD, MIM, APGD, APGD-T (L∞ and L2) and Square (L∞)
-on one base, with per-modality or joint L2 budgets, loudness-relative audio budgets and per-frame or shared
-visual perturbations.
+"""Multimodal attacks on ``model(frames, audio)``: FGSM, PGD, MIM, APGD, APGD-T and Square (L∞ and L2) on one
+base, the AutoAttack cascade composed of them, all under one ``ThreatModel`` (per-modality or joint L2 budgets,
+loudness-relative audio budgets, per-frame or shared visual perturbations).
 
     attack = build_attack("pgd", model, eps={"visual": 0.006, "audio": 0.006})
     adv_frames, adv_audio = attack(frames, audio, labels)
@@ -9,29 +9,56 @@ Importing the package registers every attack in ``ATTACKS``.
 """
 from attacks.apgd import APGD, apgd_checkpoints
 from attacks.apgd_targeted import APGDTargeted, target_classes
-from attacks.base import (
-    EPS_UNITS,
-    MODALITIES,
-    NORMS,
-    TEMPORAL,
-    VALID_RANGE,
-    Attack,
-    BestSoFar,
-    Problem,
-    as_model_output,
-    audio_db_radius,
-    encodes_separately,
-    normalized_eps_to_pixel,
-)
+from attacks.base import VALID_RANGE, Attack, BestSoFar, Problem, as_model_output, encodes_separately
 from attacks.fgsm import FGSM
 from attacks.losses import LOSSES, LossFn, get_loss, margin, targeted_difference_of_logits_ratio
 from attacks.mim import MIM
 from attacks.pgd import PGD
 from attacks.regions import Ball, Independent, JointL2Ball, L2Ball, joint_split
-from attacks.registry import ATTACKS, attack_options, build_attack
+from attacks.registry import (
+    ALIASES,
+    ATTACKS,
+    CASCADES,
+    AttackSpec,
+    Cascade,
+    Component,
+    attack_names,
+    attack_options,
+    attack_settings,
+    attack_table_markdown,
+    black_box_attacks,
+    build_attack,
+    canonical,
+    describe,
+    unsupported,
+)
 from attacks.square import Square, square_fraction
+from attacks.threat import (
+    EPS_UNITS,
+    MODALITIES,
+    NORMS,
+    TEMPORAL,
+    ThreatModel,
+    ThreatSettings,
+    audio_db_radius,
+    normalized_eps_to_pixel,
+)
 
 __all__ = [
+    "ALIASES",
+    "AttackSpec",
+    "CASCADES",
+    "Cascade",
+    "Component",
+    "ThreatModel",
+    "ThreatSettings",
+    "attack_names",
+    "attack_settings",
+    "attack_table_markdown",
+    "black_box_attacks",
+    "canonical",
+    "describe",
+    "unsupported",
     "APGD",
     "APGDTargeted",
     "ATTACKS",

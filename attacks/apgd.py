@@ -7,10 +7,11 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from attacks.base import Attack, BestSoFar, Inputs, Problem, per_sample
+from attacks.base import Attack, BestSoFar, Inputs, Problem
 from attacks.losses import LossFn
+from attacks.regions import per_sample
 from attacks.registry import ATTACKS
-from models.visual import IMAGENET_STD
+from attacks.threat import IMAGENET_STD, ThreatModel
 
 
 def apgd_checkpoints(steps: int) -> frozenset[int]:
@@ -44,16 +45,18 @@ class APGD(Attack):
     the threat model as in ``Attack``.
     """
 
+    summary = "Auto-PGD (Croce & Hein 2020): step-size schedule with checkpoints, momentum 0.75, per-sample best"
     default_step = 2.0
 
-    def __init__(self, model: nn.Module, eps: Mapping[str, float], *, steps: int = 100,
+    settings = {"steps": "apgd_steps", "random_start": "random_start", "restarts": "restarts",
+                "eot_iter": "eot_iter", "seed": "seed"}
+
+    def __init__(self, model: nn.Module, eps: Mapping[str, float] | ThreatModel, *, steps: int = 100,
                  random_start: bool = False, restarts: int = 1, eot_iter: int = 1, seed: int | None = None,
                  momentum: float = 0.75, rho: float = 0.75, loss: str | LossFn = "ce",
-                 eps_units: str = "normalized", std: Sequence[float] = IMAGENET_STD, norm: str = "linf",
-                 joint_eps: float | None = None, audio_eps_db: float | None = None, temporal: str = "frame") -> None:
+                 std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__(model, eps, steps=steps, random_start=random_start, restarts=restarts, eot_iter=eot_iter,
-                         seed=seed, loss=loss, eps_units=eps_units, std=std, norm=norm, joint_eps=joint_eps,
-                         audio_eps_db=audio_eps_db, temporal=temporal)
+                         seed=seed, loss=loss, std=std)
         self.momentum = momentum
         self.rho = rho
         self.checkpoints = apgd_checkpoints(steps)

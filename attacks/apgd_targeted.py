@@ -11,7 +11,7 @@ from attacks.apgd import APGD
 from attacks.base import BestSoFar, Inputs, Problem
 from attacks.losses import targeted_difference_of_logits_ratio
 from attacks.registry import ATTACKS
-from models.visual import IMAGENET_STD
+from attacks.threat import IMAGENET_STD, ThreatModel
 
 
 def target_classes(logits: Tensor, labels: Tensor, n: int) -> Tensor:
@@ -33,16 +33,20 @@ class APGDTargeted(APGD):
     ``n_target_classes * (steps + 1)`` passes on shrinking subsets.
     """
 
-    def __init__(self, model: nn.Module, eps: Mapping[str, float], *, steps: int = 100, n_target_classes: int = 9,
-                 random_start: bool = False, restarts: int = 1, eot_iter: int = 1, seed: int | None = None,
-                 momentum: float = 0.75, rho: float = 0.75, eps_units: str = "normalized",
-                 std: Sequence[float] = IMAGENET_STD, norm: str = "linf", joint_eps: float | None = None,
-                 audio_eps_db: float | None = None, temporal: str = "frame") -> None:
+    summary = ("targeted APGD on the targeted DLR loss, once per target among the top `--apgd_targets` other "
+               "classes, each on the samples not yet fooled")
+    uses_loss = False
+    min_classes = 4
+    settings = {**APGD.settings, "n_target_classes": "apgd_targets"}
+
+    def __init__(self, model: nn.Module, eps: Mapping[str, float] | ThreatModel, *, steps: int = 100,
+                 n_target_classes: int = 9, random_start: bool = False, restarts: int = 1, eot_iter: int = 1,
+                 seed: int | None = None, momentum: float = 0.75, rho: float = 0.75,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
         if n_target_classes < 1:
             raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}")
         super().__init__(model, eps, steps=steps, random_start=random_start, restarts=restarts, eot_iter=eot_iter,
-                         seed=seed, momentum=momentum, rho=rho, loss="dlr", eps_units=eps_units, std=std, norm=norm,
-                         joint_eps=joint_eps, audio_eps_db=audio_eps_db, temporal=temporal)
+                         seed=seed, momentum=momentum, rho=rho, loss="dlr", std=std)
         self.n_target_classes = n_target_classes
 
     def perturb(self, problem: Problem) -> Inputs:

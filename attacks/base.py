@@ -19,25 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from attacks.losses import NEEDS_FEATURES, LossFn, get_loss
-from attacks.regions import Ball, Independent, JointL2Ball, L2Ball, ModalitySet, Region, per_sample
+from attacks.regions import Ball, Independent, JointL2Ball, L2Ball, ModalitySet, Region
+from attacks.threat import IMAGENET_STD, MODALITIES, NORMS, ThreatModel
 from models.av_model import AVModel, ModelOutput
-from models.visual import IMAGENET_STD
 
-MODALITIES = ("visual", "audio")
 VALID_RANGE = {"visual": (0.0, 1.0), "audio": (-1.0, 1.0)}
-EPS_UNITS = ("normalized", "pixel")
-NORMS = ("linf", "l2")
-TEMPORAL = ("frame", "shared")
 
 Inputs = dict[str, Tensor]
-
-
-def normalized_eps_to_pixel(eps: float, std: Sequence[float] = IMAGENET_STD) -> Tensor:
-    """The per-channel pixel budget ``eps * std_c`` of a budget ``eps`` in ImageNet-normalised units.
-
-    A change of ``eps`` in ``(x - mean_c) / std_c`` is a change of ``eps * std_c`` in the pixel ``x``.
-    """
-    return torch.tensor([eps * s for s in std])
 
 
 def _per_modality(value: float | Mapping[str, float | None] | None, what: str) -> dict[str, float | None]:
@@ -257,42 +245,28 @@ class BestSoFar:
         self.fooled = self.fooled.index_copy(0, rows, fooled[better])
 
 
-def audio_db_radius(audio: Tensor, db: float, norm: str) -> Tensor:
-    """``[B]``: each clip's audio budget relative to its own loudness, ``D = db`` dB below it: L∞,
-    ``max|x| * 10^(D/20)`` (Carlini & Wagner's dB_x); L2, ``||x||_2 * 10^(D/20)`` (an SNR of ``-D`` dB).
-    A silent clip gets 0: nothing to perturb."""
-    flat = audio.detach().float().flatten(1)
-    loudness = flat.abs().amax(dim=1) if norm == "linf" else torch.linalg.vector_norm(flat, dim=1)
-    return loudness * 10 ** (db / 20)
-
-
 class Attack:
     """Base of the multimodal attacks; on its own, ``steps`` steepest-ascent steps of size α (sign steps for
     L∞, normalised-gradient steps for L2), each projected.
 
-    ``eps``: ``{'visual': ev, 'audio': ea}`` (a missing key is 0). ``alpha``: the step size, one
-    number for every modality or a per-modality dict; None is ``default_step * eps``. With
-    ``eps_units='normalized'`` (the released code's units) the visual ``eps`` and ``alpha`` are in
-    ImageNet-normalised units, i.e. ``eps * std_c`` per pixel channel; with ``'pixel'`` in [0, 1]
-    pixel units. Audio values are always in waveform amplitude.
-
-    The threat model:
-
-    - ``norm``: ``'linf'``, or ``'l2'`` where ``eps[m]`` is the L2 radius of modality m's whole perturbation
-      (visual over the clip ``[3, T, H, W]`` in pixel units, so ``eps_units='pixel'``; audio over ``[1, L]``).
-    - ``joint_eps=J`` (L2 only): one ball ``||d_v/eps_v||^2 + ||d_a/eps_a||^2 <= J^2`` over both modalities
-      (``JointL2Ball``); the attack chooses the split. ``alpha`` is then one number, the step in units of
-      ``J`` (default ``default_step * J``).
-    - ``audio_eps_db=D`` (``D < 0``): each clip's audio budget from its loudness (``audio_db_radius``),
-      replacing ``eps['audio']``; the audio step is ``default_step`` times the clip's budget (no audio alpha).
-    - ``temporal='shared'``: one visual perturbation ``[3, 1, H, W]`` per clip, added to every frame (with
-      L2 the radius is that of the shared perturbation: the clip's norm is ``sqrt(T)`` times it).
+    ``eps``: the threat model (``attacks.threat.ThreatModel``: budgets per modality and their units, the norm,
+    a joint L2 ball, a loudness-relative audio budget, per-frame or shared visual perturbations), or a dict
+    ``{'visual': ev, 'audio': ea}`` (a missing key is 0) for the paper's: L∞, visual budgets in
+    ImageNet-normalised units. ``alpha``: the step size, one number for every modality or a per-modality dict,
+    in the budget's units; None is ``default_step * eps``. Under a joint ball ``alpha`` is one number, the step in
+    units of the joint radius; under a loudness-relative audio budget the audio step is ``default_step`` times
+    each clip's budget (no audio alpha).
 
     ``restarts``: the attack runs that many times (random starts, so ``random_start`` is required for
     more than one); each run after the first attacks only the samples no run has fooled yet, and each
     sample keeps its best run (``BestSoFar``), found with one extra forward pass per run.
     ``eot_iter``: losses and gradients are means over that many forward passes (``Problem``).
     ``seed``: the seed of each call's private random generator; None draws one from torch's global one.
+
+    Each attack class describes itself to the registry and the evaluation: ``family`` (``white-box`` or
+    ``black-box``), ``uses_loss`` (whether it optimises the loss it is given, or its own objective), the
+    ``norms`` it supports, whether it supports a ``joint_ball``, ``min_classes``, and ``settings``: its
+    keyword options and the command-line flag (the ``argparse`` destination) that sets each.
 
     Subclasses change the step rule (``direction``) or, for a different algorithm, ``perturb``; the norm
     is the region's (``attacks.regions``). The model is in eval mode during the attack (each module's
@@ -301,32 +275,27 @@ class Attack:
     """
 
     default_step: ClassVar[float] = 1 / 8
+    summary: ClassVar[str] = ""
+    family: ClassVar[str] = "white-box"
+    uses_loss: ClassVar[bool] = True
+    norms: ClassVar[tuple[str, ...]] = NORMS
+    joint_ball: ClassVar[bool] = True
+    min_classes: ClassVar[int] = 2
+    settings: ClassVar[dict[str, str]] = {"steps": "attack_steps", "alpha": "attack_alpha",
+                                          "random_start": "random_start", "restarts": "restarts",
+                                          "eot_iter": "eot_iter", "seed": "seed"}
 
-    def __init__(self, model: nn.Module, eps: Mapping[str, float], *, steps: int = 10,
+    def __init__(self, model: nn.Module, eps: Mapping[str, float] | ThreatModel, *, steps: int = 10,
                  alpha: float | Mapping[str, float] | None = None, random_start: bool = False,
                  restarts: int = 1, eot_iter: int = 1, seed: int | None = None,
-                 loss: str | LossFn = "ce", eps_units: str = "normalized",
-                 std: Sequence[float] = IMAGENET_STD, norm: str = "linf", joint_eps: float | None = None,
-                 audio_eps_db: float | None = None, temporal: str = "frame") -> None:
-        if not isinstance(eps, Mapping):
-            raise TypeError(f"eps must be a dict like {{'visual': 0.006, 'audio': 0.006}}, got {eps!r}")
-        self._check_threat_model(norm, joint_eps, audio_eps_db, temporal, eps_units)
-        budgets = _per_modality(eps, "eps")
-        self.eps = {m: float(budgets[m] or 0.0) for m in MODALITIES}
-        for m, e in self.eps.items():
-            if not math.isfinite(e) or e < 0:
-                raise ValueError(f"eps['{m}'] must be finite and >= 0, got {e}")
-        self.norm = norm
-        self.joint_eps = None if joint_eps is None else float(joint_eps)
-        self.audio_eps_db = None if audio_eps_db is None else float(audio_eps_db)
-        self.temporal = temporal
-        if self.joint_eps is not None:
-            zero = [m for m in MODALITIES if self.eps[m] == 0 and not (m == "audio" and self.audio_eps_db is not None)]
-            if zero:
-                raise ValueError(f"joint_eps needs a unit budget > 0 for both modalities; eps['{zero[0]}'] is 0")
+                 loss: str | LossFn = "ce", std: Sequence[float] = IMAGENET_STD) -> None:
+        self.threat = ThreatModel.of(eps)
+        if self.threat.norm not in self.norms:
+            raise ValueError(f"{type(self).__name__} supports norm {' / '.join(self.norms)}, not {self.threat.norm!r}")
+        if self.threat.joint_eps is not None and not self.joint_ball:
+            raise ValueError(f"{type(self).__name__} has no joint-ball version (joint_eps)")
+        self.eps = self.threat.eps
         self.alpha, self.joint_alpha = self._step_sizes(alpha)
-        if eps_units not in EPS_UNITS:
-            raise ValueError(f"eps_units must be one of {EPS_UNITS}, got '{eps_units}'")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if restarts < 1:
@@ -343,38 +312,21 @@ class Attack:
         self.seed = seed
         self.loss_fn = get_loss(loss)
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", repr(loss))
-        self.eps_units = eps_units
         self.std = tuple(std)
-
-    @staticmethod
-    def _check_threat_model(norm: str, joint_eps: float | None, audio_eps_db: float | None, temporal: str,
-                            eps_units: str) -> None:
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        if temporal not in TEMPORAL:
-            raise ValueError(f"temporal must be one of {TEMPORAL}, got {temporal!r}")
-        if norm == "l2" and eps_units != "pixel":
-            raise ValueError("norm='l2' needs eps_units='pixel' (an L2 radius has no per-channel normalised units)")
-        if joint_eps is not None:
-            if norm != "l2":
-                raise ValueError(f"joint_eps needs norm='l2', got norm={norm!r}")
-            if not (math.isfinite(joint_eps) and joint_eps > 0):
-                raise ValueError(f"joint_eps must be finite and > 0, got {joint_eps}")
-        if audio_eps_db is not None and not (math.isfinite(audio_eps_db) and audio_eps_db < 0):
-            raise ValueError(f"audio_eps_db must be finite and < 0 (dB below the clip's loudness), got {audio_eps_db}")
 
     def _step_sizes(self, alpha: float | Mapping[str, float] | None) -> tuple[dict[str, float | None], float | None]:
         """The per-modality step sizes (None where they are per sample) and the joint ball's step (or None)."""
-        if self.joint_eps is not None:
+        threat = self.threat
+        if threat.joint_eps is not None:
             if isinstance(alpha, Mapping):
                 raise ValueError("with joint_eps, alpha is one number: the step in units of joint_eps")
             if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
                 raise ValueError(f"alpha must be finite and > 0, got {alpha}")
-            return dict.fromkeys(MODALITIES), self.default_step * self.joint_eps if alpha is None else float(alpha)
+            return dict.fromkeys(MODALITIES), self.default_step * threat.joint_eps if alpha is None else float(alpha)
         alphas = _per_modality(alpha, "alpha")
-        if self.audio_eps_db is not None and alphas["audio"] is not None:
-            raise ValueError("with audio_eps_db the audio step is a fixed share of each clip's budget; give alpha "
-                             "for the visual modality only, e.g. alpha={'visual': a}")
+        if threat.loudness_relative and alphas["audio"] is not None:
+            raise ValueError("with a loudness-relative audio budget the audio step is a fixed share of each clip's "
+                             "budget; give alpha for the visual modality only, e.g. alpha={'visual': a}")
         steps: dict[str, float | None] = {}
         for m in MODALITIES:
             if alphas[m] is not None:
@@ -382,28 +334,23 @@ class Attack:
                     raise ValueError(f"alpha for {m} must be finite and > 0, got {alphas[m]}")
                 steps[m] = float(alphas[m])
             else:
-                steps[m] = None if m == "audio" and self.audio_eps_db is not None else self.default_step * self.eps[m]
+                steps[m] = None if m == "audio" and threat.loudness_relative else self.default_step * self.eps[m]
         return steps, None
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(eps={self.eps}, alpha={self.alpha}, steps={self.steps}, "
-                f"loss='{self.loss_name}', eps_units='{self.eps_units}', {self._threat_repr()}"
+                f"loss='{self.loss_name}', eps_units='{self.threat.units}', {self._threat_repr()}"
                 f"restarts={self.restarts}, eot_iter={self.eot_iter}, seed={self.seed})")
 
     def _threat_repr(self) -> str:
-        parts = [f"norm='{self.norm}'"]
-        if self.joint_eps is not None:
-            parts.append(f"joint_eps={self.joint_eps}, joint_alpha={self.joint_alpha}")
-        if self.audio_eps_db is not None:
-            parts.append(f"audio_eps_db={self.audio_eps_db}")
-        if self.temporal != "frame":
-            parts.append(f"temporal='{self.temporal}'")
-        return ", ".join(parts) + ", "
+        text = f"threat='{self.threat.label}'"
+        if self.joint_alpha is not None:
+            text += f", joint_alpha={self.joint_alpha}"
+        return text + ", "
 
     def perturbs(self, modality: str) -> bool:
         """Whether this attack perturbs ``modality`` (a budget > 0 and a model that uses it)."""
-        budget = self.eps[modality] > 0 or (modality == "audio" and self.audio_eps_db is not None)
-        return budget and getattr(self.model, f"uses_{modality}", True)
+        return self.threat.attacks(modality) and getattr(self.model, f"uses_{modality}", True)
 
     def __call__(self, frames: Tensor | None, audio: Tensor | None,
                  labels: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -431,32 +378,24 @@ class Attack:
         return out["visual"], out["audio"]
 
     def radius(self, modality: str, clean: Tensor) -> Tensor:
-        """Modality ``modality``'s budget in raw input units, broadcastable against ``clean`` (per sample for
-        loudness-relative audio budgets)."""
-        if modality == "audio" and self.audio_eps_db is not None:
-            return per_sample(audio_db_radius(clean, self.audio_eps_db, self.norm), clean)
-        return self._raw_units(modality, self.eps[modality], clean)
+        """Modality ``modality``'s budget in raw input units, broadcastable against ``clean``."""
+        return self.threat.radius(modality, clean, self.std)
 
     def _region(self, clean: Inputs) -> Region:
-        shared = {m: m == "visual" and self.temporal == "shared" for m in clean}
+        threat = self.threat
+        shared = {m: m == "visual" and threat.temporal == "shared" for m in clean}
         radii = {m: self.radius(m, x) for m, x in clean.items()}
-        if self.joint_eps is not None:
+        if threat.joint_eps is not None:
             unused = torch.zeros(())
             parts = {m: L2Ball(x, radii[m], unused, VALID_RANGE[m], shared[m]) for m, x in clean.items()}
-            return JointL2Ball(parts, self.joint_eps, self.joint_alpha)
-        ball_type = Ball if self.norm == "linf" else L2Ball
+            return JointL2Ball(parts, threat.joint_eps, self.joint_alpha)
+        ball_type = Ball if threat.norm == "linf" else L2Ball
         balls = {}
         for m, x in clean.items():
             alpha = self.alpha[m]
-            step = radii[m] * self.default_step if alpha is None else self._raw_units(m, alpha, x)
+            step = radii[m] * self.default_step if alpha is None else threat.raw_units(m, alpha, x, self.std)
             balls[m] = ball_type(x, radii[m], step, VALID_RANGE[m], shared[m])
         return Independent(balls)
-
-    def _raw_units(self, modality: str, value: float, like: Tensor) -> Tensor:
-        """A budget or step size in raw input units, broadcastable against ``like``."""
-        if modality == "visual" and self.eps_units == "normalized":
-            return normalized_eps_to_pixel(value, self.std).to(like).view(1, -1, *[1] * (like.dim() - 2))
-        return torch.tensor(value, dtype=like.dtype, device=like.device)
 
     def _run_restarts(self, problem: Problem) -> Inputs:
         x = self.perturb(problem)

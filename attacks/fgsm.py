@@ -8,7 +8,7 @@ from torch import nn
 from attacks.base import Attack
 from attacks.losses import LossFn
 from attacks.registry import ATTACKS
-from models.visual import IMAGENET_STD
+from attacks.threat import IMAGENET_STD, ThreatModel
 
 
 @ATTACKS.register("fsgm")
@@ -22,11 +22,10 @@ class FGSM(Attack):
     ``fsgm`` is the original code's spelling of the name.
     """
 
+    summary = "one signed-gradient step of eps (FGM under L2); `fsgm` is the original code's spelling"
     default_step = 1.0
+    settings = {"eot_iter": "eot_iter"}
 
-    def __init__(self, model: nn.Module, eps: Mapping[str, float], *, eot_iter: int = 1,
-                 loss: str | LossFn = "ce", eps_units: str = "normalized",
-                 std: Sequence[float] = IMAGENET_STD, norm: str = "linf", joint_eps: float | None = None,
-                 audio_eps_db: float | None = None, temporal: str = "frame") -> None:
-        super().__init__(model, eps, steps=1, eot_iter=eot_iter, loss=loss, eps_units=eps_units, std=std, norm=norm,
-                         joint_eps=joint_eps, audio_eps_db=audio_eps_db, temporal=temporal)
+    def __init__(self, model: nn.Module, eps: Mapping[str, float] | ThreatModel, *, eot_iter: int = 1,
+                 loss: str | LossFn = "ce", std: Sequence[float] = IMAGENET_STD) -> None:
+        super().__init__(model, eps, steps=1, eot_iter=eot_iter, loss=loss, std=std)

@@ -10,7 +10,7 @@ from attacks.base import Attack, Inputs
 from attacks.losses import LossFn
 from attacks.regions import Region
 from attacks.registry import ATTACKS
-from models.visual import IMAGENET_STD
+from attacks.threat import IMAGENET_STD, ThreatModel
 
 
 @ATTACKS.register("mim")
@@ -24,15 +24,15 @@ class MIM(Attack):
     model as in ``Attack``.
     """
 
-    def __init__(self, model: nn.Module, eps: Mapping[str, float], *, steps: int = 10,
+    summary = ("momentum iterative method (Dong et al. 2018): L1-normalised gradients, decay 1.0, projected around "
+               "the clean input")
+
+    def __init__(self, model: nn.Module, eps: Mapping[str, float] | ThreatModel, *, steps: int = 10,
                  alpha: float | Mapping[str, float] | None = None, decay: float = 1.0,
                  random_start: bool = False, restarts: int = 1, eot_iter: int = 1, seed: int | None = None,
-                 loss: str | LossFn = "ce", eps_units: str = "normalized",
-                 std: Sequence[float] = IMAGENET_STD, norm: str = "linf", joint_eps: float | None = None,
-                 audio_eps_db: float | None = None, temporal: str = "frame") -> None:
+                 loss: str | LossFn = "ce", std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__(model, eps, steps=steps, alpha=alpha, random_start=random_start, restarts=restarts,
-                         eot_iter=eot_iter, seed=seed, loss=loss, eps_units=eps_units, std=std, norm=norm,
-                         joint_eps=joint_eps, audio_eps_db=audio_eps_db, temporal=temporal)
+                         eot_iter=eot_iter, seed=seed, loss=loss, std=std)
         self.decay = decay
 
     def direction(self, region: Region, grads: Inputs, state: dict[str, Tensor]) -> Inputs:

@@ -8,11 +8,11 @@ import torch
 from torch import Tensor, nn
 
 from attacks import square_l2
-from attacks.base import Attack, Inputs, Problem, per_sample
+from attacks.base import Attack, Inputs, Problem
 from attacks.losses import margin
-from attacks.regions import Ball, L2Ball
+from attacks.regions import Ball, L2Ball, per_sample
 from attacks.registry import ATTACKS
-from models.visual import IMAGENET_STD
+from attacks.threat import IMAGENET_STD, ThreatModel
 
 # Iterations, on a schedule rescaled to 10000 queries, after which the window's share p is halved.
 HALVING_ITERATIONS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -91,27 +91,31 @@ class Square(Attack):
     visual budgets in normalised units); every point is clamped into the ball and the valid range.
 
     With ``norm='l2'`` the moves are the L2 version's (``attacks.square_l2``: pseudo-Gaussian windows on the
-    frames and on the waveform, every point on the sphere of radius eps before the range clip). ``joint_eps``
-    is not supported (ValueError); ``audio_eps_db`` (each clip's own ``eps``) and ``temporal='shared'`` (one
-    perturbation for every frame) work as in ``Attack``.
+    frames and on the waveform, every point on the sphere of radius eps before the range clip). A joint ball
+    is not supported (ValueError); a loudness-relative audio budget (each clip's own ``eps``) and
+    ``temporal='shared'`` (one perturbation for every frame) work as in ``Attack``.
 
     ``seed`` as in ``Attack`` (each call draws from its own generator). The gradient attacks' options
     (steps, alpha, loss, random start) do not apply; ``build_attack`` ignores them, and rejects
     ``restarts`` or ``eot_iter`` above 1. ``queries + 1`` forward passes at most.
     """
 
-    def __init__(self, model: nn.Module, eps: Mapping[str, float], *, queries: int = 5000, p_init: float = 0.8,
-                 seed: int | None = None, eps_units: str = "normalized",
-                 std: Sequence[float] = IMAGENET_STD, norm: str = "linf", joint_eps: float | None = None,
-                 audio_eps_db: float | None = None, temporal: str = "frame") -> None:
-        if joint_eps is not None:
+    summary = ("Square attack (Andriushchenko et al. 2020): score-based random search on the margin, one window per "
+               "modality per query")
+    family = "black-box"
+    uses_loss = False
+    joint_ball = False
+    settings = {"queries": "square_queries", "p_init": "square_p_init", "seed": "seed"}
+
+    def __init__(self, model: nn.Module, eps: Mapping[str, float] | ThreatModel, *, queries: int = 5000,
+                 p_init: float = 0.8, seed: int | None = None, std: Sequence[float] = IMAGENET_STD) -> None:
+        if ThreatModel.of(eps).joint_eps is not None:
             raise ValueError("the square attack takes per-modality budgets only, not joint_eps")
         if queries < 1:
             raise ValueError(f"queries must be >= 1, got {queries}")
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init}")
-        super().__init__(model, eps, steps=queries, seed=seed, loss=margin, eps_units=eps_units, std=std, norm=norm,
-                         joint_eps=joint_eps, audio_eps_db=audio_eps_db, temporal=temporal)
+        super().__init__(model, eps, steps=queries, seed=seed, loss=margin, std=std)
         self.p_init = p_init
 
     @property
@@ -120,7 +124,7 @@ class Square(Attack):
 
     def __repr__(self) -> str:
         return (f"Square(eps={self.eps}, queries={self.queries}, p_init={self.p_init}, "
-                f"eps_units='{self.eps_units}', {self._threat_repr()}seed={self.seed})")
+                f"eps_units='{self.threat.units}', {self._threat_repr()}seed={self.seed})")
 
     def perturb(self, problem: Problem) -> Inputs:
         generator = problem.generator

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 import main_attack
 from attacks import PGD
+from attacks.threat import ThreatModel
 from dataset.loaders import build_dataset, build_loader
 from evaluation.robustness.engine import AttackEngine
 from evaluation.robustness.protocol import PAPER_PROTOCOL
@@ -143,7 +144,7 @@ class FramesOnly(nn.Module):
 def pgd_pair(model: nn.Module, audio: Tensor | None, eps: float, alpha: float, steps: int,
              torchattacks: ModuleType) -> tuple[PGD, Callable[[Tensor, Tensor], Tensor]]:
     """Our visual-only PGD and torchattacks' with the same settings (pixel units, no random start)."""
-    ours = PGD(model, {"visual": eps}, steps=steps, alpha=alpha, eps_units="pixel")
+    ours = PGD(model, ThreatModel.of({"visual": eps}, units="pixel"), steps=steps, alpha=alpha)
     theirs = torchattacks.PGD(FramesOnly(model, audio), eps=eps, alpha=alpha, steps=steps, random_start=False)
     return ours, theirs
 
@@ -195,7 +196,8 @@ def main() -> None:
             loss = F.cross_entropy(model(f, a).logits, labels, reduction="sum")
             torch.autograd.grad(loss, [f, a])
 
-    joint = PGD(model, {"visual": args.eps, "audio": args.eps}, steps=args.steps, alpha=alpha, eps_units="pixel")
+    joint = PGD(model, ThreatModel.of({"visual": args.eps, "audio": args.eps}, units="pixel"),
+                steps=args.steps, alpha=alpha)
     t = timed({"floor": floor, "pgd": lambda: joint(frames, audio, labels)}, args.repeats)
     print(f"(a) k x (forward + input-gradient backward): {t['floor']}")
     print(f"    PGD-{args.steps} audio+visual:                  {t['pgd']}   {t['pgd'] / t['floor']} "
@@ -213,7 +215,7 @@ def main() -> None:
         print("(b) skipped: torchattacks attacks images, so it needs --frames 1")
         return
     ours, theirs = pgd_pair(model, audio, args.eps, alpha, args.steps, torchattacks)
-    opaque = PGD(Opaque(model), {"visual": args.eps}, steps=args.steps, alpha=alpha, eps_units="pixel")
+    opaque = PGD(Opaque(model), ThreatModel.of({"visual": args.eps}, units="pixel"), steps=args.steps, alpha=alpha)
     t = timed({"ours": lambda: ours(frames, audio, labels), "torchattacks": lambda: theirs(frames[:, :, 0], labels),
                "opaque": lambda: opaque(frames, audio, labels)}, args.repeats)
     adv_ours = ours(frames, audio, labels)[0][:, :, 0]

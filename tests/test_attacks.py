@@ -28,6 +28,7 @@ from attacks import (
     build_attack,
     normalized_eps_to_pixel,
 )
+from attacks.threat import ThreatModel
 from models import AVModel, ModelOutput, build_model
 
 C, N, SIZE, L = 5, 32, 32, 2048
@@ -143,7 +144,7 @@ def test_adversarial_inputs_stay_in_the_ball_and_the_range(trained, name: str, k
     model, (frames, audio, labels) = trained
     frames, audio = with_range_extremes(frames, audio)
     eps = {"visual": 0.3, "audio": 0.05}
-    adv_frames, adv_audio = build_attack(name, model, eps, eps_units=units, **kwargs)(frames, audio, labels)
+    adv_frames, adv_audio = build_attack(name, model, ThreatModel.of(eps, units=units), **kwargs)(frames, audio, labels)
     bound_v = eps["visual"] * (STD if units == "normalized" else torch.ones(3))
     delta_v = (adv_frames - frames).abs().amax(dim=(0, 2, 3, 4))
     assert (delta_v <= bound_v + 1e-6).all(), (delta_v, bound_v)
@@ -159,7 +160,7 @@ def test_visual_budget_units_are_per_channel_when_normalized(trained, units: str
     channel is the budget itself: eps * std_c in normalised units, eps in pixel units."""
     model, (frames, audio, labels) = trained
     eps = 0.05
-    adv_frames, _ = FGSM(model, {"visual": eps}, eps_units=units)(frames, audio, labels)
+    adv_frames, _ = FGSM(model, ThreatModel.of({"visual": eps}, units=units))(frames, audio, labels)
     expected = normalized_eps_to_pixel(eps) if units == "normalized" else torch.full((3,), eps)
     torch.testing.assert_close((adv_frames - frames).abs().amax(dim=(0, 2, 3, 4)), expected, atol=1e-6, rtol=0)
 
@@ -462,7 +463,7 @@ def test_mim_steps_match_the_hand_computed_update() -> None:
 
     expected = by_hand(lambda grads: [g / l1(g) for g in grads])
     for steps in (1, 2):
-        got = MIM(model, eps, alpha=alpha, steps=steps, eps_units="pixel")(frames, audio, labels)
+        got = MIM(model, ThreatModel.of(eps, units="pixel"), alpha=alpha, steps=steps)(frames, audio, labels)
         for a, b in zip(got, expected[steps - 1]):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     alternatives = [
@@ -512,12 +513,12 @@ def test_eot_averages_losses_and_gradients_over_forward_passes() -> None:
     mean_loss, mean_grads = by_hand()
     expected = [(x + a * g.sign()).clamp(*r) for x, a, g, r in zip((frames, audio), alpha.values(), mean_grads,
                                                                     [(0, 1), (-1, 1)])]
-    got = PGD(model, eps, alpha=alpha, steps=1, eot_iter=3, eps_units="pixel")(frames, audio, labels)
+    got = PGD(model, ThreatModel.of(eps, units="pixel"), alpha=alpha, steps=1, eot_iter=3)(frames, audio, labels)
     assert model.calls == 3
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     # one pass per step would follow another gradient: the average is what makes the difference
-    single = PGD(model, eps, alpha=alpha, steps=1, eps_units="pixel")(frames, audio, labels)
+    single = PGD(model, ThreatModel.of(eps, units="pixel"), alpha=alpha, steps=1)(frames, audio, labels)
     assert not all(torch.allclose(a, b) for a, b in zip(single, expected))
 
     model.calls = 0
@@ -626,18 +627,16 @@ def test_registry_names_and_the_fsgm_alias(trained) -> None:
 
 def test_build_attack_passes_the_options_an_attack_has(trained) -> None:
     model, _ = trained
-    flags = dict(steps=7, alpha=0.01, loss="dlr", eps_units="pixel", random_start=True, restarts=3, eot_iter=2,
-                 seed=5)
-    pgd = build_attack("pgd", model, {"visual": 0.1}, **flags)
-    assert (pgd.steps, pgd.alpha["visual"], pgd.loss_name, pgd.eps_units, pgd.random_start, pgd.restarts,
+    flags = dict(steps=7, alpha=0.01, loss="dlr", random_start=True, restarts=3, eot_iter=2, seed=5)
+    pgd = build_attack("pgd", model, ThreatModel.of({"visual": 0.1}, units="pixel"), **flags)
+    assert (pgd.steps, pgd.alpha["visual"], pgd.loss_name, pgd.threat.units, pgd.random_start, pgd.restarts,
             pgd.eot_iter, pgd.seed) == (7, 0.01, "dlr", "pixel", True, 3, 2, 5)
     fgsm = build_attack("fgsm", model, {"visual": 0.1}, **{**flags, "restarts": 1})
     assert (fgsm.steps, fgsm.alpha["visual"], fgsm.eot_iter) == (1, 0.1, 2)
     apgd = build_attack("apgd", model, {"visual": 0.1}, steps=None, alpha=0.01)
     assert (apgd.steps, apgd.alpha["visual"]) == (100, 0.2)
     assert {n for n in ATTACKS.names() if "restarts" in attack_options(n)} == {"apgd", "apgd-t", "mim", "pgd"}
-    threat_model = {"eps_units", "std", "norm", "joint_eps", "audio_eps_db", "temporal"}
-    assert attack_options("square") == {"queries", "p_init", "seed", *threat_model}
+    assert attack_options("square") == {"queries", "p_init", "seed", "std"}
 
 
 def test_unknown_names_and_bad_options_raise(trained) -> None:
@@ -648,12 +647,12 @@ def test_unknown_names_and_bad_options_raise(trained) -> None:
         build_attack("pgd", model, {"visual": 0.1}, loss="hinge")
     with pytest.raises(ValueError, match="no attack takes"):
         build_attack("pgd", model, {"visual": 0.1}, restart=3)
-    with pytest.raises(TypeError, match="eps must be a dict"):
+    with pytest.raises(TypeError, match="eps must be a dict .* or a ThreatModel"):
         PGD(model, 0.1)
     with pytest.raises(ValueError, match="eps keys"):
         PGD(model, {"video": 0.1})
     with pytest.raises(ValueError, match="eps_units"):
-        PGD(model, {"visual": 0.1}, eps_units="db")
+        PGD(model, ThreatModel.of({"visual": 0.1}, units="db"))
     with pytest.raises(ValueError, match=">= 0"):
         PGD(model, {"visual": -0.1})
     with pytest.raises(ValueError, match="random_start"):
@@ -693,7 +692,8 @@ def test_visual_pgd_matches_torchattacks(trained, eps: float) -> None:
     model, (frames, audio, labels) = trained
     wrapper = FramesOnly(model, audio).eval()  # torchattacks restores a training-mode model to training mode
     reference = torchattacks.PGD(wrapper, eps=eps, alpha=eps / 4, steps=10, random_start=False)(frames[:, :, 0], labels)
-    ours, ours_audio = PGD(model, {"visual": eps}, alpha=eps / 4, steps=10, eps_units="pixel")(frames, audio, labels)
+    ours, ours_audio = PGD(model, ThreatModel.of({"visual": eps}, units="pixel"),
+                           alpha=eps / 4, steps=10)(frames, audio, labels)
     assert ours_audio is audio
     acc_ours, acc_ref = accuracy(model, ours, audio, labels), accuracy(model, reference.unsqueeze(2), audio, labels)
     assert acc_ours == acc_ref < accuracy(model, frames, audio, labels)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from attacks import APGDTargeted, Square, build_attack, margin, square_fraction, targeted_difference_of_logits_ratio
+from attacks.threat import ThreatModel
 from models import AVModel, ModelOutput, build_model
 from tests.test_attacks import fit, with_range_extremes
 
@@ -149,7 +150,7 @@ def test_new_attacks_stay_in_the_ball_and_the_range(audio_visual, name: str, uni
     model, (frames, audio, labels) = audio_visual
     frames, audio = with_range_extremes(frames, audio, rows=3, samples=128)
     eps = {"visual": 0.2, "audio": 0.05}
-    adv_frames, adv_audio = build_attack(name, model, eps, eps_units=units, seed=0, **NEW_ATTACKS[name])(
+    adv_frames, adv_audio = build_attack(name, model, ThreatModel.of(eps, units=units), seed=0, **NEW_ATTACKS[name])(
         frames, audio, labels)
     bound_v = eps["visual"] * (STD if units == "normalized" else torch.ones(3))
     delta_v = (adv_frames - frames).abs().amax(dim=(0, 2, 3, 4))
@@ -193,8 +194,10 @@ def test_apgd_t_fools_at_least_as_many_as_apgd_ce(visual) -> None:
     alone does worse here, so the targets after the first do work."""
     model, (frames, _, labels) = visual
     eps = {"visual": 0.04}
-    ce = accuracy(model, *build_attack("apgd", model, eps, steps=20, eps_units="pixel")(frames, None, labels), labels)
-    targeted = {n: accuracy(model, *APGDTargeted(model, eps, steps=20, n_target_classes=n, eps_units="pixel")(
+    ce = accuracy(model, *build_attack("apgd", model, ThreatModel.of(eps, units="pixel"),
+                                       steps=20)(frames, None, labels), labels)
+    targeted = {n: accuracy(model, *APGDTargeted(model, ThreatModel.of(eps, units="pixel"),
+                                                 steps=20, n_target_classes=n)(
         frames, None, labels), labels) for n in (1, 5)}
     assert targeted[5] <= ce < accuracy(model, frames, None, labels)
     assert targeted[5] < targeted[1]
@@ -204,8 +207,8 @@ def test_apgd_t_attacks_each_target_on_the_samples_not_yet_fooled(visual) -> Non
     model, (frames, _, labels) = visual
     recorder = Recorder(model)
     steps, targets = 4, 5
-    adv, _ = APGDTargeted(recorder, {"visual": 0.04}, steps=steps, n_target_classes=targets,
-                          eps_units="pixel")(frames, None, labels)
+    adv, _ = APGDTargeted(recorder, ThreatModel.of({"visual": 0.04}, units="pixel"),
+                          steps=steps, n_target_classes=targets)(frames, None, labels)
     sizes = [c[0].shape[0] for c in recorder.calls]
     assert sizes[0] == N and not recorder.calls[0][3]  # the clean logits that pick the targets
     runs = [sizes[i:i + steps + 1] for i in range(1, len(sizes), steps + 1)]
@@ -289,7 +292,7 @@ def test_square_windows(audio_visual) -> None:
     recorder = Recorder(model)
     eps = {"visual": 0.01, "audio": 0.001}
     queries, p_init = 12, 0.8
-    Square(recorder, eps, queries=queries, p_init=p_init, eps_units="pixel", seed=1)(frames, audio, labels)
+    Square(recorder, ThreatModel.of(eps, units="pixel"), queries=queries, p_init=p_init, seed=1)(frames, audio, labels)
     calls = recorder.calls
     assert len(calls) == queries + 1 and all(c[0].shape[0] == N for c in calls)
     for cand_frames, cand_audio, _, _ in calls:
@@ -334,7 +337,8 @@ def test_apgd_matches_torchattacks(visual) -> None:
     acc_ref = accuracy(model, reference.unsqueeze(2), None, labels)
     assert 0.2 < acc_ref < accuracy(model, frames, None, labels) - 0.2  # a budget where the attack half works
     for start in ({}, {"random_start": True, "seed": 0}):
-        adv, _ = build_attack("apgd", model, {"visual": eps}, steps=20, loss="ce", eps_units="pixel", **start)(
+        adv, _ = build_attack("apgd", model, ThreatModel.of({"visual": eps}, units="pixel"),
+                              steps=20, loss="ce", **start)(
             frames, None, labels)
         assert abs(accuracy(model, adv, None, labels) - acc_ref) <= 1 / N + 1e-9, start
 
@@ -353,7 +357,7 @@ def test_square_matches_torchattacks(visual) -> None:
     model, (frames, _, labels) = visual
     frames = frames[:, :, :1]
     eps, queries, seeds = 0.04, 200, (0, 1, 2)
-    ours = [accuracy(model, Square(model, {"visual": eps}, queries=queries, eps_units="pixel", seed=s)(
+    ours = [accuracy(model, Square(model, ThreatModel.of({"visual": eps}, units="pixel"), queries=queries, seed=s)(
         frames, None, labels)[0], None, labels) for s in seeds]
     reference = [accuracy(model, torchattacks.Square(FramesOnly(model), eps=eps, n_queries=queries, p_init=0.8,
                                                      seed=s)(frames[:, :, 0], labels).unsqueeze(2), None, labels)

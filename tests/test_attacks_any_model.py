@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attacks import as_model_output, build_attack
+from attacks.threat import ThreatModel
 from models import ModelOutput
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,8 +73,8 @@ def test_attacks_on_a_user_model_match_the_same_model_returning_a_model_output(u
                                                                                wrapper) -> None:
     model, (frames, audio, labels) = user_model
     eps = {"visual": 0.03, "audio": 0.02}
-    adv = build_attack(name, wrapper(model), eps, eps_units="pixel", **ATTACKS[name])(frames, audio, labels)
-    reference = build_attack(name, ReturnsModelOutput(model), eps, eps_units="pixel", **ATTACKS[name])(
+    adv = build_attack(name, wrapper(model), ThreatModel.of(eps, units="pixel"), **ATTACKS[name])(frames, audio, labels)
+    reference = build_attack(name, ReturnsModelOutput(model), ThreatModel.of(eps, units="pixel"), **ATTACKS[name])(
         frames, audio, labels)
     assert all(torch.equal(a, b) for a, b in zip(adv, reference))
     assert (adv[0] - frames).abs().max() <= eps["visual"] + 1e-6
@@ -85,7 +86,8 @@ def test_attacks_on_a_user_model_match_the_same_model_returning_a_model_output(u
 @pytest.mark.parametrize("name", ATTACKS)
 def test_l2_attacks_on_a_user_model(user_model, name: str) -> None:
     model, (frames, audio, labels) = user_model
-    adv_frames, adv_audio = build_attack(name, model, {"visual": 0.5, "audio": 0.3}, norm="l2", eps_units="pixel",
+    threat = ThreatModel.of({"visual": 0.5, "audio": 0.3}, norm="l2", units="pixel")
+    adv_frames, adv_audio = build_attack(name, model, threat,
                                          **ATTACKS[name])(frames, audio, labels)
     assert (adv_frames - frames).flatten(1).norm(dim=1).max() <= 0.5 * (1 + 1e-5)
     with torch.no_grad():
@@ -95,7 +97,8 @@ def test_l2_attacks_on_a_user_model(user_model, name: str) -> None:
 def test_ce_cos_on_a_model_without_features_raises(user_model) -> None:
     model, (frames, audio, labels) = user_model
     with pytest.raises(ValueError, match="needs the model's features.*TwoStream returns Tensor"):
-        build_attack("pgd", model, {"visual": 0.03}, loss="ce+cos", eps_units="pixel")(frames, audio, labels)
+        build_attack("pgd", model, ThreatModel.of({"visual": 0.03}, units="pixel"),
+                     loss="ce+cos")(frames, audio, labels)
 
 
 def test_as_model_output() -> None:

@@ -21,6 +21,7 @@ from attacks import (
     joint_split,
     square_l2,
 )
+from attacks.threat import ThreatModel
 from models import AVModel
 from tests.test_attacks import LinearAV
 from tests.test_attacks_aa import train
@@ -104,7 +105,7 @@ def test_l2_random_start_lies_in_the_ball() -> None:
 def test_pgd_l2_raises_the_loss_and_ends_on_the_sphere(fitted) -> None:
     model, (frames, audio, labels) = fitted
     eps = {"visual": 1.0, "audio": 0.5}
-    adv_frames, adv_audio = build_attack("pgd", model, eps, steps=10, norm="l2", eps_units="pixel")(
+    adv_frames, adv_audio = build_attack("pgd", model, ThreatModel.of(eps, norm="l2", units="pixel"), steps=10)(
         frames, audio, labels)
     assert ce(model, adv_frames, adv_audio, labels).mean() > ce(model, frames, audio, labels).mean() + 0.1
     for adv, clean, e in ((adv_frames, frames, eps["visual"]), (adv_audio, audio, eps["audio"])):
@@ -118,7 +119,7 @@ def test_pgd_l2_raises_the_loss_and_ends_on_the_sphere(fitted) -> None:
 def test_l2_attacks_keep_their_budgets_and_lower_accuracy(fitted, name: str) -> None:
     model, (frames, audio, labels) = fitted
     eps = {"visual": 2.0, "audio": 1.0}
-    attack = build_attack(name, model, eps, norm="l2", eps_units="pixel", seed=0, **GRADIENT_ATTACKS[name])
+    attack = build_attack(name, model, ThreatModel.of(eps, norm="l2", units="pixel"), seed=0, **GRADIENT_ATTACKS[name])
     adv_frames, adv_audio = attack(frames, audio, labels)
     assert (norms(adv_frames - frames) <= eps["visual"] * (1 + REL)).all()
     assert (norms(adv_audio - audio) <= eps["audio"] * (1 + REL)).all()
@@ -137,7 +138,8 @@ def test_fgm_is_one_step_of_size_eps_along_the_normalised_gradient() -> None:
     labels = torch.tensor([0, 1, 2, 0, 1])
     grad_v, grad_a = model.input_grads(frames, audio, labels)
     eps = {"visual": 0.05, "audio": 0.02}
-    adv_frames, adv_audio = build_attack("fgsm", model, eps, norm="l2", eps_units="pixel")(frames, audio, labels)
+    threat = ThreatModel.of(eps, norm="l2", units="pixel")
+    adv_frames, adv_audio = build_attack("fgsm", model, threat)(frames, audio, labels)
     torch.testing.assert_close(adv_frames - frames, eps["visual"] * grad_v / norms(grad_v).view(-1, 1, 1, 1, 1))
     torch.testing.assert_close(adv_audio - audio, eps["audio"] * grad_a / norms(grad_a).view(-1, 1, 1))
 
@@ -155,7 +157,8 @@ def test_mim_l2_steps_along_the_normalised_momentum() -> None:
         for i, g in enumerate(grads):
             momentum[i] = momentum[i] + g / g.flatten(1).abs().sum(1).view(-1, *[1] * (g.dim() - 1))
             x[i] = x[i] + alpha * momentum[i] / norms(momentum[i]).view(-1, *[1] * (g.dim() - 1))
-    got = build_attack("mim", model, eps, steps=2, alpha=alpha, norm="l2", eps_units="pixel")(frames, audio, labels)
+    got = build_attack("mim", model, ThreatModel.of(eps, norm="l2", units="pixel"),
+                       steps=2, alpha=alpha)(frames, audio, labels)
     for a, b in zip(got, x):
         torch.testing.assert_close(a, b)
 
@@ -165,7 +168,7 @@ def test_apgd_l2_is_at_least_as_strong_as_pgd_l2(fitted) -> None:
     eps = {"visual": 1.0, "audio": 0.3}
 
     def loss_after(name: str) -> Tensor:
-        adv = build_attack(name, model, eps, steps=10, norm="l2", eps_units="pixel")(frames, audio, labels)
+        adv = build_attack(name, model, ThreatModel.of(eps, norm="l2", units="pixel"), steps=10)(frames, audio, labels)
         return ce(model, *adv, labels)
 
     assert loss_after("apgd").mean() >= loss_after("pgd").mean()
@@ -175,8 +178,8 @@ def test_l2_attacks_with_a_seed_are_reproducible(fitted) -> None:
     model, (frames, audio, labels) = fitted
 
     def run() -> tuple[Tensor, Tensor]:
-        return build_attack("pgd", model, {"visual": 1.0, "audio": 0.3}, steps=2, norm="l2", eps_units="pixel",
-                            random_start=True, seed=3)(frames, audio, labels)
+        return build_attack("pgd", model, ThreatModel.of({"visual": 1.0, "audio": 0.3}, norm="l2", units="pixel"),
+                            steps=2, random_start=True, seed=3)(frames, audio, labels)
 
     first, second = run(), run()
     assert all(torch.equal(a, b) for a, b in zip(first, second))
@@ -186,8 +189,8 @@ def test_l2_square_keeps_its_budgets_and_lowers_accuracy(fitted) -> None:
     model, (frames, audio, labels) = fitted
     audio = audio * torch.linspace(0.1, 1.0, audio.shape[0]).view(-1, 1, 1)
     eps_v, db = 3.0, -6.0
-    adv_frames, adv_audio = Square(model, {"visual": eps_v}, queries=100, norm="l2", eps_units="pixel",
-                                   audio_eps_db=db, seed=0)(frames, audio, labels)
+    adv_frames, adv_audio = Square(model, ThreatModel.of({"visual": eps_v}, norm="l2", units="pixel", audio_eps_db=db),
+                                   queries=100, seed=0)(frames, audio, labels)
     n_v, n_a, budget_a = norms(adv_frames - frames), norms(adv_audio - audio), norms(audio) * 10 ** (db / 20)
     assert (n_v <= eps_v * (1 + REL)).all() and (n_a <= budget_a * (1 + REL)).all()
     assert (n_v >= eps_v * 0.9).all() and (n_a >= budget_a * 0.9).all()  # on the sphere before the range clip
@@ -224,7 +227,7 @@ def test_l2_square_is_as_strong_as_torchattacks() -> None:
         with torch.no_grad():
             return (model(adv, None).logits.argmax(1) == labels).float().mean().item()
 
-    ours = [accuracy(Square(model, {"visual": 2.0}, queries=100, norm="l2", eps_units="pixel", seed=s)(
+    ours = [accuracy(Square(model, ThreatModel.of({"visual": 2.0}, norm="l2", units="pixel"), queries=100, seed=s)(
         frames, None, labels)[0]) for s in (0, 1)]
     reference = [accuracy(torchattacks.Square(FramesOnly(model), norm="L2", eps=2.0, n_queries=100, seed=s)(
         frames[:, :, 0], labels).unsqueeze(2)) for s in (0, 1)]
@@ -261,8 +264,9 @@ def test_joint_projection_scales_the_stacked_scaled_perturbation() -> None:
 def test_joint_attacks_keep_the_joint_ball_and_report_their_split(fitted, name: str) -> None:
     model, (frames, audio, labels) = fitted
     eps_v, eps_a, joint = 1.0, 0.3, 1.0
-    attack = build_attack(name, model, {"visual": eps_v, "audio": eps_a}, norm="l2", eps_units="pixel",
-                          joint_eps=joint, **{k: v for k, v in GRADIENT_ATTACKS[name].items() if k == "steps"})
+    threat = ThreatModel.of({"visual": eps_v, "audio": eps_a}, norm="l2", units="pixel", joint_eps=joint)
+    attack = build_attack(name, model, threat,
+                          **{k: v for k, v in GRADIENT_ATTACKS[name].items() if k == "steps"})
     adv_frames, adv_audio = attack(frames, audio, labels)
     total = joint_norms(frames, adv_frames, audio, adv_audio, eps_v, eps_a)
     assert (total <= joint * (1 + REL)).all()
@@ -306,9 +310,9 @@ def test_db_budgets_scale_with_the_clip_and_bound_the_realised_perturbation(norm
     labels = torch.arange(9) % 3
     db = -30.0
     size = (lambda d: d.flatten(1).abs().amax(1)) if norm == "linf" else norms
-    units = {"eps_units": "pixel"} if norm == "l2" else {}
-    adv_frames, adv_audio = build_attack("fgsm", model, {"visual": 0.0, "audio": 0.0}, norm=norm,
-                                         audio_eps_db=db, **units)(frames, audio, labels)
+    units = "pixel" if norm == "l2" else "normalized"
+    threat = ThreatModel.of({"visual": 0.0, "audio": 0.0}, norm=norm, units=units, audio_eps_db=db)
+    adv_frames, adv_audio = build_attack("fgsm", model, threat)(frames, audio, labels)
     assert adv_frames is frames
     realised = size(adv_audio - audio)
     torch.testing.assert_close(realised, size(audio) * 10 ** (db / 20))
@@ -320,9 +324,9 @@ def test_db_budgets_scale_with_the_clip_and_bound_the_realised_perturbation(norm
 def test_db_budgets_hold_for_iterative_attacks(fitted, norm: str) -> None:
     model, (frames, audio, labels) = fitted
     audio = audio * torch.linspace(0.05, 1.0, audio.shape[0]).view(-1, 1, 1)  # clips of many loudnesses
-    units = {"eps_units": "pixel"} if norm == "l2" else {}
-    _, adv_audio = build_attack("pgd", model, {"audio": 0.0}, steps=10, norm=norm, audio_eps_db=-20.0,
-                                **units)(frames, audio, labels)
+    units = "pixel" if norm == "l2" else "normalized"
+    threat = ThreatModel.of({"audio": 0.0}, norm=norm, units=units, audio_eps_db=-20.0)
+    _, adv_audio = build_attack("pgd", model, threat, steps=10)(frames, audio, labels)
     size = (lambda d: d.flatten(1).abs().amax(1)) if norm == "linf" else norms
     budget = size(audio) * 0.1
     assert (size(adv_audio - audio) <= budget * (1 + REL)).all()
@@ -347,8 +351,8 @@ def test_a_shared_perturbation_is_identical_in_every_frame(fitted, name: str, no
     frames = frames_at_the_edges(frames)
     eps = 0.05 if norm == "linf" else 1.0
     options = {"queries": 20} if name == "square" else {k: v for k, v in GRADIENT_ATTACKS[name].items()}
-    attack = build_attack(name, model, {"visual": eps}, norm=norm, eps_units="pixel", temporal="shared", seed=0,
-                          **options)
+    attack = build_attack(name, model, ThreatModel.of({"visual": eps}, norm=norm, units="pixel", temporal="shared"),
+                          seed=0, **options)
     adv, _ = attack(frames, audio, labels)
     delta = adv - frames
     torch.testing.assert_close(delta[:, :, 1], delta[:, :, 0], atol=1e-6, rtol=0)
@@ -358,7 +362,8 @@ def test_a_shared_perturbation_is_identical_in_every_frame(fitted, name: str, no
     size = delta[:, :, 0].flatten(1).abs().amax(1) if norm == "linf" else norms(delta[:, :, 0])
     assert (size <= eps * (1 + REL)).all() and size.max() > eps / 2
     # per frame, the same attack perturbs the frames differently
-    per_frame, _ = build_attack(name, model, {"visual": eps}, norm=norm, eps_units="pixel", seed=0, **options)(
+    per_frame, _ = build_attack(name, model, ThreatModel.of({"visual": eps}, norm=norm, units="pixel"),
+                                seed=0, **options)(
         frames, audio, labels)
     assert not torch.allclose((per_frame - frames)[:, :, 0], (per_frame - frames)[:, :, 1], atol=1e-4)
 
@@ -382,28 +387,28 @@ def test_bad_threat_models_raise(fitted) -> None:
     model, (frames, audio, labels) = fitted
     eps = {"visual": 0.1, "audio": 0.1}
     with pytest.raises(ValueError, match="norm must be one of"):
-        build_attack("pgd", model, eps, norm="l1", eps_units="pixel")
+        build_attack("pgd", model, ThreatModel.of(eps, norm="l1", units="pixel"))
     with pytest.raises(ValueError, match="joint_eps needs norm='l2'"):
-        build_attack("pgd", model, eps, joint_eps=1.0)
+        build_attack("pgd", model, ThreatModel.of(eps, joint_eps=1.0))
     with pytest.raises(ValueError, match="joint_eps must be finite and > 0"):
-        build_attack("pgd", model, eps, norm="l2", eps_units="pixel", joint_eps=0.0)
+        build_attack("pgd", model, ThreatModel.of(eps, norm="l2", units="pixel", joint_eps=0.0))
     with pytest.raises(ValueError, match="unit budget > 0 for both"):
-        build_attack("pgd", model, {"visual": 0.1}, norm="l2", eps_units="pixel", joint_eps=1.0)
+        build_attack("pgd", model, ThreatModel.of({"visual": 0.1}, norm="l2", units="pixel", joint_eps=1.0))
     with pytest.raises(ValueError, match="alpha is one number"):
-        build_attack("pgd", model, eps, norm="l2", eps_units="pixel", joint_eps=1.0, alpha={"visual": 0.1})
+        build_attack("pgd", model, ThreatModel.of(eps, norm="l2", units="pixel", joint_eps=1.0), alpha={"visual": 0.1})
     with pytest.raises(ValueError, match="eps_units='pixel'"):
-        build_attack("pgd", model, eps, norm="l2")
+        build_attack("pgd", model, ThreatModel.of(eps, norm="l2", units="normalized"))
     for db in (0.0, 3.0, math.nan):
         with pytest.raises(ValueError, match="audio_eps_db must be finite and < 0"):
-            build_attack("pgd", model, eps, audio_eps_db=db)
+            build_attack("pgd", model, ThreatModel.of(eps, audio_eps_db=db))
     with pytest.raises(ValueError, match="give alpha for the visual modality only"):
-        build_attack("pgd", model, eps, audio_eps_db=-20.0, alpha=0.01)
+        build_attack("pgd", model, ThreatModel.of(eps, audio_eps_db=-20.0), alpha=0.01)
     with pytest.raises(ValueError, match="temporal must be one of"):
-        build_attack("pgd", model, eps, temporal="clip")
+        build_attack("pgd", model, ThreatModel.of(eps, temporal="clip"))
     with pytest.raises(ValueError, match=r"temporal='shared' needs frames of shape \[B, 3, T, H, W\]"):
-        build_attack("pgd", model, eps, temporal="shared")(frames[:, :, 0], audio, labels)
+        build_attack("pgd", model, ThreatModel.of(eps, temporal="shared"))(frames[:, :, 0], audio, labels)
     with pytest.raises(ValueError, match="square attack takes per-modality budgets only"):
-        build_attack("square", model, eps, norm="l2", eps_units="pixel", joint_eps=1.0)
+        build_attack("square", model, ThreatModel.of(eps, norm="l2", units="pixel", joint_eps=1.0))
 
 
 def test_l2_attacks_restore_modes_and_run_in_float32(fitted) -> None:
@@ -411,8 +416,9 @@ def test_l2_attacks_restore_modes_and_run_in_float32(fitted) -> None:
     model.train()
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            adv_frames, adv_audio = build_attack("apgd", model, {"visual": 1.0, "audio": 0.2}, steps=2, norm="l2",
-                                                 eps_units="pixel", joint_eps=1.0)(frames, audio, labels)
+            threat = ThreatModel.of({"visual": 1.0, "audio": 0.2}, norm="l2", units="pixel", joint_eps=1.0)
+            adv_frames, adv_audio = build_attack("apgd", model, threat,
+                                                 steps=2)(frames, audio, labels)
         assert all(m.training for m in model.modules())
     finally:
         model.eval()

@@ -15,6 +15,7 @@ from PIL import Image
 import main_attack
 import main_defense
 from attacks import build_attack
+from attacks.threat import ThreatModel
 from dataset.loaders import build_dataset, build_loader, to_device
 from evaluation.robustness.records import load_records
 from models import AVModel
@@ -192,7 +193,7 @@ def test_white_box_attack_through_sparse_coding_beats_the_non_adaptive_one(base)
         with torch.no_grad():
             correct["clean"] += (defended(frames, audio).logits.argmax(1) == labels).sum().item()
         for name, target in (("non_adaptive", plain), ("white_box", defended)):
-            adv = build_attack("pgd", target, eps, eps_units="pixel")(frames, audio, labels)
+            adv = build_attack("pgd", target, ThreatModel.of(eps, units="pixel"))(frames, audio, labels)
             with torch.no_grad():
                 correct[name] += (defended(*adv).logits.argmax(1) == labels).sum().item()
     assert correct["white_box"] <= correct["non_adaptive"] and correct["white_box"] < correct["clean"], correct

@@ -212,7 +212,7 @@ def test_resume_with_other_optimisation_flags_fails_clearly(data_root: Path, tmp
 
 
 def test_pgd_on_a_poolcnn_model_stays_in_its_budget_and_moves_the_loss() -> None:
-    from attacks import build_attack
+    from attacks import ThreatModel, build_attack
 
     torch.manual_seed(0)
     model = build_model("poolcnn", "mel", "concat", cls_num=3, frame_dim=16, sound_dim=16, stft_frame=254,
@@ -220,7 +220,8 @@ def test_pgd_on_a_poolcnn_model_stays_in_its_budget_and_moves_the_loss() -> None
     frames, audio = torch.rand(4, 3, 1, 64, 64), torch.rand(4, 1, 2048) * 2 - 1
     labels = model(frames, audio).logits.argmax(1)
     eps = {"visual": 8 / 255, "audio": 0.01}
-    adv_frames, adv_audio = build_attack("pgd", model, eps, steps=3, eps_units="pixel")(frames, audio, labels)
+    adv_frames, adv_audio = build_attack("pgd", model, ThreatModel.of(eps, units="pixel"),
+                                         steps=3)(frames, audio, labels)
     assert (adv_frames - frames).abs().max() <= eps["visual"] + 1e-6 and 0 <= adv_frames.min() <= adv_frames.max() <= 1
     assert (adv_audio - audio).abs().max() <= eps["audio"] + 1e-6 and adv_audio.abs().max() <= 1
     with torch.no_grad():

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks import build_attack
+from attacks import ThreatModel, build_attack
 from models import ModelOutput
 
 Autocast = Callable[[], AbstractContextManager]
@@ -175,8 +175,8 @@ class PGDAdversarialTraining(CrossEntropy):
     def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor,
                  autocast: Autocast = full_precision) -> tuple[Tensor, ModelOutput]:
         refuse_self_supervised(model, "PGD adversarial training")
-        attack = build_attack("pgd", _unwrap(model), self.eps, steps=self.steps,
-                              alpha=pgd_step_sizes(self.eps, self.steps), eps_units=self.eps_units, random_start=True)
+        attack = build_attack("pgd", _unwrap(model), ThreatModel.of(self.eps, units=self.eps_units), steps=self.steps,
+                              alpha=pgd_step_sizes(self.eps, self.steps), random_start=True)
         adv_frames, adv_audio = attack(frames, audio, labels)
         with autocast():
             out = model(adv_frames, adv_audio)
@@ -203,8 +203,8 @@ class Trades(CrossEntropy):
             log_adv = F.log_softmax(out.logits.float(), dim=1)
             return F.kl_div(log_adv, clean_prob, reduction="none").sum(dim=1)
 
-        attack = build_attack("pgd", inner, self.eps, steps=self.steps, alpha=pgd_step_sizes(self.eps, self.steps),
-                              loss=kl_to_clean, eps_units=self.eps_units, random_start=True)
+        attack = build_attack("pgd", inner, ThreatModel.of(self.eps, units=self.eps_units), steps=self.steps,
+                              alpha=pgd_step_sizes(self.eps, self.steps), loss=kl_to_clean, random_start=True)
         adv_frames, adv_audio = attack(frames, audio, labels)
         with autocast():
             out = model(frames, audio)

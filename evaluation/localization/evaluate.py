@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks import LossFn
+from attacks import CASCADES, LossFn
 from dataset.annotations import GroundTruth
 from evaluation.localization.metrics import (
     MAP_THRESHOLD,
@@ -42,7 +42,7 @@ from evaluation.localization.metrics import (
     top_mass_masks,
     upsample_maps,
 )
-from evaluation.robustness.engine import CASCADES, AttackEngine, BatchContext, Variant
+from evaluation.robustness.engine import AttackEngine, BatchContext, Variant
 from evaluation.robustness.protocol import Budget
 from evaluation.robustness.records import Key, Records
 from evaluation.stats import DEFAULT_ALPHA, mcnemar_exact

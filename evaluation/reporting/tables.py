@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from attacks.threat import describe_units
 from evaluation.robustness.protocol import Budget
 from evaluation.robustness.records import Records
 from evaluation.stats import format_accuracy, mcnemar_exact
@@ -97,16 +98,7 @@ def attack_table_markdown(results: dict) -> str:
 
 def _units_text(results: dict) -> str:
     """The budgets' norm and units in words."""
-    if results.get("norm", "linf") == "l2":
-        text = (f"L2 budgets: visual over the whole clip in {results['eps_units']} units, audio over the waveform "
-                "in amplitude")
-    else:
-        text = f"visual ε in {results['eps_units']} units, audio ε in waveform amplitude"
-    if results.get("audio_eps_db") is not None:
-        text += f"; audio budget {results['audio_eps_db']:g} dB relative to each clip's loudness"
-    if results.get("joint_eps") is not None:
-        text += (f"; A+V budgets: one joint L2 ball ‖δv/εv‖² + ‖δa/εa‖² ≤ {results['joint_eps']:g}², the pair being "
-                 "the units")
+    text = describe_units(results)
     if "shared" in results.get("temporal", []):
         text += "; 'shared over frames': one visual perturbation added to every frame (its clip L2 is √T times it)"
     return text

@@ -34,23 +34,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from attacks import LossFn, attack_options, build_attack, joint_split
+from attacks import ATTACKS, CASCADES, LossFn, attack_settings, build_attack, canonical, describe, joint_split
+from attacks.threat import ThreatModel, ThreatSettings
 from dataset.loaders import to_device
 from defenses.protocol import purifying
 from evaluation.robustness.checks import SANITY_ATTACK, SANITY_STEPS, GradientProbe
-from evaluation.robustness.protocol import Budget, ThreatModel, attack_plan
+from evaluation.robustness.protocol import Budget, attack_plan
 from evaluation.robustness.records import Key, Records, key_name, perturbation_sizes
 from models.av_model import ModelOutput, feature_cosine
 from utils.distributed import DistInfo, all_reduce_sum
 
-CASCADES = {"autoattack": ("apgd-ce", "apgd-t", "square")}
-ATTACK_ALIASES = {"aa": "autoattack", "fsgm": "fgsm"}
-COMPONENT_ATTACK = {"apgd-ce": "apgd"}  # component name -> registered attack
-USES_LOSS = {"fgsm", "pgd", "mim", "apgd", "apgd-ce"}  # attacks whose objective is the variant's loss
-BLACK_BOX = {"square"}  # attacks that use no gradient (the variant's purification mode does not matter)
 SHIFT = "shift"  # the misalignment attack; "shift+<attack>" follows it with <attack>
 SHIFT_SEARCH = "shift search"  # the seconds spent choosing each batch's worst shifts
-THREAT_DEFAULTS = {"norm": "linf", "joint_eps": None, "audio_eps_db": None, "temporal": "frame"}
 
 
 @dataclass
@@ -99,7 +94,7 @@ class Observer(Protocol):
 
 def expand_attack_types(attack_types: Sequence[str]) -> list[str]:
     """Canonical attack names, in order, without repeats ('aa' -> 'autoattack', 'fsgm' -> 'fgsm')."""
-    return list(dict.fromkeys(ATTACK_ALIASES.get(a, a) for a in attack_types))
+    return list(dict.fromkeys(canonical(a) for a in attack_types))
 
 
 def is_shift_attack(attack: str) -> bool:
@@ -143,35 +138,27 @@ class AttackEngine:
         self.num_vis = num_vis
         self.sanity_eps = sanity_eps
         self.seconds: dict[str, float] = {}
-        self.threat = ThreatModel.from_args(args)
-        self.plan = attack_plan(self.attack_types, self.budgets, self.threat.max_shift)
+        self.plan = attack_plan(self.attack_types, self.budgets, ThreatSettings.from_args(args).max_shift)
 
     # ------------------------------------------------------------------------------------------ attacks
 
     def _build(self, name: str, budget: Budget, loss: str | LossFn | None, cascade: bool) -> Any:
+        """Registered attack ``name`` under ``budget``, its settings read from the flags it declares. A cascade's
+        components run once each from the clean input (AutoAttack's standard version): no restarts there."""
         args = self.args
-        attack = COMPONENT_ATTACK.get(name, name)
-        options: dict[str, Any] = {"eot_iter": args.eot_iter if args.eot_iter > 1 else None, "seed": args.seed}
-        if not cascade:  # AutoAttack's standard version runs each component once, from the clean input
-            options["restarts"] = args.restarts if args.restarts > 1 else None
-            options["random_start"] = args.random_start or args.restarts > 1 or None
-        if attack == "square":
-            options.update(queries=args.square_queries, p_init=args.square_p_init)
-        if attack == "apgd-t":
-            options["n_target_classes"] = args.apgd_targets
-        accepted = attack_options(attack)
-        options = {k: v for k, v in options.items() if v is not None and k in accepted}
-        steps = {"fgsm": None, "pgd": args.attack_steps, "mim": args.attack_steps, "square": None}.get(
-            attack, args.apgd_steps)
-        alpha = args.attack_alpha if attack in ("fgsm", "pgd", "mim") else None
-        if alpha is not None and budget.audio_eps_db is not None:  # each clip's audio step follows its own budget
+        options = {param: getattr(args, flag, None) for param, flag in attack_settings(name).items()}
+        if cascade:
+            options.pop("restarts", None)
+            options.pop("random_start", None)
+        elif args.restarts > 1:
+            options.setdefault("restarts", args.restarts)  # an attack without restarts refuses them
+        if args.eot_iter > 1:
+            options.setdefault("eot_iter", args.eot_iter)  # likewise EOT
+        steps, alpha = options.pop("steps", None), options.pop("alpha", None)
+        if alpha is not None and budget.loudness_relative:  # each clip's audio step follows its own budget
             alpha = {"visual": alpha}
-        threat = {"norm": budget.norm, "joint_eps": budget.joint_eps, "audio_eps_db": budget.audio_eps_db,
-                  "temporal": budget.temporal}
-        threat = {k: v for k, v in threat.items() if v != THREAT_DEFAULTS[k]}  # the default L∞ model as before
-        return build_attack(attack, self.model, eps={"visual": budget.eps_visual, "audio": budget.eps_audio},
-                            steps=steps, alpha=alpha, loss=loss if loss is not None else "ce",
-                            eps_units=args.eps_units, **threat, **options)
+        return build_attack(name, self.model, budget.core(), steps=steps, alpha=alpha,
+                            loss=loss if loss is not None else "ce", **options)
 
     def _attack(self, key: Key, attacker: Any, ctx: BatchContext,
                 variant: Variant) -> tuple[Tensor, Tensor, ModelOutput]:
@@ -219,7 +206,7 @@ class AttackEngine:
         everyone = torch.arange(ctx.labels.numel(), device=ctx.labels.device)
         for variant in self.variants:
             key = (attack, budget.key, variant.name)
-            loss = variant.loss_for(ctx) if attack in USES_LOSS else None
+            loss = variant.loss_for(ctx) if describe(attack).uses_loss else None
             adv_frames, adv_audio, out = self._attack(key, self._build(attack, budget, loss, False), ctx, variant)
             self._record(records, key, ctx, everyone, adv_frames, adv_audio, out, ctx.labels.numel(), budget=budget)
             if vis_adv is not None:
@@ -276,7 +263,7 @@ class AttackEngine:
         shift_fooled = search.out.logits.argmax(dim=1) != ctx.labels
         for variant in self.variants:
             key = (attack, budget.key, variant.name)
-            loss = variant.loss_for(shifted) if follow_up in USES_LOSS else None
+            loss = variant.loss_for(shifted) if describe(follow_up).uses_loss else None
             adv_frames, adv_audio, out = self._attack(key, self._build(follow_up, budget, loss, False), shifted,
                                                      variant)
             undo = shift_fooled & (out.logits.argmax(dim=1) == ctx.labels)  # the shift alone did better
@@ -300,23 +287,25 @@ class AttackEngine:
         standing = clean_correct.clone()
         final = None if vis_adv is None else [ctx.frames.clone(), ctx.audio.clone()]  # for the HTML page
         done: set[tuple] = set()
-        plan = [(c, v) for v in self.variants for c in CASCADES[cascade] if c not in BLACK_BOX]
-        plan += [(c, self.variants[0]) for c in CASCADES[cascade] if c in BLACK_BOX]
-        for component, variant in plan:
-            signature = (component, variant.loss if component in USES_LOSS else None,
-                         None if component in BLACK_BOX else variant.purification)
+        components = [(c, ATTACKS.get(c.attack)) for c in CASCADES.get(cascade).components]
+        plan = [(c, cls, v) for v in self.variants for c, cls in components if cls.family != "black-box"]
+        plan += [(c, cls, self.variants[0]) for c, cls in components if cls.family == "black-box"]
+        for component, cls, variant in plan:
+            signature = (component.name, variant.loss if cls.uses_loss else None,
+                         None if cls.family == "black-box" else variant.purification)
             if signature in done:
                 continue
             done.add(signature)
-            key = (f"{cascade}/{component}", budget.key, variant.name)
+            key = (f"{cascade}/{component.name}", budget.key, variant.name)
             idx = standing.nonzero().squeeze(1)
             not_run = ~standing & clean_correct
             if idx.numel() == 0:
                 self._record(records, key, ctx, idx, ctx.frames, ctx.audio, ctx.clean_out, batch_size, not_run)
                 continue
             sub = ctx.subset(idx)
-            loss = variant.loss_for(sub) if component in USES_LOSS else None
-            adv_frames, adv_audio, out = self._attack(key, self._build(component, budget, loss, True), sub, variant)
+            loss = variant.loss_for(sub) if cls.uses_loss else None
+            adv_frames, adv_audio, out = self._attack(key, self._build(component.attack, budget, loss, True), sub,
+                                                      variant)
             self._record(records, key, sub, idx, adv_frames, adv_audio, out, batch_size, not_run, budget)
             if final is not None:
                 final[0][idx], final[1][idx] = adv_frames.detach(), adv_audio.detach()
@@ -330,9 +319,10 @@ class AttackEngine:
         eps = self.sanity_eps
         budget = Budget(eps if getattr(self.model, "uses_visual", True) else 0.0,
                         eps if getattr(self.model, "uses_audio", True) else 0.0)
-        attacker = build_attack("pgd", self.model, eps={"visual": budget.eps_visual, "audio": budget.eps_audio},
-                                steps=SANITY_STEPS, alpha=2.5 * eps / SANITY_STEPS, eps_units=self.args.eps_units,
-                                random_start=True, seed=self.args.seed)
+        attacker = build_attack("pgd", self.model, ThreatModel(budget.eps_visual, budget.eps_audio,
+                                                               units=self.args.eps_units),
+                                steps=SANITY_STEPS, alpha=2.5 * eps / SANITY_STEPS, random_start=True,
+                                seed=self.args.seed)
         key = (SANITY_ATTACK, budget.key, self.variants[0].name)
         adv_frames, adv_audio, out = self._attack(key, attacker, ctx, self.variants[0])
         everyone = torch.arange(ctx.labels.numel(), device=ctx.labels.device)

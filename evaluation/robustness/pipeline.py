@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from attacks import black_box_attacks
+from attacks.threat import ThreatSettings
 from dataset.loaders import build_loader
 from dataset.misalignment import with_audio_shifts
 from defenses.protocol import diagnostics
@@ -23,8 +25,8 @@ from evaluation.reporting.html import write_visualization
 from evaluation.reporting.plots import plot_acc_vs_eps, plot_cos_sim, plot_eps_maps
 from evaluation.reporting.tables import attack_table_markdown
 from evaluation.robustness.checks import run_checks
-from evaluation.robustness.engine import BLACK_BOX, AttackEngine, Variant
-from evaluation.robustness.protocol import ThreatModel, budgets_from_args
+from evaluation.robustness.engine import AttackEngine, Variant
+from evaluation.robustness.protocol import budgets_from_args
 from evaluation.robustness.results import build_eps_map, build_results
 from utils.distributed import DistInfo, all_reduce_sum
 from utils.fileio import write_json_atomic, write_text_atomic
@@ -37,7 +39,7 @@ def evaluate_robustness(model: nn.Module, loader, args: argparse.Namespace, info
     variant (default: one, with ``--attack_loss``); per-sample records, the checks, and the outputs."""
     variants = list(variants or [Variant("default", args.attack_loss)])
     budgets = budgets_from_args(args)
-    threat = ThreatModel.from_args(args)
+    threat = ThreatSettings.from_args(args)
     if threat.max_shift is not None:
         loader = with_audio_shifts(loader, threat.shifts(), lambda data: build_loader(data, args, info, train=False))
     engine = AttackEngine(model, args, info, budgets, args.attack_type, variants, num_vis=args.num_vis,
@@ -54,7 +56,7 @@ def evaluate_robustness(model: nn.Module, loader, args: argparse.Namespace, info
     # the checks compare budgets of one threat model (a shared perturbation is weaker than per-frame ones)
     check_budgets = [b for b in budgets if b.temporal in ("frame", threat.temporal[0])]
     results["checks"] = run_checks(run.records, run.probe, check_budgets, model, names, args.cls_num, args.eot_iter,
-                                   args.sanity_eps, sorted(BLACK_BOX), dense_backward,
+                                   args.sanity_eps, black_box_attacks(), dense_backward,
                                    [v.purification for v in variants])
     if info.is_main:
         written = write_outputs(out_dir, results, run, args, title, eps_map)

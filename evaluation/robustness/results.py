@@ -10,8 +10,8 @@ Entries, one per (attack, budget):
 
 ``worst_case`` gives per budget the robust accuracy under all attacks together, per sample.
 
-Each entry names its budget's threat model (``budget_key``, ``label``, ``threat``, ``norm``, ``joint_eps``,
-``audio_eps_db``, ``temporal``, ``max_shift``); a joint L2 budget reports the mean share of the budget the
+Each entry names its budget's threat model (``budget_key``, ``label``, ``threat`` and the fields of
+``ThreatModel.fields``); a joint L2 budget reports the mean share of the budget the
 attack spent on vision (``perturbation.split_v_mean``), a misalignment attack how often it chose each shift
 (``shift_counts``) and the results the clips that lack some shift (``misalignment``). ``build_eps_map`` gives
 the (ε_v, ε_a) map of --eps_grid2d.
@@ -24,8 +24,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from evaluation.robustness.engine import CASCADES, SHIFT_SEARCH, EvaluationRun, is_shift_attack
-from evaluation.robustness.protocol import Budget, ThreatModel
+from attacks import CASCADES
+from attacks.threat import ThreatSettings
+from evaluation.robustness.engine import SHIFT_SEARCH, EvaluationRun, is_shift_attack
+from evaluation.robustness.protocol import Budget, map_budgets
 from evaluation.robustness.records import Records
 from evaluation.stats import wilson_interval
 
@@ -103,11 +105,10 @@ def budget_fields(budget: Budget) -> dict:
     """The budget and its threat model as results fields (``budget`` is the A / V / A+V name)."""
     return {"budget": budget.name, "budget_key": budget.key, "label": budget.label, "threat": budget.threat,
             "eps_visual": budget.eps_visual, "eps_audio": budget.eps_audio, "grid": budget.grid,
-            "eps_map": budget.eps_map, "norm": budget.norm, "joint_eps": budget.joint_eps,
-            "audio_eps_db": budget.audio_eps_db, "temporal": budget.temporal, "max_shift": budget.max_shift}
+            "eps_map": budget.eps_map, **budget.fields()}
 
 
-def misalignment_summary(run: EvaluationRun, threat: ThreatModel) -> dict:
+def misalignment_summary(run: EvaluationRun, threat: ThreatSettings) -> dict:
     """The shift grid, and the clips lacking some shift (or every shift) because the clip is too short."""
     missing = np.asarray(run.records.extra.get("shift_missing", []))
     shifts = threat.shifts()
@@ -138,12 +139,11 @@ def build_results(run: EvaluationRun, args: argparse.Namespace, plan: Sequence[t
             worst_case.append({**budget_fields(budget), "attacks": with_budget,
                                **accuracy(records.robust(budget_keys))})
     clean_figures = accuracy(clean)
-    threat = ThreatModel.from_args(args)
+    threat = ThreatSettings.from_args(args)
     extra = {"misalignment": misalignment_summary(run, threat)} if threat.max_shift is not None else {}
     return {
         "run": args.id, "arch_classifier": args.arch_classifier, "num_samples": records.num_samples,
-        "norm": threat.norm, "joint_eps": threat.joint_eps, "audio_eps_db": threat.audio_eps_db,
-        "temporal": list(threat.temporal), **extra,
+        **threat.fields(), **extra,
         "eps_units": args.eps_units, "attack_steps": args.attack_steps, "apgd_steps": args.apgd_steps,
         "apgd_targets": args.apgd_targets, "attack_alpha": args.attack_alpha,
         "attack_loss": args.attack_loss, "random_start": args.random_start, "restarts": args.restarts,
@@ -157,10 +157,10 @@ def build_results(run: EvaluationRun, args: argparse.Namespace, plan: Sequence[t
 def build_eps_map(run: EvaluationRun, args: argparse.Namespace, attack: str, label: str | None = None) -> dict:
     """The (ε_v, ε_a) map of --eps_grid2d under ``attack``: ``acc[i][j]`` (with ``n``, ``correct``, ``ci``) is the
     robust accuracy at ε_v = values[i], ε_a = values[j]; (0, 0) is the clean accuracy."""
-    threat = ThreatModel.from_args(args)
+    threat = ThreatSettings.from_args(args)
     records = run.records
     values = threat.map_values()
-    budgets = threat.map_budgets()
+    budgets = map_budgets(threat)
     cells = []
     for ev in values:
         row = []
