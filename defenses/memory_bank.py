@@ -23,7 +23,7 @@ from dataset.loaders import to_device
 from defenses.protocol import AdaptiveAttack
 from defenses.sparse_coding import CodingStats, fista, implicit_lasso, ista_released, lipschitz_constant
 from models.av_model import AVModel
-from utils.fileio import CheckpointError, atomic_path
+from utils.fileio import CheckpointError, atomic_path, non_finite_entries
 
 BANK_METHODS = ("random", "kmeans")
 SOLVERS = ("fista", "ista")
@@ -155,6 +155,10 @@ def load_bank(path: str | os.PathLike, expected_dim: int | None = None) -> Tenso
     if not isinstance(D, Tensor) or D.dim() != 2 or not D.is_floating_point():
         found = tuple(D.shape) if isinstance(D, Tensor) else type(D).__name__
         raise BankError(f"{path}: expected a float [feature_dim, size] bank, found {found}")
+    if non_finite_entries({"D": D}):
+        bad = int((~torch.isfinite(D)).sum())
+        raise BankError(f"{path}: the memory bank holds {bad} non-finite values (NaN or inf); rebuild it "
+                        f"(main_defense.py --mode build_bank)")
     if expected_dim is not None and D.shape[0] != expected_dim:
         raise BankError(f"{path}: the bank holds {D.shape[0]}-d features but the model's features are "
                         f"{expected_dim}-d (bank shape {tuple(D.shape)} is [feature_dim, size])")

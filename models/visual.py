@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from models.registry import FRAME_NETS
+from utils.fileio import non_finite_entries
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -127,6 +128,9 @@ def load_resnet18_state_dict(weights: str | os.PathLike) -> dict[str, Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"{weights} does not hold a state dict (got {type(state).__name__})")
+    bad = non_finite_entries(state)
+    if bad:
+        raise ValueError(f"{weights}: non-finite values (NaN or inf) in {', '.join(bad[:3])}; the weights are refused")
     return state
 
 

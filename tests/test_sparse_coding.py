@@ -4,6 +4,8 @@ Per-sample convergence, implicit gradients and the purification modes: tests/tes
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -344,3 +346,13 @@ def test_collect_features_over_a_loader() -> None:
         assert torch.allclose(feat_v[:B], model(loader[0]["frames"], loader[0]["audio"]).feat_v)
     feat_v, feat_a = collect_features(small_model("visual"), loader, "cpu", max_batches=2)
     assert feat_v.shape == (2 * B, FRAME_DIM) and feat_a is None
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_bank_with_a_non_finite_value_is_refused_at_load_naming_the_file(tmp_path, bad: float) -> None:
+    D = torch.randn(16, 32)
+    D[3, 7] = bad  # one bad column entry would make every code (and every prediction) meaningless
+    path = tmp_path / "Dv.pth"
+    save_bank(path, D)
+    with pytest.raises(BankError, match=rf"{path.name}: the memory bank holds 1 non-finite values"):
+        load_bank(path, expected_dim=16)

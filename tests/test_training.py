@@ -466,6 +466,15 @@ def test_loading_an_encoder_of_another_architecture_names_both(tmp_path: Path) -
         load_module(_tiny_model().net_sound, tmp_path / "bare.pth")
 
 
+def test_a_checkpoint_with_a_nan_weight_is_refused_naming_the_file_and_the_tensor(tmp_path: Path) -> None:
+    model = _tiny_model()
+    with torch.no_grad():
+        model.net_classifier.fc.weight[0, 0] = float("nan")
+    torch.save(model.net_classifier.state_dict(), tmp_path / "classifier_nan.pth")
+    with pytest.raises(CheckpointError, match=r"classifier_nan\.pth: non-finite values .* in fc\.weight"):
+        load_module(_tiny_model().net_classifier, tmp_path / "classifier_nan.pth")
+
+
 def test_weights_classifier_of_another_class_count_stops_main_with_a_clear_message(
         data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     save_checkpoint(tmp_path / "five", _tiny_model(cls_num=5), "best", _meta(cls_num=5), 4)

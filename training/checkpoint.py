@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from utils.fileio import CheckpointError, fsync_path, replace_symlink
+from utils.fileio import CheckpointError, fsync_path, non_finite_entries, replace_symlink
 
 MODULES = ("frame", "sound", "classifier")
 META_KEYS = ("arch_frame", "arch_sound", "arch_classifier", "cls_num", "frame_dim", "sound_dim")
@@ -262,6 +262,10 @@ def _load_into(net: nn.Module, obj: Any, path: Path, expected_meta: dict[str, An
         state, epoch = obj["state_dict"], obj.get("epoch")
     else:
         state, epoch = obj, None
+    bad = non_finite_entries(state) if isinstance(state, dict) else []
+    if bad:
+        raise CheckpointError(f"{path}: non-finite values (NaN or inf) in {', '.join(bad[:3])}"
+                              f"{' ...' if len(bad) > 3 else ''}; the checkpoint is refused")
     try:
         net.load_state_dict(state)
     except RuntimeError as err:

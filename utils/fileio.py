@@ -6,15 +6,24 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint (weights, a train state, a memory bank) that is missing, unreadable or made for another
     model."""
+
+
+def non_finite_entries(state: Mapping[str, Any]) -> list[str]:
+    """The names of the floating-point tensors of ``state`` (a state dict, or any name -> value mapping) that hold
+    a NaN or an infinity: a file with them must be refused where it is loaded, never used."""
+    return [name for name, value in state.items()
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
 
 
 def _umask() -> int:
