@@ -1,5 +1,5 @@
-"""Issue 11 on the evaluation side: budgets and keys of the L2, joint, dB and shared threat models, the engine's
-per-sample L2 norms and joint split, and the (ε_v, ε_a) map."""
+"""The threat models on the evaluation side: budgets and keys of the L2, joint, dB and shared threat models, the
+engine's per-sample L2 norms and joint split, and the (ε_v, ε_a) map."""
 from __future__ import annotations
 
 import json
