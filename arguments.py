@@ -355,7 +355,8 @@ def _apply_schedule(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 
 
 def _validate_threat_model(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Resolve --eps_units and check that the issue-11 threat-model flags fit together."""
+    """Resolve --eps_units and check that the threat-model flags (norm, joint and dB budgets, temporal
+    sharing, shift) fit together."""
     if args.eps_units is None:
         args.eps_units = "pixel" if args.norm == "l2" else "normalized"
     elif args.norm == "l2" and args.eps_units == "normalized":

@@ -4,7 +4,7 @@ The paper's protocol: audio-only attack (eps_a = 0.012); visual-only (eps_v = 0.
 (eps_a = eps_v = 0.006). Visual budgets are in ImageNet-normalised units by default (``--eps_units
 normalized``, as the released code), audio budgets in waveform amplitude.
 
-A budget also names its threat model (issue 11): the norm (L-inf or L2), a joint L2 ball over both
+A budget also names its threat model: the norm (L-inf or L2), a joint L2 ball over both
 modalities (``--joint_eps``, A+V budgets only), a loudness-relative audio budget in dB (``--audio_eps_db``),
 one visual perturbation shared by all frames (``--temporal shared``) and a misalignment of the audio against
 the frames (``max_shift``, for the shift attacks). The default threat model (L-inf, per frame, fixed units)
