@@ -69,7 +69,8 @@ def bench_protocol(run_flags: list[str], with_standard: bool) -> None:
         start = time.perf_counter()
         run = engine.run(loader)
         total = time.perf_counter() - start
-        robust = [f"{b.name} {100 * run.records.robust([k for k in run.records.keys() if b.key in k]).mean():.1f}%"
+        keys = run.records.keys()
+        robust = [f"{b.name} {100 * run.records.robust([k for k in keys if k.budget == b.key]).mean():.1f}%"
                   for b in PAPER_PROTOCOL]
         baseline = baseline or total
         print(f"(c) {name} on {run.records.num_samples} test clips of {run_dir.name}: {total:.1f} s end to end, "

@@ -17,7 +17,7 @@ Models, each trained on the centre frame / the 16384-sample audio window around 
   warm-up epoch, label smoothing 0.1), for ``--recipe_epochs`` (it costs less per epoch than the reference), and
   the
   loader's training augmentation (crop, flip / volume);
-* reference: the issue's plain CNN, four blocks of 3x3 conv (padding 1), BN, ReLU and 2x2 max-pool, global
+* reference: a plain CNN, four blocks of 3x3 conv (padding 1), BN, ReLU and 2x2 max-pool, global
   max-pool, linear; Adam 1e-3, no augmentation; on the frame, or on the same log-mel spectrogram as mel;
 * demo-sgd: what the demo trained before (smallcnn 128 / anet 128, SGD lr 0.01, momentum 0.9, x0.1 at 11/15).
 
@@ -102,7 +102,7 @@ def make_splits(name: str, per_class: int, seed: int) -> tuple[Split, Split, int
 
 
 class PlainCNN(nn.Module):
-    """The issue's reference: 4 x (conv3x3 pad 1, BN, ReLU, maxpool 2x2), global max-pool, linear."""
+    """The plain reference CNN: 4 x (conv3x3 pad 1, BN, ReLU, maxpool 2x2), global max-pool, linear."""
 
     def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, ...] = (32, 64, 128, 128)) -> None:
         super().__init__()

@@ -18,10 +18,10 @@ from dataset.transforms import cut_window, frames_tensor, transform_audio
 
 
 class AVDataset(Dataset):
-    """Samples of one index CSV as the Batch of DESIGN.md.
+    """Samples of one index CSV, for a DataLoader.
 
-    Each item: ``frames`` **uint8** [3, T, H, W] (levels 0-255; ``dataset.loaders.to_device`` makes them float
-    in [0, 1] on the device, where the Batch of DESIGN.md begins), ``audio`` float [1, audLen] in [-1, 1],
+    Each item: ``frames`` **uint8** [3, T, H, W] (levels 0-255; ``dataset.loaders.to_device`` makes them the
+    float [0, 1] pixels the models take, on the device), ``audio`` float [1, audLen] in [-1, 1],
     ``label``, ``index`` and ``info`` ("<class>/<id>"). With ``defer_decode`` an item carries ``jpeg``, the
     clip's encoded frames and crop (:class:`dataset.device_decode.JpegClip`), instead of ``frames``, for
     decoding on the device in ``to_device``.

@@ -1,4 +1,4 @@
-"""Audio windows shifted against the frames, for the audio-visual misalignment attacks (issue 11).
+"""Audio windows shifted against the frames, for the audio-visual misalignment attacks.
 
 A shift of ``s`` seconds centres the audio window on the frame's time plus ``s``: the audio comes ``s``
 seconds later (``s > 0``) or earlier than the frames it is shown with. The windows are read from the wav on

@@ -1,4 +1,4 @@
-"""Attacks on any two-input model (issue 11): a user's ``nn.Module`` called as ``model(frames, audio)`` that
+"""Attacks on any two-input model: a user's ``nn.Module`` called as ``model(frames, audio)`` that
 returns logits, a tuple whose first item is the logits, an object with a ``logits`` attribute, or a
 ``ModelOutput``."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests of the threat models beyond per-frame L∞ (issue 11): L2 balls and their projection, the L2 gradient
+"""Tests of the threat models beyond per-frame L∞: L2 balls and their projection, the L2 gradient
 attacks, the joint L2 ball and its split, loudness-relative (dB) audio budgets, one visual perturbation
 shared by all frames, and the threat-model checks."""
 from __future__ import annotations

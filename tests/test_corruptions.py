@@ -31,7 +31,7 @@ from evaluation.corruption.corruptions import (
     room_impulse_response,
 )
 from evaluation.corruption.evaluate import build_conditions
-from evaluation.robustness.records import load_records, perturbation_sizes
+from evaluation.robustness.records import RecordKey, load_records, perturbation_sizes
 from tests.sop_fixture import write_rendered_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -269,7 +269,7 @@ def test_eval_with_corruptions_writes_results_table_figure_and_records(trained, 
     assert (out / "corruption.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = load_records(out / "corruption_per_sample.npz")
     assert len(records.keys()) == 18 * 5 + 6 and records.num_samples == 6
-    jpeg5 = records.column("jpeg|5|natural")
+    jpeg5 = records.column(RecordKey("jpeg", "5", "natural"))
     assert int((jpeg5 == 1).sum()) == results["corruptions"][2]["severities"][4]["correct"]
     assert np.isin(jpeg5, (0, 1)).all()
 

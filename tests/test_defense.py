@@ -17,7 +17,7 @@ import main_defense
 from attacks import build_attack
 from attacks.threat import ThreatModel
 from dataset.loaders import build_dataset, build_loader, to_device
-from evaluation.robustness.records import load_records
+from evaluation.robustness.records import RecordKey, load_records
 from models import AVModel
 from utils.distributed import DistInfo
 
@@ -163,7 +163,7 @@ def test_banks_eval_reports_the_worst_adaptive_attack(base):
         assert set(entry["variant_acc"]) == {"ce", "ce+cos", "bpda"}
         # per sample: correct under every variant, so never above the weakest variant's own accuracy
         assert entry["adv_acc"] <= min(entry["variant_acc"].values())
-        keys = [f"{entry['attack']}|{entry['budget']}@v{entry['eps_visual']:g},a{entry['eps_audio']:g}|{v}"
+        keys = [RecordKey(entry["attack"], f"{entry['budget']}@v{entry['eps_visual']:g},a{entry['eps_audio']:g}", v)
                 for v in ("ce", "ce+cos", "bpda")]
         survived = np.all([records.column(k) == 1 for k in keys], axis=0)
         assert entry["correct"] == int(survived.sum()) and entry["n"] == records.num_samples

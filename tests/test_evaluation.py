@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +18,7 @@ from evaluation.robustness.checks import check_eps_monotone
 from evaluation.robustness.engine import Variant
 from evaluation.robustness.pipeline import evaluate_robustness
 from evaluation.robustness.protocol import Budget
-from evaluation.robustness.records import Records, load_records
+from evaluation.robustness.records import RecordKey, Records, load_records
 from models.av_model import ModelOutput
 from utils.distributed import DistInfo
 
@@ -125,7 +126,8 @@ def test_cascade_attacks_only_the_samples_still_standing(tmp_path: Path) -> None
     # APGD-CE at a large budget fools every sample: the later components get nothing to attack
     assert entry["components"][0]["correct"] == 0 and entry["adv_acc"] == 0.0
     records = load_records(tmp_path / "per_sample.npz")
-    later = [k for k in records.keys() if "apgd-t" in k or "square" in k]
+    assert [k.component for k in records.keys()] == ["apgd-ce", "apgd-t", "square"]
+    later = [k for k in records.keys() if k.component in ("apgd-t", "square")]
     assert all((records.column(k) == -1).all() for k in later)
     # per batch of 8: a few checks' passes and APGD-CE's 5 steps; Square's 50 queries never ran
     assert max(seen) == 8 and len(seen) <= 2 * 15
@@ -205,17 +207,53 @@ def test_eps_monotone_check_fires_when_accuracy_rises_with_eps(tmp_path: Path) -
 def test_eps_monotone_check_reads_per_sample_records() -> None:
     records = Records(ids=["a", "b"], index=[0, 1], labels=[0, 0], clean_correct=[True, True])
     small, large = Budget(0.0, 0.01), Budget(0.0, 0.02, grid=True)
-    records.add(("pgd", small.key, "default"), {"correct": torch.tensor([1, 0])}, 2)
-    records.add(("pgd", large.key, "default"), {"correct": torch.tensor([0, 0])}, 2)
+    records.add(RecordKey("pgd", small.key, "default"), {"correct": torch.tensor([1, 0])}, 2)
+    records.add(RecordKey("pgd", large.key, "default"), {"correct": torch.tensor([0, 0])}, 2)
     assert not check_eps_monotone(records, [small, large])["flag"]
-    records.columns[f"pgd|{large.key}|default"]["correct"] = [1, 1]
+    records.columns[RecordKey("pgd", large.key, "default")]["correct"] = [1, 1]
     assert check_eps_monotone(records, [small, large])["flag"]
+
+
+def test_record_keys_keep_the_file_names_and_read_back_typed(tmp_path: Path) -> None:
+    records = Records(ids=["a"], index=[0], labels=[0], clean_correct=[True])
+    cascade = RecordKey("autoattack", "A@v0,a0.1", "default", "apgd-ce")
+    single = RecordKey("shift+pgd", "A@v0,a0.002,shift1.5s", "ce+cos")
+    records.add(cascade, {"correct": torch.tensor([0])}, 1)
+    records.add(single, {"correct": torch.tensor([1])}, 1)
+    records.save(tmp_path / "per_sample.npz")
+    with np.load(tmp_path / "per_sample.npz") as data:
+        assert {"autoattack/apgd-ce|A@v0,a0.1|default/correct", "shift+pgd|A@v0,a0.002,shift1.5s|ce+cos/correct"} \
+            <= set(data.files)
+    loaded = load_records(tmp_path / "per_sample.npz")
+    assert loaded.keys() == [cascade, single]
+    assert loaded.attack_keys("autoattack", "A@v0,a0.1") == [cascade] and cascade.attack_name == "autoattack/apgd-ce"
+    assert loaded.correct_under("shift+pgd", single.budget).tolist() == [True]
+
+
+@pytest.mark.parametrize("text", ["pgd|A@v0,a0.1", "pgd|A@v0,a0.1|default|x", "aa/apgd/ce|A@v0,a0.1|default",
+                                  "|A@v0,a0.1|default", "pgd||default"])
+def test_a_malformed_record_key_is_refused_naming_the_file(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ValueError, match="record key"):
+        RecordKey.parse(text)
+    path = tmp_path / "per_sample.npz"
+    np.savez(path, ids=np.array(["a"]), index=np.array([0]), labels=np.array([0]), clean_correct=np.array([True]),
+             **{f"{text}/correct": np.array([1], dtype=np.int8)})
+    with pytest.raises(ValueError, match=re.escape(f"{path}: array")):
+        load_records(path)
+
+
+def test_a_record_key_refuses_the_separators_of_its_file_name() -> None:
+    for fields in (("pgd|x", "A", "default"), ("pgd", "A", "a|b"), ("aa/b", "A", "default"), ("pgd", "", "default")):
+        with pytest.raises(ValueError, match="record key"):
+            RecordKey(*fields)
+    with pytest.raises(ValueError, match="component"):
+        RecordKey("autoattack", "A", "default", "apgd/ce")
 
 
 def test_records_fill_missing_fields_and_keep_one_row_per_sample() -> None:
     records = Records()
     records.add_samples(["a", "b"], torch.tensor([1, 0]), torch.tensor([0, 1]), torch.tensor([True, False]))
-    key = ("pgd", "A@v0,a0.1", "default")
+    key = RecordKey("pgd", "A@v0,a0.1", "default")
     records.add(key, {"correct": torch.tensor([1, 0])}, 2)
     records.add_samples(["a"], torch.tensor([1]), torch.tensor([0]), torch.tensor([True]))  # a padded repeat
     records.add(key, {"correct": torch.tensor([1]), "snr_a": torch.tensor([20.0])}, 1)

@@ -21,7 +21,7 @@ from training.checkpoint import load_train_state
 from training.objectives import CrossEntropy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-MIN_RECEPTIVE_FIELD = 70  # px: the largest objects of a 112-px frame in the dataset
+MIN_RECEPTIVE_FIELD = 70  # px: the largest objects of a 112-px frame of the shapes dataset (dataset.generators.shapes)
 
 
 def empirical_receptive_field(net: nn.Module, size: int = 224) -> int:

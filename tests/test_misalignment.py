@@ -18,7 +18,7 @@ from dataset.layout import frame_time
 from dataset.media import load_audio_window
 from dataset.misalignment import ShiftedAudio, shifted_windows
 from evaluation.robustness.pipeline import evaluate_robustness
-from evaluation.robustness.records import load_records
+from evaluation.robustness.records import RecordKey, load_records
 from models.av_model import ModelOutput
 from tests.sop_fixture import RAMP_SLOPE, RAMP_START, make_root, ramp_time, write_clip, write_index
 from utils.distributed import DistInfo
@@ -120,7 +120,7 @@ def test_shift_attack_takes_the_worst_valid_shift_per_sample_and_reports_the_cli
     records = load_records(tmp_path / "run" / "per_sample.npz")
     clean = np.asarray(records.clean_correct, dtype=bool)
     assert clean.sum() == 3  # the two cat_a clips and the long cat_b one
-    shift_key = "shift|A@v0,a0,shift1.5s|default"
+    shift_key = RecordKey("shift", "A@v0,a0,shift1.5s", "default")
     shifted = records.column(shift_key) == 1
     assert not np.any(shifted & ~clean)  # per sample no better than the unshifted input ...
     assert shifted.sum() == 0  # ... and here every clean-correct clip is fooled by some valid shift
@@ -129,7 +129,7 @@ def test_shift_attack_takes_the_worst_valid_shift_per_sample_and_reports_the_cli
     assert set(chosen.tolist()) <= set(grid) and np.all(chosen[clean] != 0)
     short = np.array([not sid.endswith("/long") for sid in records.ids])
     assert np.all(np.abs(chosen[short]) < 1.5)  # ±1.5 s does not fit a 3 s clip: never taken
-    followed = records.column("shift+pgd|A@v0,a0.002,shift1.5s|default") == 1
+    followed = records.column(RecordKey("shift+pgd", "A@v0,a0.002,shift1.5s", "default")) == 1
     assert not np.any(followed & ~shifted)  # the follow-up never undoes the shift's success
     assert results["misalignment"]["clips_lacking_a_shift"] == 6
     assert results["misalignment"]["clips_lacking_every_shift"] == 0

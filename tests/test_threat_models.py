@@ -1,5 +1,5 @@
-"""Issue 11 on the evaluation side: budgets and keys of the L2, joint, dB and shared threat models, the engine's
-per-sample L2 norms and joint split, and the (ε_v, ε_a) map."""
+"""The threat models on the evaluation side: budgets and keys of the L2, joint, dB and shared threat models, the
+engine's per-sample L2 norms and joint split, and the (ε_v, ε_a) map."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ from evaluation.reporting.tables import summary_table
 from evaluation.robustness.engine import AttackEngine
 from evaluation.robustness.pipeline import evaluate_robustness
 from evaluation.robustness.protocol import Budget, attack_plan, budgets_from_args
-from evaluation.robustness.records import load_records
+from evaluation.robustness.records import RecordKey, load_records
 from models.av_model import ModelOutput
 from utils.distributed import DistInfo
 
@@ -137,11 +137,11 @@ def test_engine_records_l2_norms_within_the_budgets_and_the_split_of_the_joint_b
     results = evaluate_robustness(model, toy_loader(model), make_args(
         norm="l2", joint_eps=1.0, epsilons=[(0.0, ea), (ev, 0.0), (ev, ea)]), DistInfo(), tmp_path)
     records = load_records(tmp_path / "per_sample.npz")
-    audio = records.column("pgd|A@l2:v0,a0.3|default", "l2_a")
-    visual = records.column("pgd|V@l2:v0.5,a0|default", "l2_v")
+    audio = records.column(RecordKey("pgd", "A@l2:v0,a0.3", "default"), "l2_a")
+    visual = records.column(RecordKey("pgd", "V@l2:v0.5,a0", "default"), "l2_v")
     assert audio.max() <= ea + 1e-4 and visual.max() <= ev + 1e-4
     assert audio.min() > 0.9 * ea and visual.min() > 0.9 * ev  # L2 PGD spends its radius on a linear model
-    joint = "pgd|A+V@l2:v0.5,a0.3,j1|default"
+    joint = RecordKey("pgd", "A+V@l2:v0.5,a0.3,j1", "default")
     used_v = (records.column(joint, "l2_v") / ev) ** 2
     used_a = (records.column(joint, "l2_a") / ea) ** 2
     assert np.all(used_v + used_a <= 1 + 1e-3) and np.all(used_v + used_a > 0.8)
@@ -162,7 +162,7 @@ def test_engine_with_a_db_audio_budget_keeps_every_clip_at_the_asked_snr(tmp_pat
     evaluate_robustness(model, toy_loader(model), make_args(norm="l2", audio_eps_db=-20.0, epsilons=[(0.0, 0.3)]),
                         DistInfo(), tmp_path)
     records = load_records(tmp_path / "per_sample.npz")
-    snr = records.column("pgd|A@l2:v0,a-20dB|default", "snr_a")
+    snr = records.column(RecordKey("pgd", "A@l2:v0,a-20dB", "default"), "snr_a")
     assert snr.min() >= 20 - 1e-2 and snr.max() < 20.5  # ||δ||₂ = ||x||₂ · 10^(-20/20): SNR 20 dB
 
 
@@ -171,8 +171,8 @@ def test_a_visual_step_size_applies_beside_a_db_audio_budget(tmp_path: Path) -> 
     evaluate_robustness(model, toy_loader(model), make_args(audio_eps_db=-20.0, attack_alpha=0.01,
                                                             epsilons=[(0.03, 0.3)]), DistInfo(), tmp_path)
     records = load_records(tmp_path / "per_sample.npz")
-    linf_v = records.column("pgd|A+V@v0.03,a-20dB|default", "linf_v")
-    snr = records.column("pgd|A+V@v0.03,a-20dB|default", "snr_a")
+    key = RecordKey("pgd", "A+V@v0.03,a-20dB", "default")
+    linf_v, snr = records.column(key, "linf_v"), records.column(key, "snr_a")
     assert 0 < linf_v.min() and linf_v.max() <= 0.03 * 255 + 1e-3  # the visual step ran inside its budget
     assert np.isfinite(snr).all() and snr.min() > 0  # the audio too, at a fraction of each clip's peak
 
@@ -182,7 +182,8 @@ def test_shared_temporal_budget_is_evaluated_beside_the_per_frame_one_with_one_p
     args = make_args(temporal=["frame", "shared"], epsilons=[(0.05, 0.0)], num_frames=FRAMES[1])
     engine = AttackEngine(model, args, DistInfo(), budgets_from_args(args), ["pgd"], num_vis=4)
     run = engine.run(toy_loader(model))
-    assert run.records.keys() == ["pgd|V@v0.05,a0|default", "pgd|V@v0.05,a0,shared|default"]
+    assert run.records.keys() == [RecordKey("pgd", "V@v0.05,a0", "default"),
+                                  RecordKey("pgd", "V@v0.05,a0,shared", "default")]
     sample = run.vis[0]
     shared = sample["adv"]["V [shared over frames]"]["frames"] - sample["frames"]
     per_frame = sample["adv"]["V"]["frames"] - sample["frames"]
@@ -209,8 +210,8 @@ def test_eps_grid2d_covers_the_product_with_single_modality_edges_and_writes_the
     assert cells[0][2]["acc"] == protocol["adv_acc"]  # the protocol budget is the map's point, evaluated once
     assert cells[2][2]["acc"] < 100.0
     records = load_records(runs[0] / "per_sample.npz")
-    assert "fgsm|A@v0,a0.3|default" in records.keys()  # the protocol budget: every attack
-    assert not any(k.startswith("fgsm|") and "v0.1" in k for k in records.keys())  # map points: the first only
+    assert RecordKey("fgsm", "A@v0,a0.3", "default") in records.keys()  # the protocol budget: every attack
+    assert not any(k.attack == "fgsm" and "v0.1" in k.budget for k in records.keys())  # map points: the first only
     assert (runs[0] / "eps_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     side_by_side = tmp_path / "maps.png"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), *map(str, runs), "--eps_maps",

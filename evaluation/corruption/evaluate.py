@@ -47,7 +47,7 @@ from evaluation.corruption.corruptions import (
     missing_modality,
     resolve_names,
 )
-from evaluation.robustness.records import Records, perturbation_sizes
+from evaluation.robustness.records import RecordKey, Records, perturbation_sizes
 from evaluation.robustness.results import accuracy
 from evaluation.stats import format_accuracy
 from utils.distributed import DistInfo, all_reduce_sum
@@ -82,8 +82,8 @@ class Condition:
     apply: Callable[[Tensor, Tensor, Sequence[str]], Inputs]
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return self.name, NO_SEVERITY if self.severity is None else str(self.severity), VARIANT
+    def key(self) -> RecordKey:
+        return RecordKey(self.name, NO_SEVERITY if self.severity is None else str(self.severity), VARIANT)
 
 
 def build_conditions(names: Sequence[str], severities: Sequence[int], seed: int, sample_rate: int,
@@ -215,7 +215,7 @@ def mean_interval(scores: np.ndarray, seed: int, resamples: int = BOOTSTRAP_RESA
     return [100.0 * float(np.quantile(means, 0.025)), 100.0 * float(np.quantile(means, 0.975))]
 
 
-def _mean_entry(records: Records, keys: Sequence[str], clean_acc: float, seed: int) -> dict:
+def _mean_entry(records: Records, keys: Sequence[RecordKey], clean_acc: float, seed: int) -> dict:
     scores = np.mean([records.column(k) == 1 for k in keys], axis=0)
     acc = 100.0 * float(scores.mean())
     return {"acc": acc, "ci": mean_interval(scores, seed), "relative": _relative(acc, clean_acc)}
@@ -232,7 +232,7 @@ def build_corruption_results(records: Records, conditions: Sequence[Condition], 
     corruptions: dict[str, dict] = {}
     missing = []
     for condition in conditions:
-        key = "|".join(condition.key)
+        key = condition.key
         figures = accuracy(records.column(key) == 1)
         figures["relative"] = _relative(figures["acc"], clean["acc"])
         columns = records.columns[key]
@@ -255,7 +255,7 @@ def build_corruption_results(records: Records, conditions: Sequence[Condition], 
         entry.update(mean_acc=mean["acc"], mean_ci=mean["ci"], relative_robustness=mean["relative"])
     groups = {}
     for group in (*CORRUPTED_GROUPS, None):
-        keys = ["|".join(c.key) for c in conditions if c.group != MISSING and group in (None, c.group)]
+        keys = [c.key for c in conditions if c.group != MISSING and group in (None, c.group)]
         if keys:
             groups[group or "all"] = _mean_entry(records, keys, clean["acc"], args.seed)
     overall = groups.pop("all", None)

@@ -44,7 +44,7 @@ from evaluation.localization.metrics import (
 )
 from evaluation.robustness.engine import AttackEngine, BatchContext, Variant
 from evaluation.robustness.protocol import Budget
-from evaluation.robustness.records import Key, Records
+from evaluation.robustness.records import RecordKey, Records
 from evaluation.stats import DEFAULT_ALPHA, mcnemar_exact
 from models.av_model import AVModel, ModelOutput
 from models.fusion import FusionHead
@@ -174,7 +174,7 @@ class LocalizationObserver:
             values["has_box"] = ctx.data["has_box"]
         return values
 
-    def on_adv(self, key: Key, ctx: BatchContext, adv_frames: Tensor, adv_audio: Tensor,
+    def on_adv(self, key: RecordKey, ctx: BatchContext, adv_frames: Tensor, adv_audio: Tensor,
                out: ModelOutput) -> dict[str, Tensor]:
         with torch.no_grad():
             maps = localization_maps(self.head, out, self.size)
@@ -210,7 +210,7 @@ def condition_summary(correct: np.ndarray, pointing: np.ndarray | None, cious: n
     return out
 
 
-def _final_values(records: Records, keys: list[str], name: str) -> np.ndarray:
+def _final_values(records: Records, keys: list[RecordKey], name: str) -> np.ndarray:
     """Per sample, ``name`` of the last key that attacked it (a cascade's final adversarial input)."""
     values = np.full(records.num_samples, np.nan)
     for key in keys:
@@ -220,7 +220,7 @@ def _final_values(records: Records, keys: list[str], name: str) -> np.ndarray:
     return values
 
 
-def _correct(records: Records, keys: list[str], cascade: bool) -> np.ndarray:
+def _correct(records: Records, keys: list[RecordKey], cascade: bool) -> np.ndarray:
     if cascade:
         return records.robust(keys)
     return records.column(keys[0]) == 1
@@ -280,8 +280,7 @@ def evaluate_localization(model: AVModel, loader, args: argparse.Namespace, info
         for attack in engine.attack_types:
             cascade = attack in CASCADES
             for objective in (["+".join(objectives)] if cascade else objectives):
-                keys = [k for k in records.keys() if k.split("|")[1] == budget.key
-                        and (k.startswith(f"{attack}/") if cascade else k == f"{attack}|{budget.key}|{objective}")]
+                keys = [k for k in records.attack_keys(attack, budget.key) if cascade or k.variant == objective]
                 if not keys:
                     continue
                 per_sample = {"correct": _correct(records, keys, cascade),

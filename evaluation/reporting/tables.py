@@ -40,7 +40,8 @@ def _protocol_entries(results: dict) -> list[dict]:
 
 
 def budget_label(entry: dict) -> str:
-    """The budget's column label; an entry of a results file written before issue 11 gets the L∞ one."""
+    """The budget's column label; an entry without one (results written before budgets named their threat
+    model) gets the label of the default L∞ budget."""
     if "label" in entry:
         return entry["label"]
     if entry["budget"] == "A":

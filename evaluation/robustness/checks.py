@@ -122,8 +122,8 @@ def check_black_box(records: Records, budgets: Sequence[Budget], black_box: Sequ
     clean = np.asarray(records.clean_correct, dtype=bool)
     per_budget, worst = {}, 0.0
     for budget in budgets:
-        keys = [k for k in records.keys() if k.split("|")[1] == budget.key and not k.startswith(SANITY_ATTACK)]
-        box = [k for k in keys if k.split("|")[0].split("/")[-1] in black_box]
+        keys = [k for k in records.keys() if k.budget == budget.key and k.attack != SANITY_ATTACK]
+        box = [k for k in keys if (k.component or k.attack) in black_box]
         white = [k for k in keys if k not in box]
         if not box or not white:
             continue
@@ -156,12 +156,12 @@ def _budget_kind(budget: Budget) -> str | None:
 def check_eps_monotone(records: Records, budgets: Sequence[Budget]) -> dict:
     """For every attack and budget kind (A, V, A+V with equal ε), accuracy must not rise with ε."""
     rises = []
-    for attack in sorted({k.split("|")[0] for k in records.keys()} - {SANITY_ATTACK}):
+    for attack in sorted({k.attack_name for k in records.keys() if k.attack != SANITY_ATTACK}):
         for kind in ("A", "V", "A+V"):
             line = sorted((max(b.eps_visual, b.eps_audio), b.key) for b in budgets if _budget_kind(b) == kind)
             accs = []
             for eps, key in line:
-                matching = [k for k in records.keys() if k.startswith(f"{attack}|{key}|")]
+                matching = [k for k in records.keys() if k.attack_name == attack and k.budget == key]
                 if matching:
                     accs.append((eps, float(records.robust(matching).mean())))
             for (eps0, acc0), (eps1, acc1) in zip(accs, accs[1:]):
@@ -174,7 +174,7 @@ def check_eps_monotone(records: Records, budgets: Sequence[Budget]) -> dict:
 
 
 def check_sanity(records: Records, num_classes: int, sanity_eps: float) -> dict:
-    keys = [k for k in records.keys() if k.startswith(f"{SANITY_ATTACK}|")]
+    keys = [k for k in records.keys() if k.attack == SANITY_ATTACK]
     if not keys:
         return {"flag": False, "message": "large-budget sanity run skipped (--sanity_eps 0)"}
     n = records.num_samples

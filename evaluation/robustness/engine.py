@@ -40,7 +40,7 @@ from dataset.loaders import to_device
 from defenses.protocol import purifying
 from evaluation.robustness.checks import SANITY_ATTACK, SANITY_STEPS, GradientProbe
 from evaluation.robustness.protocol import Budget, attack_plan
-from evaluation.robustness.records import Key, Records, key_name, perturbation_sizes
+from evaluation.robustness.records import RecordKey, Records, perturbation_sizes
 from models.av_model import ModelOutput, feature_cosine
 from utils.distributed import DistInfo, all_reduce_sum
 
@@ -88,7 +88,7 @@ class Observer(Protocol):
 
     def on_clean(self, ctx: BatchContext, batch: dict) -> dict[str, Tensor]: ...
 
-    def on_adv(self, key: Key, ctx: BatchContext, adv_frames: Tensor, adv_audio: Tensor,
+    def on_adv(self, key: RecordKey, ctx: BatchContext, adv_frames: Tensor, adv_audio: Tensor,
                out: ModelOutput) -> dict[str, Tensor]: ...
 
 
@@ -117,7 +117,7 @@ class EvaluationRun:
     """What ``AttackEngine.run`` returns: per-sample records, seconds per key, probe counts, HTML samples."""
 
     records: Records
-    seconds: dict[str, float]
+    seconds: dict[RecordKey | str, float]  # per record key, and SHIFT_SEARCH
     probe: dict[str, Any]
     vis: list[dict]
 
@@ -137,7 +137,7 @@ class AttackEngine:
         self.observer = observer
         self.num_vis = num_vis
         self.sanity_eps = sanity_eps
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[RecordKey | str, float] = {}
         self.plan = attack_plan(self.attack_types, self.budgets, ThreatSettings.from_args(args).max_shift)
 
     # ------------------------------------------------------------------------------------------ attacks
@@ -160,7 +160,7 @@ class AttackEngine:
         return build_attack(name, self.model, budget.core(), steps=steps, alpha=alpha,
                             loss=loss if loss is not None else "ce", **options)
 
-    def _attack(self, key: Key, attacker: Any, ctx: BatchContext,
+    def _attack(self, key: RecordKey, attacker: Any, ctx: BatchContext,
                 variant: Variant) -> tuple[Tensor, Tensor, ModelOutput]:
         """``attacker`` on ``ctx`` with gradients through the defense as ``variant`` asks; timed under ``key``."""
         start = time.perf_counter()
@@ -168,13 +168,12 @@ class AttackEngine:
             adv_frames, adv_audio = attacker(ctx.frames, ctx.audio, ctx.labels)
         if self.info.device.type == "cuda":
             torch.cuda.synchronize(self.info.device)
-        name = key_name(key)
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
         with torch.no_grad():
             out = self.model(adv_frames, adv_audio)
         return adv_frames, adv_audio, out
 
-    def _record(self, records: Records, key: Key, ctx: BatchContext, idx: Tensor, adv_frames: Tensor,
+    def _record(self, records: Records, key: RecordKey, ctx: BatchContext, idx: Tensor, adv_frames: Tensor,
                 adv_audio: Tensor, out: ModelOutput, batch_size: int, not_run: Tensor | None = None,
                 budget: Budget | None = None, extra: dict[str, Tensor] | None = None) -> None:
         """Record the results of the samples ``idx`` of a batch of ``batch_size``: ``ctx``, the adversarial
@@ -205,7 +204,7 @@ class AttackEngine:
                 vis_adv: dict | None) -> None:
         everyone = torch.arange(ctx.labels.numel(), device=ctx.labels.device)
         for variant in self.variants:
-            key = (attack, budget.key, variant.name)
+            key = RecordKey(attack, budget.key, variant.name)
             loss = variant.loss_for(ctx) if describe(attack).uses_loss else None
             adv_frames, adv_audio, out = self._attack(key, self._build(attack, budget, loss, False), ctx, variant)
             self._record(records, key, ctx, everyone, adv_frames, adv_audio, out, ctx.labels.numel(), budget=budget)
@@ -253,7 +252,7 @@ class AttackEngine:
         shifted = BatchContext(ctx.frames, search.audio, ctx.labels, search.out, ctx.data)
         extra = {"shift_s": search.seconds}
         if attack == SHIFT:
-            key = (attack, budget.key, self.variants[0].name)
+            key = RecordKey(attack, budget.key, self.variants[0].name)
             self._record(records, key, ctx, everyone, ctx.frames, search.audio, search.out, ctx.labels.numel(),
                          extra=extra)
             if vis_adv is not None:
@@ -262,7 +261,7 @@ class AttackEngine:
         follow_up = attack.split("+", 1)[1]
         shift_fooled = search.out.logits.argmax(dim=1) != ctx.labels
         for variant in self.variants:
-            key = (attack, budget.key, variant.name)
+            key = RecordKey(attack, budget.key, variant.name)
             loss = variant.loss_for(shifted) if describe(follow_up).uses_loss else None
             adv_frames, adv_audio, out = self._attack(key, self._build(follow_up, budget, loss, False), shifted,
                                                      variant)
@@ -296,7 +295,7 @@ class AttackEngine:
             if signature in done:
                 continue
             done.add(signature)
-            key = (f"{cascade}/{component.name}", budget.key, variant.name)
+            key = RecordKey(cascade, budget.key, variant.name, component.name)
             idx = standing.nonzero().squeeze(1)
             not_run = ~standing & clean_correct
             if idx.numel() == 0:
@@ -323,7 +322,7 @@ class AttackEngine:
                                                                units=self.args.eps_units),
                                 steps=SANITY_STEPS, alpha=2.5 * eps / SANITY_STEPS, random_start=True,
                                 seed=self.args.seed)
-        key = (SANITY_ATTACK, budget.key, self.variants[0].name)
+        key = RecordKey(SANITY_ATTACK, budget.key, self.variants[0].name)
         adv_frames, adv_audio, out = self._attack(key, attacker, ctx, self.variants[0])
         everyone = torch.arange(ctx.labels.numel(), device=ctx.labels.device)
         self._record(records, key, ctx, everyone, adv_frames, adv_audio, out, ctx.labels.numel())

@@ -1,7 +1,8 @@
 """Per-sample records of an evaluation, indexed by sample id, and the robust accuracy of any set of attacks.
 
-One record per (attack, budget, variant) key holds, for every test sample, whether the model was still
-correct on the adversarial input, the cross-entropy there and the perturbation's size:
+One record per ``RecordKey`` (attack, budget, variant; within a cascade also the component) holds, for every
+test sample, whether the model was still correct on the adversarial input, the cross-entropy there and the
+perturbation's size:
 
 * ``correct``: int8, 1 = correct, 0 = fooled (or wrong on the clean input and not attacked),
   -1 = not attacked because an earlier attack of its cascade already fooled it;
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +38,49 @@ from utils.fileio import atomic_path
 
 FIELDS = ("correct", "loss", "linf_v", "psnr_v", "snr_a", "l2_v", "l2_a", "split_v", "shift_s")
 KEY_SEPARATOR = "|"
+COMPONENT_SEPARATOR = "/"
+_KEY_PATTERN = re.compile(r"(?P<attack>[^|/]+)(?:/(?P<component>[^|/]+))?\|(?P<budget>[^|]+)\|(?P<variant>[^|]+)")
 
-Key = tuple[str, str, str]  # attack, budget key, variant
 
+@dataclass(frozen=True)
+class RecordKey:
+    """Names one per-sample record: the ``attack`` (for a cascade, the cascade and its ``component``), the
+    ``budget`` (``Budget.key``, or a corruption's severity) and the ``variant`` (a defense's adaptive attack,
+    a localization objective, ...). ``name`` is its one form in files, ``parse`` reads it back."""
 
-def key_name(key: Key) -> str:
-    return KEY_SEPARATOR.join(key)
+    attack: str
+    budget: str
+    variant: str
+    component: str | None = None
+
+    def __post_init__(self) -> None:
+        names = KEY_SEPARATOR + COMPONENT_SEPARATOR
+        parts = {"attack": (self.attack, names), "budget": (self.budget, KEY_SEPARATOR),
+                 "variant": (self.variant, KEY_SEPARATOR)}
+        if self.component is not None:
+            parts["component"] = (self.component, names)
+        for part, (value, forbidden) in parts.items():
+            if not value or any(c in value for c in forbidden):
+                raise ValueError(f"record key {part} {value!r}: must be non-empty and free of {forbidden!r}")
+
+    @property
+    def attack_name(self) -> str:
+        """The attack that made the record as reports name it: ``<cascade>/<component>`` within a cascade."""
+        return self.attack if self.component is None else f"{self.attack}{COMPONENT_SEPARATOR}{self.component}"
+
+    @property
+    def name(self) -> str:
+        """The key in ``per_sample.npz``: ``attack|budget|variant``, the attack as ``attack_name``."""
+        return KEY_SEPARATOR.join((self.attack_name, self.budget, self.variant))
+
+    @classmethod
+    def parse(cls, text: str) -> RecordKey:
+        """The key whose ``name`` is ``text``."""
+        match = _KEY_PATTERN.fullmatch(text)
+        if match is None:
+            raise ValueError(f"record key {text!r}: expected 'attack|budget|variant' or "
+                             "'cascade/component|budget|variant'")
+        return cls(**match.groupdict())
 
 
 def perturbation_sizes(clean_frames: Tensor | None, adv_frames: Tensor | None, clean_audio: Tensor | None,
@@ -75,9 +114,9 @@ class Records:
     index: list = field(default_factory=list)
     labels: list = field(default_factory=list)
     clean_correct: list = field(default_factory=list)
-    columns: dict[str, dict[str, list]] = field(default_factory=dict)  # key name -> field -> values
+    columns: dict[RecordKey, dict[str, list]] = field(default_factory=dict)  # key -> field -> values
     extra: dict[str, list] = field(default_factory=dict)  # per-sample columns of the caller (e.g. clean metrics)
-    _rows: dict[str, int] = field(default_factory=dict, repr=False)  # samples recorded per key
+    _rows: dict[RecordKey, int] = field(default_factory=dict, repr=False)  # samples recorded per key
 
     def add_samples(self, ids: Sequence[str], index: Tensor, labels: Tensor, clean_correct: Tensor) -> None:
         self.ids += list(ids)
@@ -85,19 +124,18 @@ class Records:
         self.labels += labels.tolist()
         self.clean_correct += clean_correct.tolist()
 
-    def add(self, key: Key, values: dict[str, Tensor | Sequence], batch_size: int) -> None:
+    def add(self, key: RecordKey, values: dict[str, Tensor | Sequence], batch_size: int) -> None:
         """Append one batch of ``batch_size`` per-sample ``values`` (fields of ``FIELDS`` or any per-sample
         metric); a field missing from this batch, or first seen in it, is NaN for the samples without it."""
-        name = key_name(key)
-        columns = self.columns.setdefault(name, {})
-        before = self._rows.get(name, 0)
+        columns = self.columns.setdefault(key, {})
+        before = self._rows.get(key, 0)
         for field_name, value in values.items():
             column = columns.setdefault(field_name, [math.nan] * before)
             column.extend(value.tolist() if isinstance(value, Tensor) else list(value))
         for field_name, column in columns.items():
             if field_name not in values:
                 column.extend([math.nan] * batch_size)
-        self._rows[name] = before + batch_size
+        self._rows[key] = before + batch_size
 
     def add_extra(self, name: str, values: Tensor | Sequence) -> None:
         self.extra.setdefault(name, []).extend(values.tolist() if isinstance(values, Tensor) else list(values))
@@ -136,18 +174,16 @@ class Records:
     def num_samples(self) -> int:
         return len(self.ids)
 
-    def column(self, key: Key | str, name: str = "correct") -> np.ndarray:
-        key = key if isinstance(key, str) else key_name(key)
+    def column(self, key: RecordKey, name: str = "correct") -> np.ndarray:
         return np.asarray(self.columns[key][name])
 
-    def keys(self) -> list[str]:
+    def keys(self) -> list[RecordKey]:
         return list(self.columns)
 
-    def attack_keys(self, attack: str, budget_key: str) -> list[str]:
+    def attack_keys(self, attack: str, budget_key: str) -> list[RecordKey]:
         """The keys of ``attack`` at ``budget_key`` in run order: every variant of a single attack, or every
-        component (``<cascade>/<component>``) of a cascade."""
-        return [k for k in self.keys() if k.split(KEY_SEPARATOR)[1] == budget_key
-                and k.split(KEY_SEPARATOR)[0].split("/")[0] == attack]
+        component of a cascade."""
+        return [k for k in self.keys() if k.budget == budget_key and k.attack == attack]
 
     def correct_under(self, attack: str, budget_key: str) -> np.ndarray:
         """Per-sample bool behind one (attack, budget) figure: for a cascade, robust (clean-correct and never
@@ -155,11 +191,11 @@ class Records:
         keys = self.attack_keys(attack, budget_key)
         if not keys:
             raise KeyError(f"no per-sample records of {attack} at {budget_key}")
-        if "/" in keys[0].split(KEY_SEPARATOR)[0]:
+        if keys[0].component is not None:
             return self.robust(keys)
         return np.all([self.column(k) == 1 for k in keys], axis=0)
 
-    def robust(self, keys: Iterable[Key | str]) -> np.ndarray:
+    def robust(self, keys: Iterable[RecordKey]) -> np.ndarray:
         """Per-sample bool: correct on the clean input and under every attack of ``keys``."""
         robust = np.asarray(self.clean_correct, dtype=bool)
         for key in keys:
@@ -168,14 +204,14 @@ class Records:
 
     def save(self, path: str | os.PathLike) -> None:
         """``per_sample.npz``: ``ids``, ``index``, ``labels``, ``clean_correct`` and ``<key>/<field>`` arrays,
-        keys written as ``attack|budget|variant``; extra columns as ``extra/<name>``."""
+        keys written as their ``RecordKey.name``; extra columns as ``extra/<name>``."""
         arrays = {"ids": np.asarray(self.ids, dtype=str), "index": np.asarray(self.index, dtype=np.int64),
                   "labels": np.asarray(self.labels, dtype=np.int64),
                   "clean_correct": np.asarray(self.clean_correct, dtype=bool)}
         for key, columns in self.columns.items():
             for name, values in columns.items():
                 dtype = np.int8 if name == "correct" else np.float32
-                arrays[f"{key}/{name}"] = np.asarray(values, dtype=dtype)
+                arrays[f"{key.name}/{name}"] = np.asarray(values, dtype=dtype)
         for name, values in self.extra.items():
             arrays[f"extra/{name}"] = np.asarray(values)
         with atomic_path(path, suffix=".npz") as tmp:
@@ -197,6 +233,10 @@ def load_records(path: str | os.PathLike) -> Records:
             key, column = name.rsplit("/", 1)
             if key == "extra":
                 records.extra[column] = data[name].tolist()
-            else:
-                records.columns.setdefault(key, {})[column] = data[name].tolist()
+                continue
+            try:
+                record_key = RecordKey.parse(key)
+            except ValueError as error:
+                raise ValueError(f"{path}: array {name!r}: {error}") from None
+            records.columns.setdefault(record_key, {})[column] = data[name].tolist()
     return records

@@ -28,7 +28,7 @@ from attacks import CASCADES
 from attacks.threat import ThreatSettings
 from evaluation.robustness.engine import SHIFT_SEARCH, EvaluationRun, is_shift_attack
 from evaluation.robustness.protocol import Budget, map_budgets
-from evaluation.robustness.records import Records
+from evaluation.robustness.records import RecordKey, Records
 from evaluation.stats import wilson_interval
 
 
@@ -53,7 +53,7 @@ PERTURBATION_STATS = (("snr_a", ("mean", "min")), ("linf_v", ("mean", "max")), (
                       ("l2_v", ("mean", "max")), ("l2_a", ("mean", "max")), ("split_v", ("mean",)))
 
 
-def perturbation_summary(records: Records, keys: Sequence[str]) -> dict:
+def perturbation_summary(records: Records, keys: Sequence[RecordKey]) -> dict:
     """Audio SNR (dB, mean and minimum), visual L∞ (1/255 steps, mean and maximum), PSNR (dB, mean), the L2
     norms (visual over the clip in pixels, audio over the waveform; mean and maximum) and, for a joint
     budget, the mean share spent on vision, over the attacked samples of ``keys``; an untouched modality
@@ -67,14 +67,14 @@ def perturbation_summary(records: Records, keys: Sequence[str]) -> dict:
     return out
 
 
-def _cos(records: Records, key: str) -> list[float]:
+def _cos(records: Records, key: RecordKey) -> list[float]:
     if "cos" not in records.columns[key]:
         return []
     values = records.column(key, "cos")
     return [float(v) for v in values if math.isfinite(v)]
 
 
-def _entry(run: EvaluationRun, args: argparse.Namespace, attack: str, budget: Budget, keys: list[str],
+def _entry(run: EvaluationRun, args: argparse.Namespace, attack: str, budget: Budget, keys: list[RecordKey],
            variants: Sequence[str], labels: np.ndarray) -> dict:
     records = run.records
     entry = {"attack": attack, **budget_fields(budget), "variants": list(variants)}
@@ -82,12 +82,11 @@ def _entry(run: EvaluationRun, args: argparse.Namespace, attack: str, budget: Bu
     if attack in CASCADES:
         components = []
         for i, key in enumerate(keys):
-            component, _, variant = key.split("|")
-            components.append({"component": component.split("/", 1)[1], "variant": variant,
+            components.append({"component": key.component, "variant": key.variant,
                                **accuracy(records.robust(keys[:i + 1])), "seconds": run.seconds.get(key, 0.0)})
         entry["components"] = components
     else:
-        entry["variant_acc"] = {k.split("|")[2]: 100.0 * float((records.column(k) == 1).mean()) for k in keys}
+        entry["variant_acc"] = {k.variant: 100.0 * float((records.column(k) == 1).mean()) for k in keys}
     if is_shift_attack(attack):
         chosen = records.column(keys[0], "shift_s")
         entry["shift_counts"] = {f"{s:g}": int(np.count_nonzero(chosen == s)) for s in np.unique(chosen)}
