@@ -142,16 +142,15 @@ class Records:
 
     def gather(self, info: DistInfo) -> None:
         """Every rank's samples on every rank, in dataset-index order, each sample once (a DistributedSampler
-        pads the last batch with repeated samples)."""
+        pads the last batch with repeated samples).
+
+        One collective whatever each rank recorded: every rank sends all its columns at once, and they are
+        merged by key and field name, never by position. A field a rank did not record for a key (e.g. a cascade
+        component that found no sample standing there) is NaN for that rank's samples; a column whose length is
+        not the rank's sample count is an error naming the key, the field and the rank."""
         if info.enabled:
-            self.ids, self.index = all_gather_list(self.ids, info), all_gather_list(self.index, info)
-            self.labels = all_gather_list(self.labels, info)
-            self.clean_correct = all_gather_list(self.clean_correct, info)
-            for columns in self.columns.values():
-                for name in columns:
-                    columns[name] = all_gather_list(columns[name], info)
-            for name in self.extra:
-                self.extra[name] = all_gather_list(self.extra[name], info)
+            parts = all_gather_list([self._payload()], info)
+            self._merge(parts)
         order = sorted(range(len(self.index)), key=lambda i: self.index[i])
         keep, seen = [], set()
         for i in order:
@@ -169,6 +168,36 @@ class Records:
                 columns[name] = pick(columns[name])
         for name in self.extra:
             self.extra[name] = pick(self.extra[name])
+        self._rows = {key: len(self.ids) for key in self.columns}
+
+    def _payload(self) -> dict:
+        return {"ids": self.ids, "index": self.index, "labels": self.labels, "clean_correct": self.clean_correct,
+                "columns": self.columns, "extra": self.extra}
+
+    def _merge(self, parts: list[dict]) -> None:
+        """The ranks' payloads (``_payload``) concatenated in rank order, columns matched by name."""
+        for rank, part in enumerate(parts):
+            size = len(part["ids"])
+            for name in ("index", "labels", "clean_correct"):
+                _check_length(part[name], size, f"'{name}'", rank)
+            for key, columns in part["columns"].items():
+                for field_name, values in columns.items():
+                    _check_length(values, size, f"{key.name} field '{field_name}'", rank)
+            for name, values in part["extra"].items():
+                _check_length(values, size, f"extra column '{name}'", rank)
+        keys = list(dict.fromkeys(key for part in parts for key in part["columns"]))
+        columns: dict[RecordKey, dict[str, list]] = {}
+        for key in keys:
+            fields = list(dict.fromkeys(f for part in parts for f in part["columns"].get(key, {})))
+            columns[key] = {f: [v for part in parts
+                                for v in part["columns"].get(key, {}).get(f, [math.nan] * len(part["ids"]))]
+                            for f in fields}
+        extras = list(dict.fromkeys(name for part in parts for name in part["extra"]))
+        self.extra = {name: [v for part in parts for v in part["extra"].get(name, [math.nan] * len(part["ids"]))]
+                      for name in extras}
+        self.columns = columns
+        for name in ("ids", "index", "labels", "clean_correct"):
+            setattr(self, name, [v for part in parts for v in part[name]])
 
     @property
     def num_samples(self) -> int:
@@ -217,6 +246,11 @@ class Records:
         with atomic_path(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, **arrays)
+
+
+def _check_length(values: list, size: int, what: str, rank: int) -> None:
+    if len(values) != size:
+        raise RuntimeError(f"per-sample records of rank {rank}: {what} has {len(values)} values for {size} samples")
 
 
 def load_records(path: str | os.PathLike) -> Records:
