@@ -141,6 +141,19 @@ def test_checks_stay_silent_on_a_plain_model(tmp_path: Path) -> None:
     assert checks["sanity"]["acc"] < 100 / NUM_CLASSES
 
 
+def test_a_pgd_only_evaluation_is_incomplete_and_says_which_checks_did_not_run(tmp_path: Path) -> None:
+    results = run(AudioLinear(), tmp_path, attack_type=["pgd"], epsilons=[(0.0, 0.02)], sanity_eps=0.0)
+    checks = results["checks"]
+    assert checks["verdict"] == "incomplete: not run: black_box, eps_monotone, sanity", checks["verdict"]
+    assert {name for name in ("black_box", "eps_monotone", "sanity") if checks[name]["status"] == "not run"} == {
+        "black_box", "eps_monotone", "sanity"}
+    assert "--eps_grid" in checks["eps_monotone"]["run_with"] and "square" in checks["black_box"]["run_with"]
+    assert checks["zero_gradient"]["status"] == "passed"
+    table = (tmp_path / "attack_table.md").read_text()
+    assert "Gradient-masking checks: **incomplete: not run: black_box, eps_monotone, sanity**" in table
+    assert "- ○ eps_monotone: not run:" in table
+
+
 def test_zero_gradient_and_black_box_checks_fire_on_a_quantised_model(tmp_path: Path) -> None:
     model = AudioLinear(quantise=True)
     results = run(model, tmp_path, attack_type=["pgd", "square"], epsilons=[(0.0, 0.5)])
@@ -150,7 +163,8 @@ def test_zero_gradient_and_black_box_checks_fire_on_a_quantised_model(tmp_path: 
     square = next(e for e in results["attacks"] if e["attack"] == "square")
     assert pgd["adv_acc"] == 100.0 and square["adv_acc"] < 100.0  # gradients see nothing, random search does
     assert checks["black_box"]["flag"]
-    assert "zero_gradient" in checks["verdict"] and "black_box" in checks["verdict"]
+    assert checks["verdict"].startswith("flagged: zero_gradient, black_box")
+    assert checks["zero_gradient"]["status"] == checks["black_box"]["status"] == "flagged"
 
 
 class Constant(nn.Module):

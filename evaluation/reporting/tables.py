@@ -158,7 +158,8 @@ def _check_lines(checks: dict | None) -> list[str]:
     lines = ["", f"Gradient-masking checks: **{checks['verdict']}**", ""]
     for name, check in checks.items():
         if isinstance(check, dict):
-            lines.append(f"- {'⚠ ' if check['flag'] else ''}{name}: {check['message']}")
+            mark = {"flagged": "⚠ ", "not run": "○ "}.get(check.get("status", "flagged" if check["flag"] else ""), "")
+            lines.append(f"- {mark}{name}: {check['message']}")
     return lines
 
 

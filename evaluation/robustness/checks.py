@@ -1,7 +1,10 @@
 """Gradient-masking checks run with every evaluation (after AutoAttack's ``checks.py`` and RobustBench's rules).
 
-Each check returns a dict with ``flag`` (True: the numbers may overstate robustness), the figures behind it
-and a one-line ``message``:
+Each check returns a dict with ``status``: ``passed``, ``flagged`` (the numbers may overstate robustness) or
+``not run`` (with ``why`` and the flag that runs it in ``run_with``), ``flag`` (``status == 'flagged'``), the
+figures behind it and a one-line ``message``. The ``verdict`` is ``passed`` only when every check ran and
+passed; otherwise ``flagged: <checks>`` and / or ``incomplete: not run: <checks>``. A budget sweep
+(``--eps_grid``) and a black-box attack (Square, or AutoAttack's cascade) are part of a complete verdict.
 
 * ``zero_gradient``: samples whose input gradient of the cross-entropy is all zero, per modality, although
   their loss is not zero (a loss that is exactly 0 in float32, a saturated softmax, is counted apart);
@@ -80,6 +83,31 @@ class GradientProbe:
         return summary
 
 
+def with_status(check: dict) -> dict:
+    """``check`` (which ran) with its ``status``: ``flagged`` or ``passed``."""
+    return {"status": "flagged" if check["flag"] else "passed", **check}
+
+
+def not_run(why: str, run_with: str) -> dict:
+    """A check that could not run on what was evaluated: never counted as passed."""
+    return {"status": "not run", "flag": False, "why": why, "run_with": run_with,
+            "message": f"not run: {why} (run it with {run_with})"}
+
+
+def verdict(checks: dict[str, dict]) -> str:
+    """``passed`` only when every check ran and passed; else what flagged and what did not run."""
+    flagged = [name for name, check in checks.items() if check["status"] == "flagged"]
+    missing = [name for name, check in checks.items() if check["status"] == "not run"]
+    if not flagged and not missing:
+        return "passed"
+    parts = []
+    if flagged:
+        parts.append("flagged: " + ", ".join(flagged))
+    if missing:
+        parts.append("incomplete: not run: " + ", ".join(missing))
+    return "; ".join(parts)
+
+
 def _fraction(count: int, n: int) -> float:
     return count / n if n else 0.0
 
@@ -94,7 +122,7 @@ def check_zero_gradient(probe: dict) -> dict:
     if probe["saturated"]:
         message += f"; {probe['saturated']} samples have a loss of exactly 0 (saturated softmax; DLR / margin " \
                    "losses and Square still attack them)"
-    return {"flag": flag, "fraction": fractions, "saturated": probe["saturated"], "message": message}
+    return with_status({"flag": flag, "fraction": fractions, "saturated": probe["saturated"], "message": message})
 
 
 def check_randomness(probe: dict, eot_iter: int) -> dict:
@@ -105,7 +133,7 @@ def check_randomness(probe: dict, eot_iter: int) -> dict:
     else:
         message = (f"randomised: {100 * fraction:.1f}% of samples change between two forward passes; "
                    + ("attack with EOT (--eot_iter 20)" if eot_iter == 1 else f"attacked with EOT ({eot_iter})"))
-    return {"flag": flag, "fraction": fraction, "eot_iter": eot_iter, "message": message}
+    return with_status({"flag": flag, "fraction": fraction, "eot_iter": eot_iter, "message": message})
 
 
 def check_softmax(probe: dict) -> dict:
@@ -113,7 +141,7 @@ def check_softmax(probe: dict) -> dict:
     flag = fraction > 0.5
     message = ("outputs look like probabilities (non-negative, summing to 1): attacks need logits"
                if flag else "outputs are logits")
-    return {"flag": flag, "fraction": fraction, "message": message}
+    return with_status({"flag": flag, "fraction": fraction, "message": message})
 
 
 def check_black_box(records: Records, budgets: Sequence[Budget], black_box: Sequence[str]) -> dict:
@@ -138,13 +166,14 @@ def check_black_box(records: Records, budgets: Sequence[Budget], black_box: Sequ
         worst = max(worst, _fraction(count, clean.size))
     flag = worst > BLACK_BOX_TOLERANCE
     if not per_budget:
-        message = "no black-box attack evaluated (run --attack_type autoattack or square)"
-    elif flag:
+        return not_run("no black-box attack was evaluated beside a white-box one", "--attack_type ... square "
+                       "(or autoattack)")
+    if flag:
         message = (f"a black-box attack fooled samples no white-box attack did ({per_budget}): gradients may be "
                    "masked")
     else:
         message = "the black-box attack found nothing the white-box attacks missed"
-    return {"flag": flag, "samples": per_budget, "message": message}
+    return with_status({"flag": flag, "samples": per_budget, "message": message})
 
 
 def _budget_kind(budget: Budget) -> str | None:
@@ -155,7 +184,7 @@ def _budget_kind(budget: Budget) -> str | None:
 
 def check_eps_monotone(records: Records, budgets: Sequence[Budget]) -> dict:
     """For every attack and budget kind (A, V, A+V with equal ε), accuracy must not rise with ε."""
-    rises = []
+    rises, compared = [], 0
     for attack in sorted({k.attack_name for k in records.keys() if k.attack != SANITY_ATTACK}):
         for kind in ("A", "V", "A+V"):
             line = sorted((max(b.eps_visual, b.eps_audio), b.key) for b in budgets if _budget_kind(b) == kind)
@@ -164,19 +193,23 @@ def check_eps_monotone(records: Records, budgets: Sequence[Budget]) -> dict:
                 matching = [k for k in records.keys() if k.attack_name == attack and k.budget == key]
                 if matching:
                     accs.append((eps, float(records.robust(matching).mean())))
+            compared += max(len(accs) - 1, 0)
             for (eps0, acc0), (eps1, acc1) in zip(accs, accs[1:]):
                 if acc1 > acc0:
                     rises.append(f"{attack} {kind}: {100 * acc0:.1f}% at ε={eps0:g} -> {100 * acc1:.1f}% at ε={eps1:g}")
+    if not compared:
+        return not_run("no attack was evaluated at two budgets of one kind, so accuracy cannot be followed along ε",
+                       "--eps_grid 0.006 0.012 0.024 (a budget sweep)")
     flag = bool(rises)
     message = ("robust accuracy rises with ε: " + "; ".join(rises)) if flag else \
         "robust accuracy does not rise with ε along the budgets evaluated"
-    return {"flag": flag, "rises": rises, "message": message}
+    return with_status({"flag": flag, "rises": rises, "message": message})
 
 
 def check_sanity(records: Records, num_classes: int, sanity_eps: float) -> dict:
     keys = [k for k in records.keys() if k.attack == SANITY_ATTACK]
     if not keys:
-        return {"flag": False, "message": "large-budget sanity run skipped (--sanity_eps 0)"}
+        return not_run("the large-budget sanity run was switched off (--sanity_eps 0)", "--sanity_eps 0.3")
     n = records.num_samples
     correct = int((records.column(keys[0]) == 1).sum())
     low, high = wilson_interval(correct, n)
@@ -187,8 +220,8 @@ def check_sanity(records: Records, num_classes: int, sanity_eps: float) -> dict:
                f"[{100 * low:.1f}, {100 * high:.1f}]" + (f", above chance {100 * chance:.1f}%: the attack cannot "
                                                          "reach the model's errors (masking?)" if flag else
                                                          f", not above chance {100 * chance:.1f}%"))
-    return {"flag": flag, "eps": sanity_eps, "acc": 100 * acc, "ci": [100 * low, 100 * high],
-            "chance": 100 * chance, "message": message}
+    return with_status({"flag": flag, "eps": sanity_eps, "acc": 100 * acc, "ci": [100 * low, 100 * high],
+                        "chance": 100 * chance, "message": message})
 
 
 def check_dynamic(model: nn.Module, variants: Sequence[str]) -> dict:
@@ -196,32 +229,32 @@ def check_dynamic(model: nn.Module, variants: Sequence[str]) -> dict:
     banks); it needs adaptive attacks, and the variants evaluated are listed."""
     dynamic = bool(getattr(model, "runs_optimisation", False))
     if not dynamic:
-        return {"flag": False, "dynamic": False, "message": "static forward pass"}
+        return with_status({"flag": False, "dynamic": False, "message": "static forward pass"})
     adaptive = list(variants)
     message = ("dynamic: the forward pass runs an optimisation (sparse coding); adaptive attacks required — "
                f"evaluated: {', '.join(adaptive)}")
     flag = len(adaptive) < 2
     if flag:
         message += " (only one: add BPDA and the adaptive loss, --defense_attacks ce ce+cos bpda)"
-    return {"flag": flag, "dynamic": True, "variants": adaptive, "message": message}
+    return with_status({"flag": flag, "dynamic": True, "variants": adaptive, "message": message})
 
 
 def check_dense_codes(dense_backward: int, purifications: Sequence[str | None]) -> dict:
     """The implicit lasso gradient met codes that are not unique lasso solutions (``DenseCodeWarning``): there it
     is BPDA's, so without the unrolled gradient among the variants no exact white-box gradient was tried."""
     if not dense_backward:
-        return {"flag": False, "backward_passes": 0, "message": "no implicit gradient met a dense code"}
+        return with_status({"flag": False, "backward_passes": 0, "message": "no implicit gradient met a dense code"})
     flag = "unrolled" not in purifications
     message = (f"the implicit gradient met dense codes in {dense_backward} backward passes and acted as BPDA there"
                + ("; evaluate --coding_grad unrolled (or raise --coding_max_iter / lower --coding_tol) for an "
                   "exact white-box gradient" if flag else "; the unrolled variant covers them"))
-    return {"flag": flag, "backward_passes": dense_backward, "message": message}
+    return with_status({"flag": flag, "backward_passes": dense_backward, "message": message})
 
 
 def run_checks(records: Records, probe: dict, budgets: Sequence[Budget], model: nn.Module, variants: Sequence[str],
                num_classes: int, eot_iter: int, sanity_eps: float, black_box: Sequence[str], dense_backward: int = 0,
                purifications: Sequence[str | None] = ()) -> dict:
-    """Every check; ``verdict`` is 'passed' or the names of the checks that flagged."""
+    """Every check, and the ``verdict`` over them (``verdict``)."""
     checks = {
         "zero_gradient": check_zero_gradient(probe),
         "randomness": check_randomness(probe, eot_iter),
@@ -232,8 +265,7 @@ def run_checks(records: Records, probe: dict, budgets: Sequence[Budget], model: 
         "dynamic": check_dynamic(model, variants),
         "dense_codes": check_dense_codes(dense_backward, purifications),
     }
-    flagged = [name for name, check in checks.items() if check["flag"]]
-    checks["verdict"] = "passed" if not flagged else "warnings: " + ", ".join(flagged)
+    checks["verdict"] = verdict(checks)
     if checks["dynamic"]["dynamic"] and not checks["dynamic"]["flag"]:
         checks["verdict"] += f" (dynamic: adaptive variants {', '.join(variants)} evaluated)"
     return checks

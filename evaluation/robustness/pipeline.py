@@ -69,6 +69,8 @@ def evaluate_robustness(model: nn.Module, loader, args: argparse.Namespace, info
         for name, check in results["checks"].items():
             if isinstance(check, dict) and check["flag"]:
                 print(f"warning: check '{name}': {check['message']}")
+            elif isinstance(check, dict) and check["status"] == "not run":
+                print(f"check '{name}' not run: {check['why']}; run it with {check['run_with']}")
         print(f"checks: {results['checks']['verdict']}")
         print("wrote " + ", ".join(str(p) for p in written))
     return results
