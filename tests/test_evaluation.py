@@ -320,3 +320,27 @@ def test_dense_code_check_counts_the_defense_diagnostics_and_wants_the_unrolled_
     assert covered["checks"]["dense_codes"]["backward_passes"] > 0 and not covered["checks"]["dense_codes"]["flag"]
     silent = run(AudioLinear(), tmp_path / "plain", epsilons=[(0.0, 0.01)])
     assert not silent["checks"]["dense_codes"]["flag"] and silent["checks"]["dense_codes"]["backward_passes"] == 0
+
+
+def test_a_clean_misclassified_sample_is_never_robust_whatever_an_attack_leaves() -> None:
+    """An attack on a sample the model already gets wrong can move it to the right class (a localization
+    objective ignores the label, a CE step can overshoot); robust means clean-correct and never fooled."""
+    records = Records()
+    records.add_samples(["a", "b", "c"], torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]),
+                        torch.tensor([False, True, True]))
+    single = RecordKey("pgd", "A@v0,a0.1", "map")
+    records.add(single, {"correct": torch.tensor([1, 1, 0], dtype=torch.int8)}, 3)
+    component = RecordKey("autoattack", "A@v0,a0.1", "default", "apgd-ce")
+    records.add(component, {"correct": torch.tensor([0, 1, 0], dtype=torch.int8)}, 3)
+    records.gather(DistInfo())
+    assert records.correct_under("pgd", "A@v0,a0.1").tolist() == [False, True, False]
+    assert records.correct_under("autoattack", "A@v0,a0.1").tolist() == [False, True, False]
+
+
+def test_the_results_record_the_settings_the_attacks_ran_with(tmp_path: Path) -> None:
+    results = run(AudioLinear(), tmp_path, attack_type=["apgd-t", "pgd"], apgd_targets=5, apgd_steps=3,
+                  epsilons=[(0.0, 0.02)])
+    assert results["apgd_targets"] == NUM_CLASSES - 1  # 5 asked, 3 other classes exist
+    settings = results["attack_settings"]
+    assert settings["apgd-t"]["n_target_classes"] == NUM_CLASSES - 1 and settings["apgd-t"]["steps"] == 3
+    assert settings["pgd"]["steps"] == 10 and settings["pgd"]["seed"] == 0  # the attack's default steps

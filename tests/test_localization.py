@@ -393,3 +393,23 @@ def test_heads_without_a_map_are_refused(capsys) -> None:
     with pytest.raises(SystemExit):
         main_localization.parse_args(["--dataset", "MUSIC", "--arch_classifier", "concat"])
     assert "has no localization map" in capsys.readouterr().err
+
+
+def test_localization_under_a_cascade_counts_every_clip_on_its_final_input() -> None:
+    """A cascade leaves clean-misclassified clips alone and stops attacking a clip once it is fooled: each clip's
+    map metric is that of the last input it was given (clean for the ones never attacked), never dropped."""
+    from evaluation.localization.evaluate import _final_values
+    from evaluation.robustness.records import RecordKey, Records
+
+    records = Records()
+    records.add_samples(["a", "b", "c"], torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]),
+                        torch.tensor([False, True, True]))
+    first = RecordKey("autoattack", "A@v0,a0.1", "map", "apgd-ce")
+    second = RecordKey("autoattack", "A@v0,a0.1", "map", "square")
+    nan = float("nan")
+    records.add(first, {"correct": torch.tensor([0, 0, 1]), "pointing": torch.tensor([nan, 0.0, 1.0])}, 3)
+    records.add(second, {"correct": torch.tensor([0, -1, 1]), "pointing": torch.tensor([nan, nan, 0.0])}, 3)
+    clean_pointing = np.array([1.0, 1.0, 1.0])
+    final = _final_values(records, [first, second], "pointing", clean_pointing)
+    assert final.tolist() == [1.0, 0.0, 0.0]  # a: never attacked (clean); b: fooled by the first; c: the last
+    assert records.robust([first, second]).tolist() == [False, False, True]

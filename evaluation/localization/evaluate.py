@@ -55,6 +55,7 @@ DEFAULT_OBJECTIVES = ("class", "map")
 CHANGE_FIELDS = ("map_iou_top_mass", "map_iou_threshold", "peak_shift_px")
 ADV_FIELDS = (*CHANGE_FIELDS, "box_similarity")  # per adversarial pass, averaged over the samples
 MAP_HEADS = "loc, attention, ssl or ssl_lvs"
+UNCHANGED = {"map_iou_top_mass": 1.0, "map_iou_threshold": 1.0, "peak_shift_px": 0.0}  # a map left as it was
 WORST = "worst"  # the objective name of the per-sample worst case over every attack and objective of a budget
 
 
@@ -210,20 +211,17 @@ def condition_summary(correct: np.ndarray, pointing: np.ndarray | None, cious: n
     return out
 
 
-def _final_values(records: Records, keys: list[RecordKey], name: str) -> np.ndarray:
-    """Per sample, ``name`` of the last key that attacked it (a cascade's final adversarial input)."""
+def _final_values(records: Records, keys: list[RecordKey], name: str,
+                  unattacked: np.ndarray | float = np.nan) -> np.ndarray:
+    """Per sample, ``name`` of the last key that attacked it (a cascade's final adversarial input); a sample no
+    key attacked (a cascade leaves clean-misclassified samples alone) gets ``unattacked``: its value on the
+    input it was left with, the clean one."""
     values = np.full(records.num_samples, np.nan)
     for key in keys:
         if name in records.columns[key]:
             column = records.column(key, name).astype(np.float64)
             values = np.where(np.isnan(column), values, column)
-    return values
-
-
-def _correct(records: Records, keys: list[RecordKey], cascade: bool) -> np.ndarray:
-    if cascade:
-        return records.robust(keys)
-    return records.column(keys[0]) == 1
+    return np.where(np.isnan(values), unattacked, values)
 
 
 def compare_with_baseline(model_hits: np.ndarray, baseline_hits: np.ndarray, alpha: float = DEFAULT_ALPHA) -> dict:
@@ -274,6 +272,8 @@ def evaluate_localization(model: AVModel, loader, args: argparse.Namespace, info
 
     clean_correct = np.asarray(records.clean_correct, dtype=bool)
     clean_values = {"correct": clean_correct, "pointing": extra("clean_pointing"), "ciou": extra("clean_ciou")}
+    clean_similarity = extra("clean_box_similarity")
+    unattacked = {**UNCHANGED, "box_similarity": np.nan if clean_similarity is None else clean_similarity}
     entries, worst_entries = [], []
     for budget in budgets:
         budget_runs = []
@@ -283,11 +283,13 @@ def evaluate_localization(model: AVModel, loader, args: argparse.Namespace, info
                 keys = [k for k in records.attack_keys(attack, budget.key) if cascade or k.variant == objective]
                 if not keys:
                     continue
-                per_sample = {"correct": _correct(records, keys, cascade),
-                              "pointing": _final_values(records, keys, "pointing") if boxes is not None else None,
-                              "ciou": _final_values(records, keys, "ciou") if boxes is not None else None}
+                per_sample = {"correct": records.robust(keys),  # clean-correct and never fooled
+                              "pointing": None if boxes is None else _final_values(records, keys, "pointing",
+                                                                                   clean_values["pointing"]),
+                              "ciou": None if boxes is None else _final_values(records, keys, "ciou",
+                                                                               clean_values["ciou"])}
                 budget_runs.append(per_sample)
-                changes = {name: _final_values(records, keys, name) for name in ADV_FIELDS}
+                changes = {name: _final_values(records, keys, name, unattacked[name]) for name in ADV_FIELDS}
                 entries.append({"objective": objective, "attack": attack, "budget": budget.name,
                                 "eps_visual": budget.eps_visual, "eps_audio": budget.eps_audio, "grid": budget.grid,
                                 "seconds": sum(run.seconds.get(k, 0.0) for k in keys),

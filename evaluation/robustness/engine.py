@@ -160,6 +160,29 @@ class AttackEngine:
         return build_attack(name, self.model, budget.core(), steps=steps, alpha=alpha,
                             loss=loss if loss is not None else "ce", **options)
 
+    def effective_settings(self, num_classes: int) -> dict[str, dict[str, Any]]:
+        """Per attack of the plan (each cascade component as ``<cascade>/<component>``), the settings it runs
+        with: the flags it declares after its defaults and clamps (APGD-T's targets are at most ``num_classes -
+        1``), as the results file records them."""
+        settings: dict[str, dict[str, Any]] = {}
+        for attack, budget in self.plan:
+            name = attack.split("+", 1)[1] if attack.startswith(f"{SHIFT}+") else attack
+            if name == SHIFT:
+                continue
+            spec = describe(name)
+            parts = [(f"{name}/{c.name}", c.attack, True) for c in spec.cascade.components] if spec.cascade \
+                else [(name, name, False)]
+            for label, registered, cascade in parts:
+                if label in settings:
+                    continue
+                built = self._build(registered, budget, None, cascade)
+                values = {param: getattr(built, param) for param in type(built).settings
+                          if param != "alpha" and hasattr(built, param)}  # alpha follows each budget
+                if "n_target_classes" in values:
+                    values["n_target_classes"] = min(values["n_target_classes"], num_classes - 1)
+                settings[label] = values
+        return settings
+
     def _attack(self, key: RecordKey, attacker: Any, ctx: BatchContext,
                 variant: Variant) -> tuple[Tensor, Tensor, ModelOutput]:
         """``attacker`` on ``ctx`` with gradients through the defense as ``variant`` asks; timed under ``key``."""

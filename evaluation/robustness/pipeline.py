@@ -50,6 +50,7 @@ def evaluate_robustness(model: nn.Module, loader, args: argparse.Namespace, info
     dense_backward = int(all_reduce_sum(torch.tensor(dense_backward, dtype=torch.float64), info).item())
     names = [v.name for v in variants]
     results = build_results(run, args, engine.plan, engine.attack_types, names)
+    results["attack_settings"] = engine.effective_settings(args.cls_num)
     if label:
         results["label"] = label
     eps_map = build_eps_map(run, args, engine.attack_types[0], label) if threat.eps_grid2d else None

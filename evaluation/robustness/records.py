@@ -215,14 +215,13 @@ class Records:
         return [k for k in self.keys() if k.budget == budget_key and k.attack == attack]
 
     def correct_under(self, attack: str, budget_key: str) -> np.ndarray:
-        """Per-sample bool behind one (attack, budget) figure: for a cascade, robust (clean-correct and never
-        fooled by a component); for a single attack, correct under every variant."""
+        """Per-sample bool behind one (attack, budget) figure: robust, i.e. correct on the clean input and never
+        fooled, by any component of a cascade or any variant of a single attack (a clean-misclassified sample
+        that an attack happens to leave correct is not robust)."""
         keys = self.attack_keys(attack, budget_key)
         if not keys:
             raise KeyError(f"no per-sample records of {attack} at {budget_key}")
-        if keys[0].component is not None:
-            return self.robust(keys)
-        return np.all([self.column(k) == 1 for k in keys], axis=0)
+        return self.robust(keys)
 
     def robust(self, keys: Iterable[RecordKey]) -> np.ndarray:
         """Per-sample bool: correct on the clean input and under every attack of ``keys``."""

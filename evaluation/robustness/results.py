@@ -144,7 +144,7 @@ def build_results(run: EvaluationRun, args: argparse.Namespace, plan: Sequence[t
         "run": args.id, "arch_classifier": args.arch_classifier, "num_samples": records.num_samples,
         **threat.fields(), **extra,
         "eps_units": args.eps_units, "attack_steps": args.attack_steps, "apgd_steps": args.apgd_steps,
-        "apgd_targets": args.apgd_targets, "attack_alpha": args.attack_alpha,
+        "apgd_targets": min(args.apgd_targets, args.cls_num - 1), "attack_alpha": args.attack_alpha,
         "attack_loss": args.attack_loss, "random_start": args.random_start, "restarts": args.restarts,
         "square_queries": args.square_queries, "eot_iter": args.eot_iter, "variants": list(variants),
         "clean": {**clean_figures, "per_class_acc": per_class(clean, labels, args.categories),
