@@ -256,6 +256,7 @@ def test_eval_with_corruptions_writes_results_table_figure_and_records(trained, 
         for row in entry["severities"]:
             low, high = row["ci"]
             assert row["n"] == 6 and low <= row["acc"] <= high
+            assert row["robust_correct"] <= min(row["correct"], results["clean"]["correct"])  # clean-correct too
             assert ("psnr_v_mean" in row) == (entry["group"] != "audio")
             assert ("snr_a_mean" in row) == (entry["group"] != "visual")
     noise = next(e for e in results["corruptions"] if e["name"] == "gaussian_noise+white_noise")

@@ -344,3 +344,25 @@ def test_the_results_record_the_settings_the_attacks_ran_with(tmp_path: Path) ->
     settings = results["attack_settings"]
     assert settings["apgd-t"]["n_target_classes"] == NUM_CLASSES - 1 and settings["apgd-t"]["steps"] == 3
     assert settings["pgd"]["steps"] == 10 and settings["pgd"]["seed"] == 0  # the attack's default steps
+
+
+def test_each_cascade_component_attacks_exactly_the_samples_still_standing(tmp_path: Path) -> None:
+    """Component k runs on the clean-correct samples no earlier component fooled, and on no other: they are the
+    ones with a result (correct 0/1 and a finite loss); the others are marked -1 (fooled earlier) or 0 (wrong on
+    the clean input) with no loss."""
+    model = AudioLinear()
+    loader = toy_loader(model)
+    loader[0]["label"] = loader[0]["label"].clone()
+    loader[0]["label"][2] = (loader[0]["label"][2] + 1) % NUM_CLASSES  # one clean-misclassified sample
+    run(model, tmp_path, loader=loader, attack_type=["autoattack"], epsilons=[(0.0, 0.005)], apgd_steps=3,
+        apgd_targets=2, square_queries=20)
+    records = load_records(tmp_path / "per_sample.npz")
+    standing = np.asarray(records.clean_correct, dtype=bool)
+    assert not standing.all()
+    for key in records.keys():
+        correct, loss = records.column(key), records.column(key, "loss")
+        assert ((correct != -1) & ~np.isnan(loss)).tolist() == standing.tolist(), key.name
+        assert (correct[~standing] != 1).all()
+        assert ((correct == -1) == (~standing & np.asarray(records.clean_correct, dtype=bool))).all(), key.name
+        standing = standing & (correct == 1)
+    assert 0 < standing.sum() < len(standing)  # some fooled, some robust: the cascade had work at each step

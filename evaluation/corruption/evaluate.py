@@ -6,7 +6,9 @@ is applied to each test batch and the model's per-sample correctness, loss and t
 change (PSNR of the frames, SNR of the audio; ``evaluation.robustness.records.perturbation_sizes``) are recorded per
 sample, gathered over ranks like the attack engine's records. Writes into the run folder:
 
-* ``corruption_results.json``: every accuracy with its 95 % Wilson interval, its ratio to the clean accuracy
+* ``corruption_results.json``: every accuracy with its 95 % Wilson interval (the corrupted accuracy, as
+  ImageNet-C and MultiBench report it, and ``robust_acc``: the share right on both the clean and the corrupted
+  input, so a clean-misclassified sample is never robust), its ratio to the clean accuracy
   (relative robustness, MultiBench's), the mean PSNR / SNR, per corruption the mean over severities, and
   the mean corruption accuracy overall and per group (visual, audio, both);
 * ``corruption_per_sample.npz``: the per-sample records (``evaluation.robustness.records.load_records``), keys
@@ -228,13 +230,16 @@ def _levels(name: str, severity: int) -> list:
 def build_corruption_results(records: Records, conditions: Sequence[Condition], args: argparse.Namespace,
                              stats: ModalityStats | None, seconds: float) -> dict:
     """The results dict of ``corruption_results.json``; see the module docstring."""
-    clean = accuracy(np.asarray(records.clean_correct, dtype=bool))
+    clean_correct = np.asarray(records.clean_correct, dtype=bool)
+    clean = accuracy(clean_correct)
     corruptions: dict[str, dict] = {}
     missing = []
     for condition in conditions:
         key = condition.key
         figures = accuracy(records.column(key) == 1)
         figures["relative"] = _relative(figures["acc"], clean["acc"])
+        robust = accuracy(clean_correct & (records.column(key) == 1))  # right on the clean and the corrupted input
+        figures.update(robust_correct=robust["correct"], robust_acc=robust["acc"], robust_ci=robust["ci"])
         columns = records.columns[key]
         for field in ("psnr_v", "snr_a"):
             if field in columns:
