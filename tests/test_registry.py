@@ -61,7 +61,7 @@ def test_the_readme_table_is_the_registry_table() -> None:
     text = README.read_text()
     block = re.search(r"<!-- attack-table:start -->\n(.*?)<!-- attack-table:end -->", text, re.S)
     assert block is not None, "README.md lost its attack table markers"
-    assert block.group(1) == attack_table_markdown()
+    assert block.group(1) == attack_table_markdown(), "run: python scripts/attack_table.py --write README.md"
 
 
 def test_a_new_attack_is_one_class_and_one_line_and_shows_everywhere(noise_attack: str) -> None:
