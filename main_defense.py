@@ -5,6 +5,7 @@
     python main_defense.py --mode build_bank ...            (D_v, D_a from the run's training-set features)
     python main_defense.py --mode eval [--use_banks] ...    (clean + per-sample worst case over adaptive attacks)
 
+Evaluations go to RUN/evals/defense_<banks|nobanks>_<variants>_<attacks and budgets>/ (or --eval_name).
 The run folder is the recognition model's (``main_attack.py``) plus a suffix naming the training:
 ``-dissim<lambda>``, ``-adv``, ``-trades<beta>``; ``--train_mode standard --lambda_cos 0`` is the undefended
 model itself, so "memory banks alone" is that run evaluated with ``--use_banks``.
@@ -23,6 +24,7 @@ from arguments import ArgParser
 from dataset.loaders import build_dataset, build_loader
 from dataset.presets import PRESETS
 from evaluation.engine import Variant
+from evaluation.eval_dir import evaluation_folder
 from evaluation.pipeline import evaluate_robustness
 from models import FUSION_HEADS, AVModel
 from models.memory_bank import DefendedModel, MemoryBank, build_bank, collect_features, load_bank, save_bank
@@ -35,7 +37,8 @@ BANK_FILES = {"visual": "bank_v.pth", "audio": "bank_a.pth"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = (ArgParser(__doc__).add_run_arguments(["train", "build_bank", "eval"]).add_data_arguments()
+    parser = (ArgParser(__doc__, Path(__file__).name).add_run_arguments(["train", "build_bank", "eval"])
+              .add_data_arguments()
               .add_model_arguments().add_train_arguments().add_attack_arguments().add_defense_arguments())
     args = parser.parse(argv)
     if args.lambda_cos is None:
@@ -53,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.parser.error("--defense_attacks bpda needs --use_banks (without purification it is the CE attack)")
     args.alpha_v = preset.ista_steps[0] if args.alpha_v is None else args.alpha_v
     args.alpha_a = preset.ista_steps[1] if args.alpha_a is None else args.alpha_a
-    args.id += defense_suffix(args)
+    if not args.run:  # a run folder given by --run is the defense run itself
+        args.id += defense_suffix(args)
     return args
 
 
@@ -140,16 +144,19 @@ def attack_variants(args: argparse.Namespace) -> list[Variant]:
     return variants
 
 
-def evaluate_defense(args: argparse.Namespace, info: DistInfo) -> dict:
+def evaluate_defense(args: argparse.Namespace, info: DistInfo) -> dict | None:
+    """Clean and attacked, into RUN/evals/defense_<banks|nobanks>_...; None when an identical one is reused."""
     model, epoch = defended_model(args, info)
-    out_dir = run_dir_of(args) / ("defense_banks" if args.use_banks else "defense_no_banks")
     loader = build_loader(build_dataset(args, "test"), args, info, train=False)
-    metrics = evaluate_clean(model, loader, args, info, epoch, out_dir)
-    if not args.attack_type:
-        return metrics
-    label = defense_label(args)
-    return evaluate_robustness(model, loader, args, info, out_dir, attack_variants(args), label,
-                               title=f"{label}: per-sample worst case over {', '.join(args.defense_attacks)}")
+    with evaluation_folder(run_dir_of(args), "defense", args, info) as out_dir:
+        if out_dir is None:
+            return None
+        metrics = evaluate_clean(model, loader, args, info, epoch, out_dir)
+        if not args.attack_type:
+            return metrics
+        label = defense_label(args)
+        return evaluate_robustness(model, loader, args, info, out_dir, attack_variants(args), label,
+                                   title=f"{label}: per-sample worst case over {', '.join(args.defense_attacks)}")
 
 
 def run_mode(args: argparse.Namespace, info: DistInfo) -> None:
