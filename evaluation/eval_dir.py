@@ -70,6 +70,8 @@ def _values(values: list[float]) -> str:
 
 def attack_part(args: argparse.Namespace) -> str:
     """Attacks, budgets and the settings that change their figures."""
+    if not args.attack_type:
+        return "clean"
     budgets = [b for b in budgets_from_args(args) if not b.grid]
     paper = [b.key for b in PAPER_PROTOCOL]
     parts = ["+".join(args.attack_type)]
@@ -123,6 +125,8 @@ def default_name(kind: str, args: argparse.Namespace) -> str:
         parts.append(attack_part(args))
     else:
         parts = [kind, attack_part(args)]
+    if getattr(args, "data_root", None) and Path(args.list_test) != Path(args.data_root) / "test.csv":
+        parts.append(f"test-{Path(args.list_test).stem}")
     if getattr(args, "max_samples", None):
         parts.append(f"n{args.max_samples}")
     name = "_".join(parts)
@@ -265,3 +269,8 @@ def find_evaluations(run_dir: Path, kind: str | None = None, complete: bool = Tr
     """The folders of a run's evaluations (of ``kind``), oldest first."""
     return [Path(r["path"]) for r in list_evaluations(run_dir)
             if (kind is None or r["kind"] == kind) and (not complete or r.get("status") == "complete")]
+
+
+def eval_folder_of(run_dir: Path, kind: str, args: argparse.Namespace) -> Path:
+    """Where an evaluation of ``kind`` with these flags writes (or wrote) its outputs."""
+    return evals_dir(run_dir) / folder_name(kind, args)

@@ -12,6 +12,7 @@ import soundfile as sf
 import torch
 
 import main_attack
+from evaluation.eval_dir import eval_folder_of, find_evaluations
 from evaluation.html_report import perturbation_caption, waveform_image
 from evaluation.protocol import PAPER_PROTOCOL, Budget, budgets_from_args
 from evaluation.report import findings, summary_table
@@ -70,9 +71,11 @@ def test_attack_flags_are_validated_and_fsgm_is_fgsm(capsys):
 
 def test_eval_writes_results_table_figures_and_html(trained):
     root, ckpt = trained
-    main_attack.main(["--mode", "eval", "--attack_type", "fgsm", "pgd", "--eps_grid", "0.05",
-                      "--eps_grid_modality", "both", "--num_vis", "7"] + flags(root, ckpt, "concat"))
-    out = run_dir(root, ckpt, "concat")
+    argv = ["--mode", "eval", "--attack_type", "fgsm", "pgd", "--eps_grid", "0.05", "--eps_grid_modality", "both",
+            "--num_vis", "7"] + flags(root, ckpt, "concat")
+    main_attack.main(argv)
+    out = eval_folder_of(run_dir(root, ckpt, "concat"), "attack", main_attack.parse_args(argv))
+    assert out.name == "attack_fgsm+pgd_paper_grid0.05-both"
     results = json.loads((out / "attack_results.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     assert results["num_samples"] == metrics["num_samples"] == 7
@@ -106,8 +109,9 @@ def test_eval_writes_results_table_figures_and_html(trained):
 
 def test_unattacked_modality_of_a_unimodal_model_leaves_accuracy_unchanged(trained):
     root, ckpt = trained
-    main_attack.main(["--mode", "eval", "--attack_type", "pgd", "--num_vis", "0"] + flags(root, ckpt, "audio"))
-    out = run_dir(root, ckpt, "audio")
+    argv = ["--mode", "eval", "--attack_type", "pgd", "--num_vis", "0"] + flags(root, ckpt, "audio")
+    main_attack.main(argv)
+    out = eval_folder_of(run_dir(root, ckpt, "audio"), "attack", main_attack.parse_args(argv))
     results = json.loads((out / "attack_results.json").read_text())
     visual_only = next(e for e in results["attacks"] if e["budget"] == "V")
     assert visual_only["adv_acc"] == results["clean"]["acc"]
@@ -118,7 +122,7 @@ def test_unattacked_modality_of_a_unimodal_model_leaves_accuracy_unchanged(train
 def test_summarize_prints_the_paper_table_and_findings(trained):
     root, ckpt = trained
     for head in ("concat", "audio"):
-        if not (run_dir(root, ckpt, head) / "attack_results.json").exists():
+        if not find_evaluations(run_dir(root, ckpt, head), "attack"):
             main_attack.main(["--mode", "eval", "--attack_type", "pgd", "--num_vis", "0"] + flags(root, ckpt, head))
     dirs = [str(run_dir(root, ckpt, h)) for h in ("audio", "concat")]
     csv_path = Path(ckpt) / "table.csv"

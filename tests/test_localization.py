@@ -14,6 +14,7 @@ import main_attack
 import main_localization
 from dataset.synthetic import SynthConfig, class_names
 from dataset.transforms import transform_frames
+from evaluation.eval_dir import eval_folder_of
 from evaluation.loc_metrics import (
     CIOU_LVS,
     CIOU_THRESHOLD05,
@@ -338,10 +339,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, 
 @pytest.fixture(scope="module")
 def boxed_results(trained) -> tuple[dict, Path]:
     flags, boxes, run = trained
-    main_localization.main([*flags, "--boxes", str(boxes), "--attack_type", "pgd", "--attack_steps", "3",
-                            "--epsilons", "1,0", "0.5,0.05", "--eps_grid", "0.5", "--eps_grid_modality", "visual",
-                            "--num_vis", "3"])
-    out = run / "localization"
+    argv = [*flags, "--boxes", str(boxes), "--attack_type", "pgd", "--attack_steps", "3", "--epsilons", "1,0",
+            "0.5,0.05", "--eps_grid", "0.5", "--eps_grid_modality", "visual", "--num_vis", "3"]
+    main_localization.main(argv)
+    out = eval_folder_of(run, "localization", main_localization.parse_args(argv))
     return json.loads((out / "loc_results.json").read_text()), out
 
 
@@ -381,13 +382,15 @@ def test_outputs_table_figure_and_escaped_html(boxed_results) -> None:
 
 def test_real_data_mode_reports_the_change_of_the_map(trained) -> None:
     flags, _, run = trained
-    main_localization.main([*flags, "--attack_type", "fgsm", "--epsilons", "1,0", "--loc_attack", "map",
-                            "--num_vis", "0"])
-    results = json.loads((run / "localization" / "loc_results.json").read_text())
+    argv = [*flags, "--attack_type", "fgsm", "--epsilons", "1,0", "--loc_attack", "map", "--num_vis", "0"]
+    main_localization.main(argv)
+    out = eval_folder_of(run, "localization", main_localization.parse_args(argv))
+    assert out.name == "localization_noboxes_map_fgsm_V_v1a0"
+    results = json.loads((out / "loc_results.json").read_text())
     assert results["num_boxed"] == 0 and "center_prior" not in results and "pointing" not in results["clean"]
     (entry,) = results["attacks"]
     assert entry["objective"] == "map" and 0 <= entry["map_iou_top_mass"] <= 1 and entry["peak_shift_px"] >= 0
-    table = (run / "localization" / "loc_table.md").read_text()
+    table = (out / "loc_table.md").read_text()
     assert "map IoU top 20% mass" in table and "| pointing |" not in table
 
 
