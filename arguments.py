@@ -140,6 +140,8 @@ class ArgParser:
                        help="train: delete the run already in the folder (checkpoints and evaluations) and train "
                             "again; eval: run an evaluation again into its existing folder")
         if set(modes) - {"train", "build_bank"}:
+            g.add_argument("--print_eval_dir", action="store_true",
+                           help="print the evaluation folder these flags select (RUN/evals/<name>) and exit")
             g.add_argument("--eval_name", default=None, metavar="NAME",
                            help="name of the evaluation folder RUN/evals/NAME (default: derived from the kind, "
                                 "attacks, budgets and settings)")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arguments import ArgParser
 from dataset.loaders import build_dataset, build_loader
 from evaluation.corruption_eval import evaluate_corruptions
-from evaluation.eval_dir import evaluation_folder
+from evaluation.eval_dir import eval_folder_of, evaluation_folder
 from evaluation.pipeline import evaluate_robustness
 from training.engine import evaluate_clean, load_best, run_dir_of, run_entry_point, train
 from utils.distributed import DistInfo
@@ -56,7 +56,11 @@ def evaluate_run(args: argparse.Namespace, info: DistInfo) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_entry_point(parse_args(argv), lambda args, info: train(args, info) if args.mode == "train"
+    args = parse_args(argv)
+    if args.print_eval_dir:
+        print(eval_folder_of(run_dir_of(args), "attack" if args.attack_type else "corruptions", args))
+        return
+    run_entry_point(args, lambda args, info: train(args, info) if args.mode == "train"
                     else evaluate_run(args, info))
 
 

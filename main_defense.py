@@ -24,7 +24,7 @@ from arguments import ArgParser
 from dataset.loaders import build_dataset, build_loader
 from dataset.presets import PRESETS
 from evaluation.engine import Variant
-from evaluation.eval_dir import evaluation_folder
+from evaluation.eval_dir import eval_folder_of, evaluation_folder
 from evaluation.pipeline import evaluate_robustness
 from models import FUSION_HEADS, AVModel
 from models.memory_bank import DefendedModel, MemoryBank, build_bank, collect_features, load_bank, save_bank
@@ -170,7 +170,11 @@ def run_mode(args: argparse.Namespace, info: DistInfo) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_entry_point(parse_args(argv), run_mode)
+    args = parse_args(argv)
+    if args.print_eval_dir:
+        print(eval_folder_of(run_dir_of(args), "defense", args))
+        return
+    run_entry_point(args, run_mode)
 
 
 if __name__ == "__main__":

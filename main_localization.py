@@ -37,7 +37,7 @@ from dataset.av_dataset import AVDataset
 from dataset.index import DataError
 from dataset.layout import frame_name
 from dataset.loaders import build_dataset, build_loader
-from evaluation.eval_dir import evaluation_folder
+from evaluation.eval_dir import eval_folder_of, evaluation_folder
 from evaluation.loc_metrics import CIOU_CONVENTIONS, DEFAULT_CIOU_MODE
 from evaluation.loc_report import loc_table_markdown, write_loc_outputs
 from evaluation.localization import DEFAULT_OBJECTIVES, MAP_HEADS, OBJECTIVES, evaluate_localization
@@ -142,7 +142,11 @@ def _evaluate_into(out_dir: Path, args: argparse.Namespace, info: DistInfo) -> d
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_entry_point(parse_args(argv), evaluate_run)
+    args = parse_args(argv)
+    if args.print_eval_dir:
+        print(eval_folder_of(run_dir_of(args), "localization", args))
+        return
+    run_entry_point(args, evaluate_run)
 
 
 if __name__ == "__main__":
