@@ -121,21 +121,44 @@ def test_unattacked_modality_of_a_unimodal_model_leaves_accuracy_unchanged(train
 
 def test_summarize_prints_the_paper_table_and_findings(trained):
     root, ckpt = trained
-    for head in ("concat", "audio"):
-        if not find_evaluations(run_dir(root, ckpt, head), "attack"):
-            main_attack.main(["--mode", "eval", "--attack_type", "pgd", "--num_vis", "0"] + flags(root, ckpt, head))
-    dirs = [str(run_dir(root, ckpt, h)) for h in ("audio", "concat")]
-    csv_path = Path(ckpt) / "table.csv"
+    dirs = []
+    for head in ("audio", "concat"):
+        argv = ["--mode", "eval", "--attack_type", "pgd", "--num_vis", "0"] + flags(root, ckpt, head)
+        main_attack.main(argv)  # reused when an earlier test ran it
+        dirs.append(str(eval_folder_of(run_dir(root, ckpt, head), "attack", main_attack.parse_args(argv))))
+    csv_path, json_path = Path(ckpt) / "table.csv", Path(ckpt) / "table.json"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), *dirs, "--csv", str(csv_path),
-                           "--findings"], capture_output=True, text=True, check=True)
-    assert "| model | clean |" in proc.stdout and "| audio |" in proc.stdout and "| concat |" in proc.stdout
-    assert "PGD A" in proc.stdout and "PGD A+V" in proc.stdout
-    assert "clean: concat" in proc.stdout and "best unimodal (audio)" in proc.stdout
+                           "--json", str(json_path), "--findings"], capture_output=True, text=True, check=True)
+    assert "| model | evaluation | clean |" in proc.stdout and "| audio |" in proc.stdout
+    assert "| concat |" in proc.stdout
+    assert "PGD-10 ce [L∞] · A (εa=0.012 amplitude)" in proc.stdout
+    assert "PGD-10 ce [L∞] · A+V (εv=0.006 ImageNet-normalised, εa=0.006 amplitude)" in proc.stdout
+    assert "clean accuracy: concat" in proc.stdout and "exact McNemar p =" in proc.stdout
+    assert "shared samples" in proc.stdout
     lines = csv_path.read_text().splitlines()
-    assert lines[0].startswith("model,clean,") and len(lines) == 3
-    missing = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(ckpt)],
+    assert lines[0].startswith("model,evaluation,clean,") and len(lines) == 3
+    table = json.loads(json_path.read_text())
+    assert [c["budget"] for c in table["columns"]] == ["A", "V", "A+V"]
+    assert {r["model"] for r in table["rows"]} == {"audio", "concat"}
+    tree = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(ckpt)], capture_output=True,
+                          text=True, check=True)  # a whole ckpt/ tree: every evaluation found below it
+    assert "| audio | " in tree.stdout and "| concat" in tree.stdout
+    empty = Path(ckpt) / "empty"
+    empty.mkdir()
+    missing = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(empty)],
                              capture_output=True, text=True)
-    assert missing.returncode != 0 and "attack_results.json not found" in missing.stderr
+    assert missing.returncode != 0 and "no attack_results.json in it or below it" in missing.stderr
+    assert len(find_evaluations(run_dir(root, ckpt, "concat"), "attack")) >= 1
+    broken = Path(dirs[0]) / "per_sample.npz"
+    saved = broken.read_bytes()
+    try:
+        broken.write_bytes(saved[: len(saved) // 2])
+        corrupt = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), dirs[0], "--findings"],
+                                 capture_output=True, text=True)
+        assert corrupt.returncode != 0 and "cannot read the per-sample records" in corrupt.stderr
+        assert len(corrupt.stderr.strip().splitlines()) == 1
+    finally:
+        broken.write_bytes(saved)
 
 
 def test_summary_table_and_findings_on_hand_made_results():
