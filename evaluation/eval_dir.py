@@ -126,7 +126,7 @@ def default_name(kind: str, args: argparse.Namespace) -> str:
     else:
         parts = [kind, attack_part(args)]
     if getattr(args, "data_root", None) and Path(args.list_test) != Path(args.data_root) / "test.csv":
-        parts.append(f"test-{Path(args.list_test).stem}")
+        parts.append(f"test-{Path(args.list_test).parent.name}-{Path(args.list_test).stem}")
     if getattr(args, "max_samples", None):
         parts.append(f"n{args.max_samples}")
     name = "_".join(parts)

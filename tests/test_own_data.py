@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
+from PIL import Image
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,3 +48,29 @@ def test_the_own_data_section_runs_end_to_end(tmp_path: Path) -> None:
     assert boxed["num_boxed"] > 0 and "center_prior" in boxed
     assert "| concat+dissim |" in proc.stdout and "defense, clean: concat+dissim" in proc.stdout
     assert "PGD-10 ce [L∞] · A (εa=0.012 amplitude)" in proc.stdout
+
+
+def test_pictures_with_their_sound_become_videos_preprocess_takes(tmp_path: Path) -> None:
+    frames, audio, videos, root = (tmp_path / name for name in ("frames", "audio", "videos", "root"))
+    frames.mkdir()
+    audio.mkdir()
+    rng = np.random.default_rng(0)
+    for vid, rate, seconds in (("a1", 16000, 2.0), ("b2", 22050, 1.5)):
+        Image.fromarray(rng.integers(0, 255, (37, 51, 3), dtype=np.uint8)).save(frames / f"{vid}.jpg")
+        sf.write(audio / f"{vid}.wav", 0.3 * rng.standard_normal((int(rate * seconds), 2)), rate)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(frames / "lonely.jpg")
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "image_audio_to_videos.py"), "--frames", str(frames),
+                           "--audio", str(audio), "--out", str(videos), "--class_name", "guitar"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "lonely: picture without sound" in proc.stderr
+    assert sorted(p.name for p in (videos / "guitar").iterdir()) == ["a1.mp4", "b2.mp4"]
+    subprocess.run([sys.executable, str(REPO / "scripts" / "preprocess.py"), "--videos", str(videos), "--out",
+                    str(root), "--workers", "1"], check=True, capture_output=True, text=True)
+    for vid, seconds in (("a1", 2.0), ("b2", 1.5)):
+        wave, rate = sf.read(root / "audio" / "guitar" / f"{vid}.wav")
+        assert rate == 11025 and abs(len(wave) / rate - seconds) < 0.1
+        count = len(list((root / "frames" / "guitar" / f"{vid}.mp4").glob("*.jpg")))
+        assert abs(count - seconds * 8) <= 1
+        with Image.open(root / "frames" / "guitar" / f"{vid}.mp4" / "000001.jpg") as first:
+            assert first.size == (50, 36)  # cropped to an even size for yuv420p

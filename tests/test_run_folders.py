@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import main_attack
+import main_defense
 from evaluation.eval_dir import default_name, find_evaluations
 from tests.sop_fixture import make_root
 from training.chance import ChanceWatch
@@ -182,3 +183,13 @@ def test_bad_flags_end_in_one_line_and_a_hint(argv, expected):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 2, proc.stderr
     assert expected in lines[0] and "--help" in lines[1]
+
+
+def test_the_defense_reads_an_undefended_run_as_undefended(trained, capsys):
+    _, _, run = trained
+    args = main_defense.parse_args(["--mode", "eval", "--run", str(run), "--use_banks"])
+    assert args.lambda_cos == 0 and args.train_mode == "standard" and Path(args.ckpt) / args.id == run
+    assert main_defense.defense_label(args) == "concat+banks"
+    with pytest.raises(SystemExit):
+        main_defense.parse_args(["--mode", "eval", "--run", str(run), "--lambda_cos", "1"])
+    assert "--lambda_cos 1.0 (the run: 0.0)" in capsys.readouterr().err

@@ -43,6 +43,10 @@ SAVED_FLAGS = tuple(f for f in TRAINING_FLAGS if f != "cls_num") + OPTIMISATION_
     + DATA_PATH_FLAGS
 
 
+# A run trained by main_attack.py saved no defense flags: it is the undefended model.
+ABSENT_MEANS = {"lambda_cos": 0.0, "train_mode": "standard"}
+
+
 class RunError(FolderError):
     """A run folder that cannot be used as asked (missing, or mixed up with other flags)."""
 
@@ -107,6 +111,7 @@ def apply_saved_config(args: argparse.Namespace, given: set[str], parser: argpar
         saved = read_config(run_dir)
     except RunError as err:
         parser.error(str(err))
+    saved = {**ABSENT_MEANS, **saved}
     conflicts = [d for d in disagreements(saved, args, MODEL_FLAGS) if d.split()[0][2:] in given]
     if conflicts:
         parser.error(f"--run {run_dir} was trained with other flags: {'; '.join(conflicts)}; drop them to use "
