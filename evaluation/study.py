@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,11 @@ class Column:
     @property
     def label(self) -> str:
         return f"{self.family} · {self.budget} {self.radii}"
+
+    @property
+    def attack_free(self) -> tuple[str, str, str]:
+        """The column without a defense's attack variants: where a defense meets its undefended base."""
+        return re.sub(r" worst of \S+", "", self.family), self.budget, self.radii
 
 
 def _attack_text(entry: dict, results: dict) -> str:
@@ -280,9 +286,11 @@ def findings(evaluations: Sequence[Evaluation]) -> list[str]:
         if base is None:
             continue
         lines.append("defense, clean: " + compare((ev.name, ev, None), (base.name, base, None)))
-        base_cells = cells(base)
+        base_cells = {column.attack_free: (column, entry) for column, entry in cells(base).items()}
         for column, entry in cells(ev).items():
-            if column in base_cells:
-                lines.append(f"defense, {column.label}: "
-                             + compare((ev.name, ev, entry), (base.name, base, base_cells[column])))
+            if column.attack_free in base_cells:
+                base_column, base_entry = base_cells[column.attack_free]
+                attacks = column.family if column == base_column else f"{column.family} vs {base_column.family}"
+                lines.append(f"defense, {attacks} · {column.budget} {column.radii}: "
+                             + compare((ev.name, ev, entry), (base.name, base, base_entry)))
     return lines or ["(findings need a unimodal and an audio-visual evaluation, or a defended one and its base)"]
