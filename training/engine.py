@@ -201,6 +201,7 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
     if isinstance(objective, CrossEntropy):
         objective.label_smoothing = getattr(args, "label_smoothing", 0.0)
     run_dir = run_dir_of(args)
+    prepare_training(run_dir, args, changed_optimisation_flags(run_dir, args) if args.resume else "")
     meta = model_meta(args)
     train_loader = build_loader(build_dataset(args, "train"), args, info, train=True)
     val_loader = build_loader(build_dataset(args, "val"), args, info, train=False)
@@ -209,7 +210,6 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
     scheduler = build_scheduler(optimizer, args)
     scaler = torch.amp.GradScaler(info.device.type, enabled=amp_enabled(args, info))
     start_epoch, best_acc, history = 0, -1.0, []
-    prepare_training(run_dir, args, changed_optimisation_flags(run_dir, args) if args.resume else "")
     if args.resume:
         if not train_state_path(run_dir).is_file():
             raise CheckpointError(f"--resume: {train_state_path(run_dir)} not found (no earlier run with id {args.id})")

@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from dataset.presets import PRESETS
 from utils.fileio import write_json_atomic
 from utils.folders import LOCK_FILE, FolderError
 
@@ -116,15 +117,18 @@ def apply_saved_config(args: argparse.Namespace, given: set[str], parser: argpar
     if conflicts:
         parser.error(f"--run {run_dir} was trained with other flags: {'; '.join(conflicts)}; drop them to use "
                      f"the run's, or train another run")
-    own_paths = "data_root" not in given
+    saved_paths = "data_root" not in given  # a data root given here brings its own index and media paths
     for key in SAVED_FLAGS:
         if key in given or key not in saved or not hasattr(args, key):
             continue
-        if key in DATA_PATH_FLAGS and not own_paths:
+        if key in DATA_PATH_FLAGS and not saved_paths:
             continue
         setattr(args, key, saved[key])
-    if "categories" not in given:
-        args.categories = None  # read from the data root again, then checked against the run's label order
+    # a fixed preset keeps the run's own class list; a file-based one (synthetic, custom) reads categories.txt
+    # again, and the evaluation compares it with the run's label order
+    preset = PRESETS.get(getattr(args, "dataset", ""))
+    if "categories" not in given and "categories" in saved and preset is not None and preset.categories:
+        args.categories = [list(saved["categories"])]  # parsed --categories come as groups
 
 
 def settle_run_folder(args: argparse.Namespace) -> None:
