@@ -1,6 +1,7 @@
 """main_attack.py --mode eval end to end: budgets, results file, table, figures, HTML page, summary."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import soundfile as sf
 import torch
 
 import main_attack
-from evaluation.eval_dir import eval_folder_of, find_evaluations
+from evaluation.eval_dir import eval_folder_of
 from evaluation.html_report import perturbation_caption, waveform_image
 from evaluation.protocol import PAPER_PROTOCOL, Budget, budgets_from_args
 from evaluation.report import findings, summary_table
@@ -119,36 +120,48 @@ def test_unattacked_modality_of_a_unimodal_model_leaves_accuracy_unchanged(train
     assert not (out / "visualization").exists()
 
 
-def test_summarize_prints_the_paper_table_and_findings(trained):
+def summarize(capsys, monkeypatch, *argv: str) -> tuple[int | str, str, str]:
+    """scripts/summarize.py in this process: (exit status or message, stdout, stderr)."""
+    spec = importlib.util.spec_from_file_location("summarize", REPO / "scripts" / "summarize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["summarize.py", *argv])
+    status: int | str = 0
+    try:
+        module.main()
+    except SystemExit as exit_info:
+        status = exit_info.code
+    out = capsys.readouterr()
+    return status, out.out, out.err + (status if isinstance(status, str) else "")
+
+
+def test_summarize_prints_the_study_table_and_findings(trained, capsys, monkeypatch):
     root, ckpt = trained
     dirs = []
     for head in ("audio", "concat"):
         argv = ["--mode", "eval", "--attack_type", "pgd", "--num_vis", "0"] + flags(root, ckpt, head)
         main_attack.main(argv)  # reused when an earlier test ran it
         dirs.append(str(eval_folder_of(run_dir(root, ckpt, head), "attack", main_attack.parse_args(argv))))
+    capsys.readouterr()
     csv_path, json_path = Path(ckpt) / "table.csv", Path(ckpt) / "table.json"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), *dirs, "--csv", str(csv_path),
-                           "--json", str(json_path), "--findings"], capture_output=True, text=True, check=True)
-    assert "| model | evaluation | clean |" in proc.stdout and "| audio |" in proc.stdout
-    assert "| concat |" in proc.stdout
-    assert "PGD-10 ce [L∞] · A (εa=0.012 amplitude)" in proc.stdout
-    assert "PGD-10 ce [L∞] · A+V (εv=0.006 ImageNet-normalised, εa=0.006 amplitude)" in proc.stdout
-    assert "clean accuracy: concat" in proc.stdout and "exact McNemar p =" in proc.stdout
-    assert "shared samples" in proc.stdout
+    status, out, _ = summarize(capsys, monkeypatch, *dirs, "--csv", str(csv_path), "--json", str(json_path),
+                               "--findings")
+    assert status == 0
+    assert "| model | evaluation | clean |" in out and "| audio |" in out and "| concat |" in out
+    assert "PGD-10 ce [L∞] · A (εa=0.012 amplitude)" in out
+    assert "PGD-10 ce [L∞] · A+V (εv=0.006 ImageNet-normalised, εa=0.006 amplitude)" in out
+    assert "clean accuracy: concat" in out and "exact McNemar p =" in out and "shared samples" in out
     lines = csv_path.read_text().splitlines()
     assert lines[0].startswith("model,evaluation,clean,") and len(lines) == 3
     table = json.loads(json_path.read_text())
     assert [c["budget"] for c in table["columns"]] == ["A", "V", "A+V"]
     assert {r["model"] for r in table["rows"]} == {"audio", "concat"}
-    tree = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(ckpt)], capture_output=True,
-                          text=True, check=True)  # a whole ckpt/ tree: every evaluation found below it
-    assert "| audio | " in tree.stdout and "| concat" in tree.stdout
+    status, out, _ = summarize(capsys, monkeypatch, str(ckpt))  # a whole ckpt/ tree: every evaluation below it
+    assert status == 0 and "| audio | " in out and "| concat" in out
     empty = Path(ckpt) / "empty"
     empty.mkdir()
-    missing = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(empty)],
-                             capture_output=True, text=True)
-    assert missing.returncode != 0 and "no attack_results.json in it or below it" in missing.stderr
-    assert len(find_evaluations(run_dir(root, ckpt, "concat"), "attack")) >= 1
+    status, _, err = summarize(capsys, monkeypatch, str(empty))
+    assert status != 0 and "no attack_results.json in it or below it" in err
     broken = Path(dirs[0]) / "per_sample.npz"
     saved = broken.read_bytes()
     try:

@@ -24,7 +24,7 @@ def own_data_block() -> str:
 def test_the_own_data_section_runs_end_to_end(tmp_path: Path) -> None:
     source = tmp_path / "source"
     subprocess.run([sys.executable, str(REPO / "scripts" / "make_synthetic.py"), "--out", str(source),
-                    "--num_classes", "3", "--per_class", "4", "--size", "64", "--duration", "2", "--workers", "1"],
+                    "--num_classes", "3", "--per_class", "3", "--size", "64", "--duration", "2", "--workers", "1"],
                    check=True, capture_output=True, text=True)
     work = tmp_path / "work"  # the commands' relative paths (data/, ckpt/) land here, not in the repository
     work.mkdir()
