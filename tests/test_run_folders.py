@@ -2,6 +2,7 @@
 mixed up (retraining, locks, label order, training index), one-line errors."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -193,3 +194,14 @@ def test_the_defense_reads_an_undefended_run_as_undefended(trained, capsys):
     with pytest.raises(SystemExit):
         main_defense.parse_args(["--mode", "eval", "--run", str(run), "--lambda_cos", "1"])
     assert "--lambda_cos 1.0 (the run: 0.0)" in capsys.readouterr().err
+
+
+def test_dataset_statistics_of_a_run_use_its_data_and_shapes(trained, capsys, monkeypatch):
+    _, _, run = trained
+    spec = importlib.util.spec_from_file_location("dataset_stats", REPO / "scripts" / "dataset_stats.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["dataset_stats.py", "--run", str(run)])
+    module.main()
+    out = capsys.readouterr().out
+    assert "3 classes" in out and "frames (6, 3, 1, 32, 32)" in out and "audio (6, 1, 2048)" in out
