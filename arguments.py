@@ -6,12 +6,17 @@ naming the flag. ``--dataset`` presets (dataset/presets.py) fill what the user d
 from __future__ import annotations
 
 import argparse
+import inspect
+import shlex
+import sys
 from pathlib import Path
 
 from attacks import ALIASES, CASCADES, attack_names, describe
 from attacks.threat import add_threat_flags, check_threat_flags
 from dataset.presets import PRESETS, root_categories
 from evaluation.robustness.engine import SHIFT
+from training.run import apply_saved_config, given_flags, settle_run_folder
+from utils.cli import OneLineParser
 
 
 def _positive_int(text: str) -> int:
@@ -56,9 +61,9 @@ def _category_list(text: str) -> list[str]:
 class ArgParser:
     """Builds the parser of one entry point from flag groups; ``parse`` validates and fills presets."""
 
-    def __init__(self, description: str) -> None:
-        self.parser = argparse.ArgumentParser(
-            description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    def __init__(self, description: str, prog: str | None = None) -> None:
+        self.parser = OneLineParser(
+            prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
             allow_abbrev=False)
 
     def add_data_arguments(self) -> ArgParser:
@@ -131,6 +136,18 @@ class ArgParser:
         g.add_argument("--mode", choices=modes, default=modes[0])
         g.add_argument("--id", default="", help="run id prefix; the flags that define the model are appended")
         g.add_argument("--ckpt", default="./ckpt", help="folder of run folders")
+        g.add_argument("--run", default=None, metavar="RUN_DIR",
+                       help="the run folder to use: its saved configuration (args.json) gives every model, data and "
+                            "training flag not given here; model and data-shape flags given here must agree with it")
+        g.add_argument("--overwrite", action="store_true",
+                       help="train: delete the run already in the folder (checkpoints and evaluations) and train "
+                            "again; eval: run an evaluation again into its existing folder")
+        if set(modes) - {"train", "build_bank"}:
+            g.add_argument("--print_eval_dir", action="store_true",
+                           help="print the evaluation folder these flags select (RUN/evals/<name>) and exit")
+            g.add_argument("--eval_name", default=None, metavar="NAME",
+                           help="name of the evaluation folder RUN/evals/NAME (default: derived from the kind, "
+                                "attacks, budgets and settings)")
         g.add_argument("--num_gpus", type=_positive_int, default=1,
                        help="processes of the run, one per GPU; must equal the launch's (torchrun "
                             "--nproc_per_node; 1 for plain python); the scripts set it from NUM_GPUS")
@@ -278,7 +295,11 @@ class ArgParser:
         return self
 
     def parse(self, argv: list[str] | None = None) -> argparse.Namespace:
+        argv = sys.argv[1:] if argv is None else list(argv)
         args = self.parser.parse_args(argv)
+        args.command = shlex.join(["python", self.parser.prog] + argv)  # recorded with the run and its evaluations
+        if getattr(args, "run", None):
+            apply_saved_config(args, given_flags(self.parser, argv), self.parser)
         if hasattr(args, "dataset"):
             apply_dataset_preset(args, self.parser)
         if getattr(args, "decode_device", "cpu") == "cuda":
@@ -302,9 +323,34 @@ class ArgParser:
                                       f"has {args.cls_num}")
         if hasattr(args, "norm"):
             _validate_threat_model(args, self.parser)
+        if hasattr(args, "arch_frame"):
+            _check_architecture(args, self.parser)
         if hasattr(args, "arch_classifier"):
             args.id = run_id(args)
+            settle_run_folder(args)
+        if getattr(args, "eval_name", None) is not None:
+            _check_eval_name(args, self.parser)
         return args
+
+
+def _check_architecture(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Width flags apply to the encoders that take a width."""
+    from models import FRAME_NETS, SOUND_NETS
+
+    for flag, arch, registry in (("frame_dim", "arch_frame", FRAME_NETS), ("sound_dim", "arch_sound", SOUND_NETS)):
+        cls = registry.get(getattr(args, arch))
+        if getattr(args, flag) is not None and "dim" not in inspect.signature(cls.__init__).parameters:
+            takes = [n for n in registry.names() if "dim" in inspect.signature(registry.get(n).__init__).parameters]
+            parser.error(f"--{flag} {getattr(args, flag)} does not apply to --{arch} {getattr(args, arch)} (its width "
+                         f"is fixed); it sets the width of {', '.join(takes)}")
+
+
+def _check_eval_name(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    name = args.eval_name
+    if args.mode in ("train", "build_bank"):
+        parser.error(f"--eval_name names an evaluation folder; --mode {args.mode} writes none")
+    if not name or name in (".", "..") or "/" in name or name.startswith("."):
+        parser.error(f"--eval_name {name!r}: give a plain folder name (no '/', not starting with '.')")
 
 
 def _check_decode_device(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

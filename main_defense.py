@@ -5,6 +5,7 @@
     python main_defense.py --mode build_bank ...            (D_v, D_a from the run's training-set features)
     python main_defense.py --mode eval [--use_banks] ...    (clean + per-sample worst case over adaptive attacks)
 
+Evaluations go to RUN/evals/defense_<banks|nobanks>_<variants>_<attacks and budgets>/ (or --eval_name).
 The run folder is the recognition model's (``main_attack.py``) plus a suffix naming the training:
 ``-dissim<lambda>``, ``-adv``, ``-trades<beta>``; ``--train_mode standard --lambda_cos 0`` is the undefended
 model itself, so "memory banks alone" is that run evaluated with ``--use_banks``.
@@ -30,6 +31,7 @@ from defenses.memory_bank import (
     defend_with_banks,
     save_bank,
 )
+from evaluation.eval_dir import eval_folder_of, evaluation_folder
 from evaluation.robustness.engine import Variant
 from evaluation.robustness.pipeline import evaluate_robustness
 from models import FUSION_HEADS, AVModel
@@ -41,7 +43,8 @@ BANK_FILES = {"visual": "bank_v.pth", "audio": "bank_a.pth"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = (ArgParser(__doc__).add_run_arguments(["train", "build_bank", "eval"]).add_data_arguments()
+    parser = (ArgParser(__doc__, Path(__file__).name).add_run_arguments(["train", "build_bank", "eval"])
+              .add_data_arguments()
               .add_model_arguments().add_train_arguments().add_attack_arguments().add_defense_arguments())
     args = parser.parse(argv)
     if args.lambda_cos is None:
@@ -59,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.parser.error("--defense_attacks bpda needs --use_banks (without purification it is the CE attack)")
     args.alpha_v = preset.ista_steps[0] if args.alpha_v is None else args.alpha_v
     args.alpha_a = preset.ista_steps[1] if args.alpha_a is None else args.alpha_a
-    args.id += defense_suffix(args)
+    if not args.run:  # a run folder given by --run is the defense run itself
+        args.id += defense_suffix(args)
     return args
 
 
@@ -137,16 +141,19 @@ def attack_variants(args: argparse.Namespace) -> list[Variant]:
             for a in bank_adaptive_attacks(args.defense_attacks, args.coding_grad, args.use_banks)]
 
 
-def evaluate_defense(args: argparse.Namespace, info: DistInfo) -> dict:
+def evaluate_defense(args: argparse.Namespace, info: DistInfo) -> dict | None:
+    """Clean and attacked, into RUN/evals/defense_<banks|nobanks>_...; None when an identical one is reused."""
     model, epoch = defended_model(args, info)
-    out_dir = run_dir_of(args) / ("defense_banks" if args.use_banks else "defense_no_banks")
     loader = build_loader(build_dataset(args, "test"), args, info, train=False)
-    metrics = evaluate_clean(model, loader, args, info, epoch, out_dir)
-    if not args.attack_type:
-        return metrics
-    label = defense_label(args)
-    return evaluate_robustness(model, loader, args, info, out_dir, attack_variants(args), label,
-                               title=f"{label}: per-sample worst case over {', '.join(args.defense_attacks)}")
+    with evaluation_folder(run_dir_of(args), "defense", args, info) as out_dir:
+        if out_dir is None:
+            return None
+        metrics = evaluate_clean(model, loader, args, info, epoch, out_dir)
+        if not args.attack_type:
+            return metrics
+        label = defense_label(args)
+        return evaluate_robustness(model, loader, args, info, out_dir, attack_variants(args), label,
+                                   title=f"{label}: per-sample worst case over {', '.join(args.defense_attacks)}")
 
 
 def run_mode(args: argparse.Namespace, info: DistInfo) -> None:
@@ -160,7 +167,11 @@ def run_mode(args: argparse.Namespace, info: DistInfo) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_entry_point(parse_args(argv), run_mode)
+    args = parse_args(argv)
+    if args.print_eval_dir:
+        print(eval_folder_of(run_dir_of(args), "defense", args))
+        return
+    run_entry_point(args, run_mode)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ far the map moves under attack. Three attack objectives (--loc_attack): 'class',
 label; 'map', which pushes the map's mass out of the box; 'corr', which lowers the audio-visual similarity in
 the box and raises it elsewhere; per budget, the per-sample worst case over all of them.
 
-Writes RUN/localization/: loc_results.json, per_sample.npz, loc_table.md, ciou_vs_eps.png and index.html
-(map overlays, clean beside adversarial).
+Writes RUN/evals/localization_<boxes>_<objectives>_<attacks and budgets>/ (or --eval_name; listed in
+RUN/evals/index.json, never silently replaced): eval.json (the command), loc_results.json, per_sample.npz,
+loc_table.md, ciou_vs_eps.png and index.html (map overlays, clean beside adversarial). ``--run RUN`` reads the
+run's training flags.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from dataset.av_dataset import AVDataset
 from dataset.index import DataError
 from dataset.layout import frame_name
 from dataset.loaders import build_dataset, build_loader
+from evaluation.eval_dir import eval_folder_of, evaluation_folder
 from evaluation.localization.evaluate import DEFAULT_OBJECTIVES, MAP_HEADS, OBJECTIVES, evaluate_localization
 from evaluation.localization.metrics import CIOU_CONVENTIONS, DEFAULT_CIOU_MODE
 from evaluation.localization.report import loc_table_markdown, write_loc_outputs
@@ -46,7 +49,8 @@ from utils.distributed import DistInfo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    builder = (ArgParser(__doc__).add_run_arguments(["eval"]).add_data_arguments().add_model_arguments()
+    builder = (ArgParser(__doc__, Path(__file__).name).add_run_arguments(["eval"]).add_data_arguments()
+               .add_model_arguments()
                .add_train_arguments().add_attack_arguments())
     g = builder.parser.add_argument_group("localization")
     g.add_argument("--boxes", default=None, metavar="PATH",
@@ -109,8 +113,14 @@ def load_boxes(path: str, dataset: AVDataset, list_test: str) -> GroundTruth:
     return boxes
 
 
-def evaluate_run(args: argparse.Namespace, info: DistInfo) -> dict:
-    """The run's best checkpoint on the test split; writes and prints the results on rank 0."""
+def evaluate_run(args: argparse.Namespace, info: DistInfo) -> dict | None:
+    """The run's best checkpoint on the test split; writes and prints the results on rank 0 (None when an
+    identical finished evaluation is reused)."""
+    with evaluation_folder(run_dir_of(args), "localization", args, info) as out_dir:
+        return None if out_dir is None else _evaluate_into(out_dir, args, info)
+
+
+def _evaluate_into(out_dir: Path, args: argparse.Namespace, info: DistInfo) -> dict:
     if args.checkpoint == "best":
         model, epoch = load_best(args, info)
     else:
@@ -123,7 +133,6 @@ def evaluate_run(args: argparse.Namespace, info: DistInfo) -> dict:
                                                   args.attack_type, args.loc_attack, boxes, args.num_vis)
     results.update(epoch=epoch, checkpoint=args.checkpoint)
     if info.is_main:
-        out_dir = run_dir_of(args) / "localization"
         written = write_loc_outputs(out_dir, results, vis, args.categories)
         records.save(out_dir / "per_sample.npz")
         written.append(out_dir / "per_sample.npz")
@@ -133,7 +142,11 @@ def evaluate_run(args: argparse.Namespace, info: DistInfo) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_entry_point(parse_args(argv), evaluate_run)
+    args = parse_args(argv)
+    if args.print_eval_dir:
+        print(eval_folder_of(run_dir_of(args), "localization", args))
+        return
+    run_entry_point(args, evaluate_run)
 
 
 if __name__ == "__main__":

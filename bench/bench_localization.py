@@ -35,6 +35,7 @@ import main_attack  # noqa: E402
 import main_localization  # noqa: E402
 from dataset.generators import shapes, synthetic  # noqa: E402
 from dataset.layout import audio_relpath, frame_name, frames_relpath  # noqa: E402
+from evaluation.eval_dir import eval_folder_of  # noqa: E402
 from evaluation.stats import format_fraction  # noqa: E402
 from training.engine import run_dir_of  # noqa: E402
 
@@ -112,11 +113,12 @@ def model_flags(root: Path, ckpt: Path, head: str, args: argparse.Namespace) -> 
 def train_and_localize(root: Path, boxes: Path, head: str, args: argparse.Namespace) -> tuple[dict, float]:
     flags = model_flags(root, Path(args.out) / "ckpt" / root.name, head, args)
     start = time.time()
-    main_attack.main(["--mode", "train", *flags])
-    main_localization.main([*flags, "--boxes", str(boxes), "--attack_type", "none", "--num_vis", "0",
-                            "--checkpoint", "latest"])
-    run = Path(run_dir_of(main_attack.parse_args(flags)))
-    return json.loads((run / "localization" / "loc_results.json").read_text()), time.time() - start
+    main_attack.main(["--mode", "train", "--overwrite", *flags])  # a rerun measures again from scratch
+    evaluation = [*flags, "--boxes", str(boxes), "--attack_type", "none", "--num_vis", "0", "--checkpoint", "latest"]
+    main_localization.main(evaluation)
+    out = eval_folder_of(Path(run_dir_of(main_attack.parse_args(flags))), "localization",
+                         main_localization.parse_args(evaluation))
+    return json.loads((out / "loc_results.json").read_text()), time.time() - start
 
 
 def row(name: str, values: dict, num_boxed: int, verdict: str = "", seconds: str = "") -> str:

@@ -80,6 +80,35 @@ def scan_root(root: str | Path, min_frames: int = 1) -> list[Entry]:
     return entries
 
 
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def class_folders(root: str | Path) -> list[str]:
+    """The class folder names under ``root/frames`` and ``root/audio`` together, sorted."""
+    root = Path(root)
+    return sorted({p.name for sub in ("frames", "audio") for p in _visible_dirs(root / sub)})
+
+
+def empty_classes(root: str | Path, entries: Sequence[Entry], listed: Sequence[str] = ()) -> list[str]:
+    """Class folders (and classes ``listed`` in categories.txt) without a single indexed video."""
+    indexed = {entry.cls for entry in entries}
+    return sorted((set(class_folders(root)) | set(listed)) - indexed)
+
+
+def unpaired_ids(root: str | Path) -> list[str]:
+    """'<class>/<id>: frames without audio' / 'audio without frames' for every video that has one of the two
+    (finished extractions only; hidden and temporary files are ignored)."""
+    root = Path(root)
+    frames, audio = root / "frames", root / "audio"
+    with_frames = {(c.name, d.name[: -len(FRAME_DIR_SUFFIX)]) for c in _visible_dirs(frames)
+                   for d in _visible_dirs(c) if d.name.endswith(FRAME_DIR_SUFFIX)}
+    with_audio = {(c.name, f.name[: -len(".wav")]) for c in _visible_dirs(audio) for f in sorted(c.iterdir())
+                  if f.is_file() and f.name.endswith(".wav") and not f.name.startswith(".")}
+    return ([f"{cls}/{vid}: frames without audio" for cls, vid in sorted(with_frames - with_audio)]
+            + [f"{cls}/{vid}: audio without frames" for cls, vid in sorted(with_audio - with_frames)])
+
+
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     """Validate train/val/test fractions: three non-negative numbers summing to 1."""
     values = tuple(float(f) for f in fractions)

@@ -60,9 +60,12 @@ eval_attack() {
         # shellcheck disable=SC2086
         launch main_attack.py --mode eval --arch_classifier "$head" "${PAPER_FLAGS[@]}" \
             --attack_type ${ATTACKS:-fgsm pgd mim} "$@"
-        runs+=("$("$PYTHON" main_attack.py --print_run_dir --arch_classifier "$head" "${PAPER_FLAGS[@]}" "$@")")
+        # shellcheck disable=SC2086
+        runs+=("$("$PYTHON" main_attack.py --print_eval_dir --arch_classifier "$head" "${PAPER_FLAGS[@]}" \
+            --attack_type ${ATTACKS:-fgsm pgd mim} "$@")")
     done
-    "$PYTHON" scripts/summarize.py "${runs[@]}" --markdown "$(dirname "${runs[-1]}")/summary_$dataset.md" --findings
+    "$PYTHON" scripts/summarize.py "${runs[@]}" \
+        --markdown "$(dirname "$(dirname "$(dirname "${runs[-1]}")")")/summary_$dataset.md" --findings
 }
 
 # train_defense DATASET ARGS...: from the trained HEAD model (default concat): the dissimilarity
@@ -120,21 +123,17 @@ eval_defense() {
         # shellcheck disable=SC2086
         launch main_defense.py --mode eval --arch_classifier "$head" "${PAPER_FLAGS[@]}" \
             --attack_type ${ATTACKS:-fgsm pgd mim} "${flags[@]}" "$@"
-        run="$("$PYTHON" main_defense.py --print_run_dir --arch_classifier "$head" "${PAPER_FLAGS[@]}" \
-            "${flags[@]}" "$@")"
-        if [[ " $config " == *" --use_banks "* ]]; then
-            outputs+=("$run/defense_banks")
-        else
-            outputs+=("$run/defense_no_banks")
-        fi
+        # shellcheck disable=SC2086
+        outputs+=("$("$PYTHON" main_defense.py --print_eval_dir --arch_classifier "$head" "${PAPER_FLAGS[@]}" \
+            --attack_type ${ATTACKS:-fgsm pgd mim} "${flags[@]}" "$@")")
     done
     "$PYTHON" scripts/summarize.py "${outputs[@]}" \
-        --markdown "$(dirname "${outputs[0]}")/../defense_summary_$dataset.md" --findings
+        --markdown "$(dirname "$(dirname "$(dirname "${outputs[0]}")")")/defense_summary_$dataset.md" --findings
 }
 
 # eval_localization DATASET ARGS...: the localization maps of HEADS (default: loc; attention also has a
 # map), clean and under ATTACKS (default: fgsm pgd mim), attacking the label and the map itself.
-# Results in <run>/localization/.
+# Results in <run>/evals/localization_*/ (listed in <run>/evals/index.json).
 eval_localization() {
     local dataset=$1 head
     shift

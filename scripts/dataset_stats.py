@@ -4,6 +4,7 @@ Warns (on stderr) about classes missing from a split or imbalanced (largest clas
 smallest), and about clips whose audio is shorter than the --audLen window (the loader repeats it).
 
     python scripts/dataset_stats.py --dataset MUSIC [--data_root ROOT] [--skip_bad]
+    python scripts/dataset_stats.py --run ckpt/<run id>        (the data and shapes a run was trained on)
 """
 import sys
 from pathlib import Path
@@ -71,7 +72,10 @@ def report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    args = ArgParser(__doc__).add_data_arguments().parse()
+    builder = ArgParser(__doc__, Path(__file__).name).add_data_arguments()
+    builder.parser.add_argument("--run", default=None, metavar="RUN_DIR",
+                                help="take the data flags from this run folder's saved configuration (args.json)")
+    args = builder.parse()
     try:
         report(args)
     except DataError as err:

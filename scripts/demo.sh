@@ -58,7 +58,6 @@ for head in "${HEADS[@]}"; do
     "$PYTHON" main_attack.py --mode train --arch_classifier "$head" "${MODEL_FLAGS[@]}" "${RECIPE[@]}" "${resume[@]}"
     run_of[$head]="$run"
 done
-runs=("${run_of[audio]}" "${run_of[visual]}" "${run_of[concat]}")
 
 # PGD (the paper's attack; the dataset scripts also run FGSM and MIM); with DEMO_FULL=1 also AutoAttack at a
 # reduced budget (AutoAttack's standard version is the default: --apgd_steps 100 --apgd_targets 9
@@ -74,13 +73,19 @@ SEVERITIES=(1 3 5)
 
 echo "== 6/9 attacking audio, visual, concat (${ATTACKS[*]}; A eps_a=0.012, V eps_v=0.012, A+V 0.006 each),"
 echo "        the corruption suite, and the (eps_v, eps_a) map of concat under PGD"
+# Each evaluation gets its own folder, <run>/evals/<name> (listed in <run>/evals/index.json); a rerun reuses the
+# finished ones.
+attack_evals=()
 for head in audio visual concat; do
     map=()
     [ "$head" = concat ] && map=(--eps_grid2d 0.012 0.024)
-    "$PYTHON" main_attack.py --mode eval --arch_classifier "$head" "${MODEL_FLAGS[@]}" "${ATTACK_FLAGS[@]}" \
-        --corruptions --corruption_severities "${SEVERITIES[@]}" "${map[@]}" | grep -v "^  "
+    EVAL_FLAGS=(--arch_classifier "$head" "${MODEL_FLAGS[@]}" "${ATTACK_FLAGS[@]}" --corruptions
+        --corruption_severities "${SEVERITIES[@]}" "${map[@]}")
+    "$PYTHON" main_attack.py --mode eval "${EVAL_FLAGS[@]}" | grep -v "^  "
+    attack_evals+=("$("$PYTHON" main_attack.py --print_eval_dir "${EVAL_FLAGS[@]}")")
+    corruption_eval="$("$PYTHON" main_attack.py --print_eval_dir "${EVAL_FLAGS[@]}" --attack_type none)"
     echo "-- corruptions of $head (accuracy % [95 % interval]; severity 0 = clean):"
-    sed -n '3,/^Measured strength/p' "${run_of[$head]}/corruption_table.md" | sed '$d'
+    sed -n '3,/^Measured strength/p' "$corruption_eval/corruption_table.md" | sed '$d'
 done
 
 echo "== 7/9 sound-source localization of loc (class-trained) and ssl (self-supervised): maps against the"
@@ -119,12 +124,14 @@ for mode in "--train_mode standard --lambda_cos 1" "--train_mode adv --lambda_co
     # The banks' forward pass runs FISTA to convergence (up to 2000 iterations) at every attack step (about
     # 9 minutes here, hence DEMO_FULL=1 only). The defended models are attacked under the A and A+V budgets
     # (V at 0.012 normalised is below 1/255) with the adaptive CE + cos (and BPDA through the banks).
-    "$PYTHON" main_defense.py --mode eval "${DEFENSE_FLAGS[@]}" "${flags[@]}" "${banks[@]}" "${ATTACK_FLAGS[@]}" \
-        --epsilons 0,0.012 0.006,0.006 --defense_attacks "${variants[@]}" | grep -v "^  "
-    if [ ${#banks[@]} -gt 0 ]; then defended+=("$run/defense_banks"); else defended+=("$run/defense_no_banks"); fi
+    EVAL_FLAGS=("${DEFENSE_FLAGS[@]}" "${flags[@]}" "${banks[@]}" "${ATTACK_FLAGS[@]}" --epsilons 0,0.012 0.006,0.006
+        --defense_attacks "${variants[@]}")
+    "$PYTHON" main_defense.py --mode eval "${EVAL_FLAGS[@]}" | grep -v "^  "
+    defended+=("$("$PYTHON" main_defense.py --print_eval_dir "${EVAL_FLAGS[@]}")")
 done
 
-echo "== 9/9 summary (accuracy % [95 % Wilson interval], test split; adversarial examples: <run>/visualization/)"
-"$PYTHON" scripts/summarize.py "${runs[@]}" "${defended[@]}" --markdown "$CKPT/summary.md" \
-    --csv "$CKPT/summary.csv" --findings
-echo "the (eps_v, eps_a) map of concat: ${run_of[concat]}/eps_map.png; corruption figures: <run>/corruption.png"
+echo "== 9/9 summary (accuracy % [95 % Wilson interval], test split; adversarial examples: <run>/evals/*/visualization/)"
+"$PYTHON" scripts/summarize.py "${attack_evals[@]}" "${defended[@]}" --markdown "$CKPT/summary.md" \
+    --csv "$CKPT/summary.csv" --json "$CKPT/summary.json" --findings
+echo "the (eps_v, eps_a) map of concat: ${attack_evals[2]}/eps_map.png; corruption figures:" \
+    "<run>/evals/corruptions_*/corruption.png; every evaluation of a run: <run>/evals/index.json"

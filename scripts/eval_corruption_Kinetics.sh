@@ -4,6 +4,6 @@
 #   KINETICS_ROOT=/path/to/Kinetics-Sounds bash scripts/eval_corruption_Kinetics.sh [extra main_attack.py flags]
 # Pass the same HEADS and extra flags as for training so the run ids match. CORRUPTIONS picks names or groups
 # (default: the whole suite; e.g. CORRUPTIONS="both missing"), --corruption_severities the severities. Results
-# in each run folder: corruption_results.json, corruption_table.md, corruption.png. See scripts/_paper.sh.
+# in each run folder, RUN/evals/corruptions_*/: corruption_results.json, corruption_table.md, corruption.png. See scripts/_paper.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/_paper.sh"
 eval_corruption Kinetics "$@"

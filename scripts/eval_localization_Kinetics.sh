@@ -5,6 +5,6 @@
 #   KINETICS_ROOT=/path/to/Kinetics bash scripts/eval_localization_Kinetics.sh [extra main_localization.py flags]
 # Kinetics has no boxes, so the change of the map under attack is reported; a dataset with boxes takes
 # --boxes FILE. HEADS overrides the heads (default: loc; attention also has a map), ATTACKS the attack
-# types (default: fgsm pgd mim; apgd is available). Results: <run>/localization/. See scripts/_paper.sh.
+# types (default: fgsm pgd mim; apgd is available). Results: <run>/evals/localization_*/. See scripts/_paper.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/_paper.sh"
 eval_localization Kinetics "$@"

@@ -212,7 +212,13 @@ pgd = bench["pgd"]
 print(f"| PGD-10 / 10 x (forward + input-gradient backward) | {pgd['ratio']:.3f} "
       f"({1e3 * pgd['pgd_s']:.0f} vs {1e3 * pgd['limit_s']:.0f} ms) | <= 1.10 |")
 PY
-for table in "$AMP_RUN/attack_table.md" "$AMP_RUN/defense_banks/attack_table.md" "$LOC_RUN/localization/loc_table.md"; do
+ATTACK_EVAL="$("$PYTHON" main_attack.py --print_eval_dir --arch_classifier concat "${FLAGS[@]}" --ckpt "$CKPT/amp" \
+    --attack_type fgsm pgd mim "${EVAL[@]}")"
+DEFENSE_EVAL="$("$PYTHON" main_defense.py --print_eval_dir "${DEFENSE[@]}" --use_banks --coding_max_iter 100 \
+    --attack_type pgd "${EVAL[@]}")"
+LOC_EVAL="$("$PYTHON" main_localization.py --print_eval_dir --arch_classifier loc "${FLAGS[@]}" --ckpt "$CKPT/amp" \
+    --boxes "$SOURCE/boxes.json" --attack_type pgd "${EVAL[@]}")"
+for table in "$ATTACK_EVAL/attack_table.md" "$DEFENSE_EVAL/attack_table.md" "$LOC_EVAL/loc_table.md"; do
     echo
     echo "$table (up to $EVAL_SAMPLES test samples, models trained for one epoch: the numbers only show the path ran)"
     cat "$table"

@@ -16,10 +16,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset.preprocess import FAILURES_FILE, find_videos, format_summary, preprocess_tree  # noqa: E402
+from utils.cli import OneLineParser  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="preprocess.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", required=True, type=Path, help="folder of <class>/<id>.<mp4|mkv|webm|avi>")
     parser.add_argument("--out", required=True, type=Path, help="output root (frames/ and audio/ go here)")
     parser.add_argument("--fps", type=float, default=8, help="frames per second to extract")
@@ -32,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.videos.is_dir():
         parser.error(f"--videos: no such directory: {args.videos}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder (frames/ and audio/ go into it)")
     if not args.fps > 0:
         parser.error(f"--fps must be positive, got {args.fps}")
     if args.audio_rate <= 0:

@@ -51,8 +51,9 @@ def test_bad_values_are_one_line_errors(argv, message, capsys):
         parse(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert message in err
-    assert err.strip().splitlines()[-1].startswith("test: error:") or "error:" in err.strip().splitlines()[-1]
+    lines = err.strip().splitlines()
+    assert message in lines[0] and "error:" in lines[0]
+    assert len(lines) == 2 and "--help" in lines[1]
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -1,6 +1,7 @@
 """main_attack.py --mode eval end to end: budgets, results file, table, figures, HTML page, summary."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import soundfile as sf
 import torch
 
 import main_attack
+from evaluation.eval_dir import eval_folder_of
 from evaluation.reporting.html import perturbation_caption, waveform_image
 from evaluation.reporting.tables import findings, summary_table
 from evaluation.robustness.protocol import PAPER_PROTOCOL, Budget, budgets_from_args
@@ -70,9 +72,11 @@ def test_attack_flags_are_validated_and_fsgm_is_fgsm(capsys):
 
 def test_eval_writes_results_table_figures_and_html(trained):
     root, ckpt = trained
-    main_attack.main(["--mode", "eval", "--attack_type", "fgsm", "pgd", "--eps_grid", "0.05",
-                      "--eps_grid_modality", "both", "--num_vis", "7"] + flags(root, ckpt, "concat"))
-    out = run_dir(root, ckpt, "concat")
+    argv = ["--mode", "eval", "--attack_type", "fgsm", "pgd", "--eps_grid", "0.05", "--eps_grid_modality", "both",
+            "--num_vis", "7"] + flags(root, ckpt, "concat")
+    main_attack.main(argv)
+    out = eval_folder_of(run_dir(root, ckpt, "concat"), "attack", main_attack.parse_args(argv))
+    assert out.name == "attack_fgsm+pgd_paper_grid0.05-both"
     results = json.loads((out / "attack_results.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     assert results["num_samples"] == metrics["num_samples"] == 7
@@ -106,8 +110,9 @@ def test_eval_writes_results_table_figures_and_html(trained):
 
 def test_unattacked_modality_of_a_unimodal_model_leaves_accuracy_unchanged(trained):
     root, ckpt = trained
-    main_attack.main(["--mode", "eval", "--attack_type", "pgd", "--num_vis", "0"] + flags(root, ckpt, "audio"))
-    out = run_dir(root, ckpt, "audio")
+    argv = ["--mode", "eval", "--attack_type", "pgd", "--num_vis", "0"] + flags(root, ckpt, "audio")
+    main_attack.main(argv)
+    out = eval_folder_of(run_dir(root, ckpt, "audio"), "attack", main_attack.parse_args(argv))
     results = json.loads((out / "attack_results.json").read_text())
     visual_only = next(e for e in results["attacks"] if e["budget"] == "V")
     assert visual_only["adv_acc"] == results["clean"]["acc"]
@@ -115,23 +120,58 @@ def test_unattacked_modality_of_a_unimodal_model_leaves_accuracy_unchanged(train
     assert not (out / "visualization").exists()
 
 
-def test_summarize_prints_the_paper_table_and_findings(trained):
+def summarize(capsys, monkeypatch, *argv: str) -> tuple[int | str, str, str]:
+    """scripts/summarize.py in this process: (exit status or message, stdout, stderr)."""
+    spec = importlib.util.spec_from_file_location("summarize", REPO / "scripts" / "summarize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["summarize.py", *argv])
+    status: int | str = 0
+    try:
+        module.main()
+    except SystemExit as exit_info:
+        status = exit_info.code
+    out = capsys.readouterr()
+    return status, out.out, out.err + (status if isinstance(status, str) else "")
+
+
+def test_summarize_prints_the_study_table_and_findings(trained, capsys, monkeypatch):
     root, ckpt = trained
-    for head in ("concat", "audio"):
-        if not (run_dir(root, ckpt, head) / "attack_results.json").exists():
-            main_attack.main(["--mode", "eval", "--attack_type", "pgd", "--num_vis", "0"] + flags(root, ckpt, head))
-    dirs = [str(run_dir(root, ckpt, h)) for h in ("audio", "concat")]
-    csv_path = Path(ckpt) / "table.csv"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), *dirs, "--csv", str(csv_path),
-                           "--findings"], capture_output=True, text=True, check=True)
-    assert "| model | clean |" in proc.stdout and "| audio |" in proc.stdout and "| concat |" in proc.stdout
-    assert "PGD A" in proc.stdout and "PGD A+V" in proc.stdout
-    assert "clean: concat" in proc.stdout and "best unimodal (audio)" in proc.stdout
+    dirs = []
+    for head in ("audio", "concat"):
+        argv = ["--mode", "eval", "--attack_type", "pgd", "--num_vis", "0"] + flags(root, ckpt, head)
+        main_attack.main(argv)  # reused when an earlier test ran it
+        dirs.append(str(eval_folder_of(run_dir(root, ckpt, head), "attack", main_attack.parse_args(argv))))
+    capsys.readouterr()
+    csv_path, json_path = Path(ckpt) / "table.csv", Path(ckpt) / "table.json"
+    status, out, _ = summarize(capsys, monkeypatch, *dirs, "--csv", str(csv_path), "--json", str(json_path),
+                               "--findings")
+    assert status == 0
+    assert "| model | evaluation | clean |" in out and "| audio |" in out and "| concat |" in out
+    assert "PGD-10 ce [L∞] · A (εa=0.012 amplitude)" in out
+    assert "PGD-10 ce [L∞] · A+V (εv=0.006 ImageNet-normalised, εa=0.006 amplitude)" in out
+    assert "clean accuracy: concat" in out and "exact McNemar p =" in out and "shared samples" in out
     lines = csv_path.read_text().splitlines()
-    assert lines[0].startswith("model,clean,") and len(lines) == 3
-    missing = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(ckpt)],
-                             capture_output=True, text=True)
-    assert missing.returncode != 0 and "attack_results.json not found" in missing.stderr
+    assert lines[0].startswith("model,evaluation,clean,") and len(lines) == 3
+    table = json.loads(json_path.read_text())
+    assert [c["budget"] for c in table["columns"]] == ["A", "V", "A+V"]
+    assert {r["model"] for r in table["rows"]} == {"audio", "concat"}
+    status, out, _ = summarize(capsys, monkeypatch, str(ckpt))  # a whole ckpt/ tree: every evaluation below it
+    assert status == 0 and "| audio | " in out and "| concat" in out
+    empty = Path(ckpt) / "empty"
+    empty.mkdir()
+    status, _, err = summarize(capsys, monkeypatch, str(empty))
+    assert status != 0 and "no attack_results.json in it or below it" in err
+    broken = Path(dirs[0]) / "per_sample.npz"
+    saved = broken.read_bytes()
+    try:
+        broken.write_bytes(saved[: len(saved) // 2])
+        corrupt = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), dirs[0], "--findings"],
+                                 capture_output=True, text=True)
+        assert corrupt.returncode != 0 and "cannot read the per-sample records" in corrupt.stderr
+        assert len(corrupt.stderr.strip().splitlines()) == 1
+    finally:
+        broken.write_bytes(saved)
 
 
 def test_summary_table_and_findings_on_hand_made_results():

@@ -31,6 +31,7 @@ from evaluation.corruption.corruptions import (
     room_impulse_response,
 )
 from evaluation.corruption.evaluate import build_conditions
+from evaluation.eval_dir import eval_folder_of, find_evaluations
 from evaluation.robustness.records import RecordKey, load_records, perturbation_sizes
 from tests.sop_fixture import write_rendered_clip
 
@@ -235,9 +236,12 @@ def trained(tmp_path_factory):
 
 def test_eval_with_corruptions_writes_results_table_figure_and_records(trained, one_thread):
     root, ckpt = trained
-    main_attack.main(["--mode", "eval", "--attack_type", "none", "--corruptions"] + flags(root, ckpt))
-    out = ckpt / main_attack.parse_args(flags(root, ckpt)).id
-    assert not (out / "attack_results.json").exists()  # --attack_type none: the corruptions alone
+    argv = ["--mode", "eval", "--attack_type", "none", "--corruptions"] + flags(root, ckpt)
+    main_attack.main(argv)
+    run = ckpt / main_attack.parse_args(flags(root, ckpt)).id
+    out = eval_folder_of(run, "corruptions", main_attack.parse_args(argv))
+    assert out.name == "corruptions_all_sev12345"
+    assert find_evaluations(run) == [out]  # --attack_type none: the corruptions alone
     results = json.loads((out / "corruption_results.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     assert results["num_samples"] == metrics["num_samples"] == NUM_CLASSES * TEST_PER_CLASS
@@ -284,13 +288,14 @@ def test_two_ranks_give_the_records_of_one_process(trained, tmp_path):
     twin.mkdir()
     shutil.copytree(out, twin / out.name)
     main_attack.main(["--mode", "eval"] + flags(root, ckpt) + subset)
+    evaluation = eval_folder_of(out, "corruptions", main_attack.parse_args(flags(root, ckpt) + subset))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "main_attack.py"), "--mode", "eval", *flags(root, twin), *subset, "--num_gpus", "2"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    single = load_records(out / "corruption_per_sample.npz")
-    ddp = load_records(twin / out.name / "corruption_per_sample.npz")
+    single = load_records(evaluation / "corruption_per_sample.npz")
+    ddp = load_records(twin / out.name / "evals" / evaluation.name / "corruption_per_sample.npz")
     assert ddp.ids == single.ids and ddp.keys() == single.keys() and len(single.keys()) == 2 * 2 + 1
     for key in single.keys():
         for field in single.columns[key]:

@@ -125,10 +125,33 @@ def test_cli_writes_index_and_categories(sop_root):
 
 
 def test_cli_keeps_existing_categories(sop_root):
-    (sop_root / "categories.txt").write_text("erhu\ncello\naccordion\nflute\n")
+    (sop_root / "categories.txt").write_text("erhu\ncello\naccordion\n")
     proc = run_create_index("--root", str(sop_root))
     assert proc.returncode == 0, proc.stderr
-    assert (sop_root / "categories.txt").read_text() == "erhu\ncello\naccordion\nflute\n"
+    assert (sop_root / "categories.txt").read_text() == "erhu\ncello\naccordion\n"
+
+
+def test_cli_names_empty_classes_and_refuses_them(sop_root):
+    (sop_root / "categories.txt").write_text("erhu\ncello\naccordion\nflute\n")
+    proc = run_create_index("--root", str(sop_root))
+    assert proc.returncode == 1 and "without a complete video" in proc.stderr and "flute" in proc.stderr
+    assert not (sop_root / "train.csv").exists()
+    (sop_root / "categories.txt").unlink()
+    (sop_root / "audio" / "tuba").mkdir()
+    (sop_root / "frames" / "tuba").mkdir()
+    proc = run_create_index("--root", str(sop_root))
+    assert proc.returncode == 1 and ": tuba;" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_lists_unpaired_ids(sop_root):
+    add_video(sop_root, "cello", "mute", 4, wav=False)
+    (sop_root / "audio" / "erhu" / "blind.wav").touch()
+    proc = run_create_index("--root", str(sop_root))
+    assert proc.returncode == 0, proc.stderr
+    assert "2 video(s) have frames or audio but not both" in proc.stderr
+    assert (sop_root / "unpaired.txt").read_text().splitlines() == [
+        "cello/mute: frames without audio", "erhu/blind: audio without frames"]
+    assert "mute" not in (sop_root / "train.csv").read_text() + (sop_root / "test.csv").read_text()
 
 
 @pytest.mark.parametrize("split", [["0.5", "0.5", "0.2"], ["1.2", "-0.1", "-0.1"]])

@@ -17,6 +17,7 @@ import main_defense
 from attacks import build_attack
 from attacks.threat import ThreatModel
 from dataset.loaders import build_dataset, build_loader, to_device
+from evaluation.eval_dir import eval_folder_of
 from evaluation.robustness.records import RecordKey, load_records
 from models import AVModel
 from utils.distributed import DistInfo
@@ -134,7 +135,9 @@ def test_adversarial_training_raises_robust_accuracy(base, tmp_path):
     accs = {}
     for name, argv in (("standard", flags(root, ckpt, "--lambda_cos", "0")), ("adv", adv)):
         main_defense.main([*attack, *argv])
-        results = json.loads((run_dir(argv) / "defense_no_banks" / "attack_results.json").read_text())
+        out = eval_folder_of(run_dir(argv), "defense", main_defense.parse_args([*attack, *argv]))
+        assert out.name == "defense_nobanks_ce_pgd_AV_v0.06a0.06_px"
+        results = json.loads((out / "attack_results.json").read_text())
         accs[name] = results["attacks"][0]["adv_acc"]
     assert accs["adv"] >= accs["standard"] + 20, accs
 
@@ -154,8 +157,9 @@ def test_banks_eval_reports_the_worst_adaptive_attack(base):
     main_defense.main(["--mode", "build_bank", *argv])
     bank = torch.load(run / "bank_v.pth", weights_only=True)
     assert bank["D"].shape == (16, 8) and bank["meta"]["method"] == "random"
-    main_defense.main(["--mode", "eval", "--use_banks", "--attack_type", "fgsm", "pgd", "--num_vis", "2", *argv])
-    out = run / "defense_banks"
+    evaluation = ["--mode", "eval", "--use_banks", "--attack_type", "fgsm", "pgd", "--num_vis", "2", *argv]
+    main_defense.main(evaluation)
+    out = eval_folder_of(run, "defense", main_defense.parse_args(evaluation))
     results = json.loads((out / "attack_results.json").read_text())
     assert results["label"] == "concat+banks" and results["variants"] == ["ce", "ce+cos", "bpda"]
     records = load_records(out / "per_sample.npz")

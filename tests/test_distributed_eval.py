@@ -38,6 +38,7 @@ import main_attack
 import main_defense
 import main_localization
 from dataset.generators.synthetic import SynthConfig, class_names
+from evaluation.eval_dir import find_evaluations
 from tests.sop_fixture import write_rendered_clip
 from training.engine import run_dir_of
 
@@ -213,6 +214,12 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def evaluation_of(run: Path) -> Path:
+    """The one evaluation folder of a twin run (each runs exactly one evaluation)."""
+    (folder,) = find_evaluations(run)
+    return folder
+
+
 def assert_same_evaluation(single: Path, ddp: Path, attacks: set[str]) -> None:
     """metrics.json, attack_results.json and per_sample.npz of two output folders agree."""
     assert_same_json(read_json(single / "metrics.json"), read_json(ddp / "metrics.json"))
@@ -225,17 +232,20 @@ def assert_same_evaluation(single: Path, ddp: Path, attacks: set[str]) -> None:
 
 
 def test_attack_eval_matches_one_process(attack_eval: Twins) -> None:
-    assert_same_evaluation(attack_eval.runs["single"], attack_eval.runs["ddp"], {"fgsm", "pgd", "apgd", "apgd-t"})
+    single, ddp = (evaluation_of(attack_eval.runs[name]) for name in ("single", "ddp"))
+    assert single.name == ddp.name
+    assert_same_evaluation(single, ddp, {"fgsm", "pgd", "apgd", "apgd-t"})
 
 
 def test_defense_eval_with_banks_matches_one_process(defense_eval: Twins) -> None:
-    single, ddp = (defense_eval.runs[name] / "defense_banks" for name in ("single", "ddp"))
+    single, ddp = (evaluation_of(defense_eval.runs[name]) for name in ("single", "ddp"))
+    assert single.name.startswith("defense_banks_") and read_json(ddp / "eval.json")["status"] == "complete"
     assert_same_evaluation(single, ddp, {"pgd"})
     assert read_json(single / "attack_results.json")["variants"] == ["ce", "ce+cos", "bpda"]
 
 
 def test_localization_matches_one_process(localization_eval: Twins) -> None:
-    single, ddp = (localization_eval.runs[name] / "localization" for name in ("single", "ddp"))
+    single, ddp = (evaluation_of(localization_eval.runs[name]) for name in ("single", "ddp"))
     results = read_json(single / "loc_results.json")
     assert results["num_samples"] == results["num_boxed"] == NUM_TEST
     assert {(e["objective"], e["budget"]) for e in results["attacks"]} == {
@@ -245,7 +255,7 @@ def test_localization_matches_one_process(localization_eval: Twins) -> None:
 
 
 def test_localization_pixel_ranking_metrics_match_one_process(localization_eval: Twins) -> None:
-    single, ddp = (load_npz(localization_eval.runs[name] / "localization" / "per_sample.npz")
+    single, ddp = (load_npz(evaluation_of(localization_eval.runs[name]) / "per_sample.npz")
                    for name in ("single", "ddp"))
     fields = ("ciou", "peak_shift_px", "map_iou_top_mass")
     compared = [name for name in single if name.rsplit("/", 1)[-1] in fields]

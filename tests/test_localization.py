@@ -15,6 +15,7 @@ import main_localization
 from dataset.boxes import Boxes, box_masks, box_to_input
 from dataset.generators.synthetic import SynthConfig, class_names
 from dataset.transforms import transform_frames
+from evaluation.eval_dir import eval_folder_of
 from evaluation.localization.evaluate import localization_maps, map_head, outside_mass_loss
 from evaluation.localization.metrics import (
     CIOU_LVS,
@@ -336,10 +337,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, 
 @pytest.fixture(scope="module")
 def boxed_results(trained) -> tuple[dict, Path]:
     flags, boxes, run = trained
-    main_localization.main([*flags, "--boxes", str(boxes), "--attack_type", "pgd", "--attack_steps", "3",
-                            "--epsilons", "1,0", "0.5,0.05", "--eps_grid", "0.5", "--eps_grid_modality", "visual",
-                            "--num_vis", "3"])
-    out = run / "localization"
+    argv = [*flags, "--boxes", str(boxes), "--attack_type", "pgd", "--attack_steps", "3", "--epsilons", "1,0",
+            "0.5,0.05", "--eps_grid", "0.5", "--eps_grid_modality", "visual", "--num_vis", "3"]
+    main_localization.main(argv)
+    out = eval_folder_of(run, "localization", main_localization.parse_args(argv))
     return json.loads((out / "loc_results.json").read_text()), out
 
 
@@ -379,13 +380,15 @@ def test_outputs_table_figure_and_escaped_html(boxed_results) -> None:
 
 def test_real_data_mode_reports_the_change_of_the_map(trained) -> None:
     flags, _, run = trained
-    main_localization.main([*flags, "--attack_type", "fgsm", "--epsilons", "1,0", "--loc_attack", "map",
-                            "--num_vis", "0"])
-    results = json.loads((run / "localization" / "loc_results.json").read_text())
+    argv = [*flags, "--attack_type", "fgsm", "--epsilons", "1,0", "--loc_attack", "map", "--num_vis", "0"]
+    main_localization.main(argv)
+    out = eval_folder_of(run, "localization", main_localization.parse_args(argv))
+    assert out.name == "localization_noboxes_map_fgsm_V_v1a0"
+    results = json.loads((out / "loc_results.json").read_text())
     assert results["num_boxed"] == 0 and "center_prior" not in results and "pointing" not in results["clean"]
     (entry,) = results["attacks"]
     assert entry["objective"] == "map" and 0 <= entry["map_iou_top_mass"] <= 1 and entry["peak_shift_px"] >= 0
-    table = (run / "localization" / "loc_table.md").read_text()
+    table = (out / "loc_table.md").read_text()
     assert "map IoU top 20% mass" in table and "| pointing |" not in table
 
 

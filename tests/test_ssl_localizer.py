@@ -16,6 +16,7 @@ from attacks import build_attack
 from dataset.annotations import load_ground_truth
 from dataset.generators.synthetic import class_names
 from dataset.loaders import build_dataset, build_loader, to_device
+from evaluation.eval_dir import eval_folder_of
 from evaluation.localization.evaluate import correspondence_loss, map_head, region_similarity
 from models import build_model
 from tests.test_localization import PER_SPLIT, model_flags, write_synthetic_root
@@ -128,8 +129,10 @@ def trained_ssl(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Pa
 
 
 def localize(flags: list[str], run: Path, boxes: Path, *extra: str) -> dict:
-    main_localization.main([*flags, "--boxes", str(boxes), "--checkpoint", "latest", "--num_vis", "0", *extra])
-    return json.loads((run / "localization" / "loc_results.json").read_text())
+    argv = [*flags, "--boxes", str(boxes), "--checkpoint", "latest", "--num_vis", "0", *extra]
+    main_localization.main(argv)
+    out = eval_folder_of(run, "localization", main_localization.parse_args(argv))
+    return json.loads((out / "loc_results.json").read_text())
 
 
 @pytest.fixture(scope="module")

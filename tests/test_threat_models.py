@@ -223,4 +223,5 @@ def test_eps_grid2d_covers_the_product_with_single_modality_edges_and_writes_the
     (no_map / "attack_results.json").write_text((runs[0] / "attack_results.json").read_text())
     missing = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(no_map), "--eps_maps",
                               str(tmp_path / "none.png")], capture_output=True, text=True)
-    assert missing.returncode != 0 and "eps_map.json not found" in missing.stderr
+    assert missing.returncode != 0 and "no eps_map.json in it or below it" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1

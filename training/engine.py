@@ -9,6 +9,7 @@ Validation and evaluation always run in float32.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import math
@@ -29,6 +30,7 @@ from dataset.index import DataError
 from dataset.loaders import build_dataset, build_loader, set_epoch, to_device
 from models import AVModel, build_model
 from models.av_model import feature_cosine
+from training.chance import ChanceWatch
 from training.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -40,8 +42,10 @@ from training.checkpoint import (
     train_state_path,
 )
 from training.objectives import Autocast, CrossEntropy, Objective, full_precision
+from training.run import check_evaluation, check_identity, prepare_training, write_identity
 from utils.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed, launch_world_size
 from utils.fileio import write_json_atomic
+from utils.folders import FolderError, folder_lock
 from utils.meters import AverageMeter, ConfusionCounter
 
 
@@ -197,6 +201,7 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
     if isinstance(objective, CrossEntropy):
         objective.label_smoothing = getattr(args, "label_smoothing", 0.0)
     run_dir = run_dir_of(args)
+    prepare_training(run_dir, args, changed_optimisation_flags(run_dir, args) if args.resume else "")
     meta = model_meta(args)
     train_loader = build_loader(build_dataset(args, "train"), args, info, train=True)
     val_loader = build_loader(build_dataset(args, "val"), args, info, train=False)
@@ -208,10 +213,7 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
     if args.resume:
         if not train_state_path(run_dir).is_file():
             raise CheckpointError(f"--resume: {train_state_path(run_dir)} not found (no earlier run with id {args.id})")
-        changed = changed_optimisation_flags(run_dir, args)
-        if changed:
-            raise CheckpointError(f"--resume: {run_dir} was trained with other optimisation flags ({changed}); "
-                                  "resume with the run's own flags")
+        check_identity(run_dir, args)
         saved_epoch = load_checkpoint(run_dir, model, "latest", meta)
         state = load_train_state(run_dir)
         if state["epoch"] != saved_epoch:
@@ -223,11 +225,11 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
         start_epoch, best_acc, history = state["epoch"] + 1, state["best_acc"], json.loads(state["history"])
         if info.is_main:
             print(f"resuming {args.id} at epoch {start_epoch} (best val acc so far {best_acc:.2f})")
-    elif info.is_main and train_state_path(run_dir).is_file():
-        print(f"note: {run_dir} already holds a run; it is overwritten (pass --resume to continue it)")
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "args.json", vars(args))
+        write_identity(run_dir, args)
+    chance = ChanceWatch(args.cls_num)
     ddp_model = model
     if info.enabled:
         ddp_model = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
@@ -250,6 +252,9 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
         history.append(record)
         if info.is_main:
             log_epoch(record, writer, optimizer)  # with the lrs this epoch trained with
+            warning = chance.update(record)
+            if warning:
+                tqdm.write(f"warning: {warning}")
         scheduler.step()
         if info.is_main:
             if is_best:
@@ -332,8 +337,14 @@ def run_entry_point(args: argparse.Namespace, action: Callable[[argparse.Namespa
     if args.amp and info.device.type != "cuda" and info.is_main:
         print("note: --amp applies on CUDA only; running in float32 on the CPU")
     try:
-        action(args, info)
-    except (DataError, CheckpointError) as err:
+        writes_run = args.mode in ("train", "build_bank") and info.is_main
+        with folder_lock(run_dir_of(args), f"the run {run_dir_of(args)}") if writes_run else contextlib.nullcontext():
+            if args.mode != "train":
+                for note in check_evaluation(run_dir_of(args), args):
+                    if info.is_main:
+                        print(note)
+            action(args, info)
+    except (DataError, CheckpointError, FolderError) as err:
         sys.exit(f"error: {err}")
     finally:
         cleanup(info)

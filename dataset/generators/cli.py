@@ -7,12 +7,13 @@ import os
 from typing import Any
 
 from dataset.generators.synthetic import ConfigError
+from utils.cli import OneLineParser
 
 
 def generator_parser(description: str, defaults: Any) -> argparse.ArgumentParser:
     """A parser with ``--out``, the clip fields every generator config has (defaults from ``defaults``, a config
     instance) and ``--workers``; the script adds its own fields."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (videos/, categories.txt, boxes.json)")
     parser.add_argument("--num_classes", type=int, default=defaults.num_classes)
     parser.add_argument("--per_class", type=int, default=defaults.per_class, help="videos per class")
