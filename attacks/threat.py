@@ -341,6 +341,9 @@ def check_threat_flags(args: argparse.Namespace, error: Callable[[str], Any],
                   f"cannot run under it (use apgd / apgd-t / pgd)")
     if args.audio_eps_db is not None and not args.audio_eps_db < 0:
         error(f"--audio_eps_db must be < 0 dB (relative to the clip's loudness), got {args.audio_eps_db:g}")
+    if args.audio_eps_db is not None and getattr(args, "attack_alpha", None) is not None:
+        error("--attack_alpha with --audio_eps_db: the audio step is a fixed share of each clip's own budget, so the "
+              "step would apply to vision only; drop --attack_alpha (or give a fixed audio budget)")
     args.temporal = list(dict.fromkeys(args.temporal))
     if "shared" in args.temporal and getattr(args, "num_frames", 1) < 2:
         error("--temporal shared needs --num_frames > 1 (one frame has nothing to share)")
