@@ -21,6 +21,7 @@ from attacks import (
     joint_split,
     square_l2,
 )
+from attacks.streams import SampleStreams
 from attacks.threat import ThreatModel
 from models import AVModel
 from tests.test_attacks import LinearAV
@@ -93,7 +94,7 @@ def test_l2_random_start_lies_in_the_ball() -> None:
     gen = torch.Generator().manual_seed(1)
     clean = torch.rand(8, 1, 64, generator=gen) * 2 - 1
     ball = L2Ball(clean, torch.tensor(0.3), torch.tensor(0.1), VALID_RANGE["audio"])
-    point = ball.random_point(torch.Generator().manual_seed(2))
+    point = ball.random_point(SampleStreams.seeded(2, range(8)))
     assert (norms(point - clean) <= 0.3 * (1 + REL)).all()
     assert norms(point - clean).min() > 0.15  # uniform in 64 dimensions: nearly all the mass is near the sphere
     assert point.min() >= -1 and point.max() <= 1
@@ -200,12 +201,15 @@ def test_l2_square_keeps_its_budgets_and_lowers_accuracy(fitted) -> None:
 
 
 def test_l2_pseudo_gaussian_windows() -> None:
-    gen = torch.Generator().manual_seed(0)
+    streams, like = SampleStreams.seeded(0, range(16)), torch.zeros(())
     for size, dims in ((1, 1), (2, 1), (9, 1), (1, 2), (5, 2), (8, 2)):
-        window = square_l2.pseudo_gaussian(size, dims, gen)
-        assert window.shape == (size,) * dims
-        torch.testing.assert_close(window.norm(), torch.tensor(1.0))
-    window = square_l2.pseudo_gaussian(7, 1, gen)
+        windows = square_l2.pseudo_gaussian(size, dims, streams, like)
+        assert windows.shape == (16,) + (size,) * dims
+        torch.testing.assert_close(windows.flatten(1).norm(dim=1), torch.ones(16))
+    windows = square_l2.pseudo_gaussian(5, 2, streams, like)
+    upright = (windows[:, :2] > 0).flatten(1).all(dim=1)  # else transposed: positive in the first two columns
+    assert upright.any() and (~upright).any() and (windows[~upright, :, :2] > 0).all()
+    window = square_l2.pseudo_gaussian(7, 1, streams, like)[0]
     # 1-D: a positive bump on the first 3 samples peaking in their middle, a negative one on the other 4
     assert (window[:3] > 0).all() and (window[3:] < 0).all()
     assert window[1] > window[0] and window[1] > window[2]
