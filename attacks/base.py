@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from attacks.losses import NEEDS_FEATURES, LossFn, get_loss
 from attacks.regions import Ball, Independent, JointL2Ball, L2Ball, ModalitySet, Region
-from attacks.streams import SampleStreams
+from attacks.streams import BatchStream, SampleStreams, Streams
 from attacks.threat import IMAGENET_STD, MODALITIES, NORMS, ThreatModel
 from models.av_model import AVModel, ModelOutput
 
@@ -103,8 +103,9 @@ class Problem:
     ``eot_iter``: every loss, logit and gradient is the mean over that many forward passes (expectation
     over transformation, for randomised models). ``seed`` and ``sample_ids``: every sample draws its random
     numbers (random starts, Square's search) from its own stream, seeded from ``seed`` and its id
-    (``attacks.streams``), so its result does not depend on its batch; None draws a seed from torch's global
-    generator, and the samples' ids default to their places in the batch.
+    (``attacks.streams``), so its result does not depend on its batch; the samples' ids default to their places
+    in the batch. With neither a seed nor ids (e.g. adversarial training), one generator seeded from torch's
+    global one draws for the whole batch on its device.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, labels: Tensor, region: Region | dict[str, ModalitySet],
@@ -121,17 +122,22 @@ class Problem:
             raise ValueError(f"sample_ids must have one id per sample, shape {tuple(labels.shape)}; got "
                              f"{tuple(sample_ids.shape)}")
         self.sample_ids = sample_ids
-        self._streams: SampleStreams | None = None
+        self._streams: Streams | None = None
         self.separate = encodes_separately(model)
         self.encoded = self._encode_fixed() if self.separate and eot_iter == 1 else None
 
     @property
-    def streams(self) -> SampleStreams:
-        """The samples' random streams; a subset's are its samples' own (the same generators)."""
+    def streams(self) -> Streams:
+        """The samples' random streams; a subset's are its samples' own (the same generators). Without a seed
+        and without sample ids (nothing to repeat), one generator on the inputs' device draws for the batch."""
         if self._streams is None:
             seed = self.seed if self.seed is not None else int(torch.randint(2**62, (1,)))
-            ids = self.sample_ids.tolist() if self.sample_ids is not None else range(self.labels.numel())
-            self._streams = SampleStreams.seeded(seed, ids)
+            if self.seed is None and self.sample_ids is None:
+                device = next(iter(self.region.clean.values())).device
+                self._streams = BatchStream.seeded(seed, self.labels.numel(), device)
+            else:
+                ids = self.sample_ids.tolist() if self.sample_ids is not None else range(self.labels.numel())
+                self._streams = SampleStreams.seeded(seed, ids)
         return self._streams
 
     @torch.no_grad()

@@ -37,32 +37,32 @@ def hyperplane_step(w: Tensor, c: Tensor, lo: Tensor, hi: Tensor, norm: str) -> 
     Moving coordinate ``i`` in the direction that helps (``sign(c w_i)``) by ``min(lam, b_i)`` (L∞) or
     ``min(lam |w_i|, b_i)`` (L2), ``b_i`` the room the box leaves in that direction, gives ``w . delta`` a
     continuous, non-decreasing, piecewise linear function of ``lam``; its kinks sorted, the ``lam`` that reaches
-    ``|c|`` is found exactly (sums in float64)."""
+    ``|c|`` is found exactly (the sums in float64)."""
     s = torch.sign(c)[:, None]
-    ws = (w * s).double()
+    ws = w * s
     size = ws.abs()
-    room = torch.where(ws > 0, hi.double(), -lo.double()).clamp_min(0)
+    room = torch.where(ws > 0, hi, -lo).clamp_min(0)
     active = size > 0
     if norm == "linf":
         rate, kink = size, room
     else:
         rate, kink = size.square(), torch.where(active, room / torch.where(active, size, 1.0), 0.0)
-    cap = size * room  # the most coordinate i can add to w . delta
     order = kink.argsort(dim=1)
-    kink, rate_sorted, cap_sorted = kink.gather(1, order), rate.gather(1, order), cap.gather(1, order)
-    cum_cap, cum_rate = cap_sorted.cumsum(1), rate_sorted.cumsum(1)
+    kink = kink.gather(1, order)
+    cum_cap = (size * room).gather(1, order).cumsum(1, dtype=torch.float64)  # the most coordinates can add
+    cum_rate = rate.gather(1, order).cumsum(1, dtype=torch.float64)
+    del order
     total_rate = cum_rate[:, -1:]
-    reached = cum_cap + kink * (total_rate - cum_rate)  # w . delta at each kink
     target = c.double().abs()[:, None]
-    j = (reached < target).sum(dim=1, keepdim=True)  # the first kink at which the target is reached
+    j = ((cum_cap + kink * (total_rate - cum_rate)) < target).sum(dim=1, keepdim=True)  # w . delta at each kink
     before = (j - 1).clamp_min(0)
     prev_cap = torch.where(j > 0, cum_cap.gather(1, before), 0.0)
     prev_rate = torch.where(j > 0, cum_rate.gather(1, before), 0.0)
+    del cum_cap, cum_rate, kink
     remaining = (total_rate - prev_rate).clamp_min(torch.finfo(torch.float64).tiny)
-    lam = torch.where(j < w.shape[1], (target - prev_cap) / remaining, math.inf)
+    lam = torch.where(j < w.shape[1], (target - prev_cap) / remaining, math.inf).to(w.dtype)
     move = torch.minimum(lam if norm == "linf" else lam * size, room)
-    delta = torch.where(active, torch.sign(ws) * move, 0.0)
-    return delta.to(w.dtype)
+    return torch.where(active, torch.sign(ws) * move, 0.0)
 
 
 def _norms(delta: Tensor, norm: str) -> Tensor:

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from attacks.streams import SampleStreams
+from attacks.streams import Streams
 
 Inputs = dict[str, Tensor]
 
@@ -90,7 +90,7 @@ class ModalitySet:
             return x.copy_((self.clean + d.clamp(self.low, self.high)).clamp_(lo, hi))
         return x.copy_(torch.where(per_sample(moved, x), self.clean + d, x).clamp_(lo, hi))
 
-    def random_delta(self, streams: SampleStreams) -> Tensor:
+    def random_delta(self, streams: Streams) -> Tensor:
         """Standard normal noise of the perturbation's shape, each sample's from its own stream."""
         return streams.randn(self.low.shape[1:], self.clean)
 
@@ -128,7 +128,7 @@ class Ball(ModalitySet):
         lo, hi = self.valid_range
         return x.copy_((self.clean + self.delta(x).clamp(self.lower, self.upper)).clamp_(lo, hi))
 
-    def random_point(self, streams: SampleStreams) -> Tensor:
+    def random_point(self, streams: Streams) -> Tensor:
         """A perturbation drawn uniformly from the ball, clipped into the range."""
         noise = streams.rand(self.low.shape[1:], self.clean)
         return self.project_(self.clean + noise.mul_(2).sub_(1).mul_(self.radius))
@@ -168,7 +168,7 @@ class L2Ball(ModalitySet):
         scale = torch.where(outside, self.radius_per_sample / norms.clamp_min(torch.finfo(d.dtype).tiny), 1.0)
         return self.set_delta_(x, d * per_sample(scale, d), outside)
 
-    def random_point(self, streams: SampleStreams) -> Tensor:
+    def random_point(self, streams: Streams) -> Tensor:
         """A perturbation drawn uniformly from the ball (a normal direction, radius ``r U^(1/n)``), clipped
         into the range."""
         direction = _unit(self.random_delta(streams))
@@ -200,7 +200,7 @@ class Independent:
             ball.project_(x[m])
         return x
 
-    def random_point(self, streams: SampleStreams) -> Inputs:
+    def random_point(self, streams: Streams) -> Inputs:
         return {m: ball.random_point(streams) for m, ball in self.balls.items()}
 
     def steepest(self, grads: Inputs) -> Inputs:
@@ -259,7 +259,7 @@ class JointL2Ball:
             self.parts[m].set_delta_(x[m], torch.where(positive, d * per_sample(scale, d), 0.0), moved)
         return x
 
-    def random_point(self, streams: SampleStreams) -> Inputs:
+    def random_point(self, streams: Streams) -> Inputs:
         """A point drawn uniformly from the scaled ball (a normal direction over all modalities, radius
         ``radius U^(1/n)``), clipped into the ranges."""
         noise = {}

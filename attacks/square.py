@@ -12,7 +12,7 @@ from attacks.base import Attack, Inputs, Problem
 from attacks.losses import margin
 from attacks.regions import Ball, L2Ball, per_sample
 from attacks.registry import ATTACKS
-from attacks.streams import SampleStreams
+from attacks.streams import Streams
 from attacks.threat import IMAGENET_STD, ThreatModel
 
 # Iterations, on a schedule rescaled to 10000 queries, after which the window's share p is halved.
@@ -26,7 +26,7 @@ def square_fraction(iteration: int, queries: int, p_init: float) -> float:
     return p_init / 2 ** sum(rescaled > t for t in HALVING_ITERATIONS)
 
 
-def _visual_window(frames: Tensor, p: float, streams: SampleStreams) -> Tensor:
+def _visual_window(frames: Tensor, p: float, streams: Streams) -> Tensor:
     """``[B, 1, 1, H, W]`` masks: per sample a square of side ``max(1, round(sqrt(p H W)))`` (at most
     ``min(H, W) - 1``) at a random position, the same on every frame of the clip."""
     b, _, _, h, w = frames.shape
@@ -39,7 +39,7 @@ def _visual_window(frames: Tensor, p: float, streams: SampleStreams) -> Tensor:
     return (in_rows[:, :, None] & in_cols[:, None, :]).view(b, 1, 1, h, w)
 
 
-def _audio_window(audio: Tensor, p: float, streams: SampleStreams) -> Tensor:
+def _audio_window(audio: Tensor, p: float, streams: Streams) -> Tensor:
     """``[B, 1, L]`` masks: per sample a contiguous window of ``max(1, round(p L))`` samples at a random place."""
     b, _, length = audio.shape
     size = min(length, max(1, round(p * length)))
@@ -48,7 +48,7 @@ def _audio_window(audio: Tensor, p: float, streams: SampleStreams) -> Tensor:
     return ((positions >= start) & (positions < start + size)).view(b, 1, length)
 
 
-def _set_window(ball: Ball, current: Tensor, inside: Tensor, streams: SampleStreams) -> Tensor:
+def _set_window(ball: Ball, current: Tensor, inside: Tensor, streams: Streams) -> Tensor:
     """``current`` with the window ``inside`` set to ``clean ± radius`` (one random sign per sample and
     channel), projected into the ball and the range.
 
@@ -146,7 +146,7 @@ class Square(Attack):
 
     @staticmethod
     def _candidate(modality: str, ball: Ball | L2Ball, current: Tensor, p: float,
-                   streams: SampleStreams) -> Tensor:
+                   streams: Streams) -> Tensor:
         """A new point from ``current`` with windows of share ``p``: L∞, ``_set_window``; L2, ``square_l2``."""
         if isinstance(ball, L2Ball):
             return square_l2.candidate(ball, current, p, streams)
@@ -154,7 +154,7 @@ class Square(Attack):
         return _set_window(ball, current, inside, streams)
 
     @staticmethod
-    def _initial_point(modality: str, ball: Ball | L2Ball, streams: SampleStreams) -> Tensor:
+    def _initial_point(modality: str, ball: Ball | L2Ball, streams: Streams) -> Tensor:
         if isinstance(ball, L2Ball):
             return square_l2.initial_point(ball, streams)
         clean = ball.clean

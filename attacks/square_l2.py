@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from attacks.regions import L2Ball, per_sample, sample_norms
-from attacks.streams import SampleStreams
+from attacks.streams import Streams
 
 TINY = 1e-12
 
@@ -35,7 +35,7 @@ def _nested(lengths: tuple[int, ...]) -> Tensor:
     return out / out.norm()
 
 
-def pseudo_gaussian(size: int, dims: int, streams: SampleStreams, like: Tensor) -> Tensor:
+def pseudo_gaussian(size: int, dims: int, streams: Streams, like: Tensor) -> Tensor:
     """Per sample a ``size``-long (``dims=1``) or ``size x size`` (``dims=2``) window, ``[B, size(, size)]``:
     nested boxes, positive in the first half along the first axis and negative in the second, unit L2 norm;
     in 2-D transposed with probability 1/2 (a draw per sample), in ``like``'s dtype and on its device."""
@@ -88,7 +88,7 @@ def _onto_sphere(ball: L2Ball, delta: Tensor) -> Tensor:
     return ball.project_(ball.clean + scaled)
 
 
-def initial_point(ball: L2Ball, streams: SampleStreams) -> Tensor:
+def initial_point(ball: L2Ball, streams: Streams) -> Tensor:
     """A tiling of pseudo-Gaussian windows with random signs per sample, channel and window, rescaled to the
     sphere of radius eps. Frames: windows of side ``max(1, H // 5)`` on a grid centred on the frame, the same
     on every frame; waveforms: 25 windows of length ``max(1, L // 25)``, centred likewise."""
@@ -115,7 +115,7 @@ def window_size(p: float, grid: tuple[int, ...]) -> int:
     return min(size, min(grid))
 
 
-def candidate(ball: L2Ball, current: Tensor, p: float, streams: SampleStreams) -> Tensor:
+def candidate(ball: L2Ball, current: Tensor, p: float, streams: Streams) -> Tensor:
     """One L2 Square move from ``current`` (per sample): a new window at a random place (random signs per
     channel, plus the window's old content normalised per block) whose norm per block takes both windows'
     mass and a share of the unused budget, a second random window emptied; the result rescaled onto the

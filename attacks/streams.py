@@ -71,3 +71,42 @@ class SampleStreams:
     def signs(self, shape: Sequence[int], like: Tensor) -> Tensor:
         """±1 with equal probability, ``[B, *shape]``, in ``like``'s dtype and on its device."""
         return self.randint(0, 2, shape, like.device).mul_(2).sub_(1).to(like.dtype)
+
+
+class BatchStream:
+    """One generator, on the inputs' device, drawing for a whole batch at once: what attacks use when they are
+    given neither a seed nor sample ids (e.g. adversarial training's), where no draw is to be repeated and
+    per-sample CPU generators would only cost time. The same interface as ``SampleStreams``; a subset draws
+    from the same generator."""
+
+    def __init__(self, generator: torch.Generator, size: int) -> None:
+        self.generator = generator
+        self.size = size
+
+    @classmethod
+    def seeded(cls, seed: int, size: int, device: torch.device | str) -> BatchStream:
+        return cls(torch.Generator(device=device).manual_seed(seed), size)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def subset(self, index: Tensor) -> BatchStream:
+        return BatchStream(self.generator, index.numel())
+
+    def rand(self, shape: Sequence[int], like: Tensor) -> Tensor:
+        return torch.rand((self.size, *shape), generator=self.generator, dtype=like.dtype,
+                          device=self.generator.device).to(like.device)
+
+    def randn(self, shape: Sequence[int], like: Tensor) -> Tensor:
+        return torch.randn((self.size, *shape), generator=self.generator, dtype=like.dtype,
+                           device=self.generator.device).to(like.device)
+
+    def randint(self, low: int, high: int, shape: Sequence[int], device: torch.device | str) -> Tensor:
+        return torch.randint(low, high, (self.size, *shape), generator=self.generator,
+                             device=self.generator.device).to(device)
+
+    def signs(self, shape: Sequence[int], like: Tensor) -> Tensor:
+        return self.randint(0, 2, shape, like.device).mul_(2).sub_(1).to(like.dtype)
+
+
+Streams = SampleStreams | BatchStream
