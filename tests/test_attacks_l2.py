@@ -427,3 +427,19 @@ def test_l2_attacks_restore_modes_and_run_in_float32(fitted) -> None:
     finally:
         model.eval()
     assert adv_frames.dtype == adv_audio.dtype == torch.float32
+
+
+def test_l2_square_normalises_each_channel_and_frame_of_a_window() -> None:
+    """A window covering the whole frame, over a perturbation that lives in one channel only: as AutoAttack
+    normalises per channel, every (channel, frame) block of the candidate gets the same share of the budget
+    (normalising over the whole clip at once would leave the old channel heavier)."""
+    clean = torch.full((2, 3, 2, 5, 5), 0.5)
+    ball = L2Ball(clean, torch.tensor(0.3), torch.tensor(0.0), VALID_RANGE["visual"])
+    current = clean.clone()
+    current[:, 0] += 0.3 / math.sqrt(50) * torch.linspace(-1, 1, 50).view(1, 2, 5, 5).sign()
+    streams = SampleStreams.seeded(0, range(2))
+    for _ in range(3):
+        candidate = square_l2.candidate(ball, current, 1.0, streams)
+        block_norms = (candidate - clean).pow(2).sum(dim=(3, 4)).sqrt()  # [B, channels, frames]
+        torch.testing.assert_close(block_norms, torch.full_like(block_norms, 0.3 / math.sqrt(6)))
+        current = candidate
