@@ -241,25 +241,28 @@ def main() -> None:
               args.repeats * 5)
     print(f"    loop overhead alone (near-free model): torchattacks {t['torchattacks']}, ours {t['ours']}   "
           f"{t['ours'] / t['torchattacks']}")
-    bench_fab(model, frames, audio, args, torchattacks)
+    bench_fab(frames, args, torchattacks)
 
 
-def bench_fab(model: nn.Module, frames: Tensor, audio: Tensor, args: argparse.Namespace,
-              torchattacks: ModuleType) -> None:
-    """(d) FAB-T visual-only, ours against torchattacks' multi-targeted FAB (AutoAttack's FAB-T): the same
-    steps, every other class as a target, L-inf eps; labels are the model's own predictions, so that every
-    sample is attacked. A third of ``--repeats`` rounds (at least 3): FAB-T costs targets x 2 passes a step."""
+def bench_fab(frames: Tensor, args: argparse.Namespace, torchattacks: ModuleType) -> None:
+    """(d) FAB-T on a visual-only model of the same frame network, ours against torchattacks' multi-targeted FAB
+    (AutoAttack's FAB-T): the same steps, every other class as a target, L-inf eps; labels are the model's own
+    predictions, so that every sample is attacked. A third of ``--repeats`` rounds (at least 3): FAB-T costs
+    targets x 2 passes a step."""
+    model = build_model(args.arch_frame, args.arch_sound, "visual", cls_num=args.classes,
+                        frame_dim=None if args.arch_frame == "resnet18" else args.frame_dim,
+                        sound_dim=args.sound_dim).eval()
     with torch.no_grad():
-        labels = model(frames, audio).logits.argmax(1)
+        labels = model(frames, None).logits.argmax(1)
     ours = FABTargeted(model, ThreatModel.of({"visual": args.eps}, units="pixel"), steps=args.steps,
                        n_target_classes=args.classes - 1)
-    theirs = torchattacks.FAB(FramesOnly(model, audio), norm="Linf", eps=args.eps, steps=args.steps, n_restarts=1,
+    theirs = torchattacks.FAB(FramesOnly(model, None), norm="Linf", eps=args.eps, steps=args.steps, n_restarts=1,
                               multi_targeted=True, n_classes=args.classes)
-    t = timed({"ours": lambda: ours(frames, audio, labels), "torchattacks": lambda: theirs(frames[:, :, 0], labels)},
+    t = timed({"ours": lambda: ours(frames, None, labels), "torchattacks": lambda: theirs(frames[:, :, 0], labels)},
               max(3, args.repeats // 3))
     with torch.no_grad():
-        robust = [(model(x, audio).logits.argmax(1) == labels).sum().item()
-                  for x in (ours(frames, audio, labels)[0], theirs(frames[:, :, 0], labels).unsqueeze(2))]
+        robust = [(model(x, None).logits.argmax(1) == labels).sum().item()
+                  for x in (ours(frames, None, labels)[0], theirs(frames[:, :, 0], labels).unsqueeze(2))]
     print(f"(d) torchattacks FAB-T visual-only ({args.classes - 1} targets, {args.steps} steps): {t['torchattacks']}")
     print(f"    our FAB-T visual-only:        {t['ours']}   {t['ours'] / t['torchattacks']}; "
           f"robust {robust[0]} (ours) vs {robust[1]} (torchattacks) of {labels.numel()}")
