@@ -1,5 +1,5 @@
-"""Multimodal attacks on ``model(frames, audio)``: FGSM, PGD, MIM, APGD, APGD-T and Square (L∞ and L2) on one
-base, the AutoAttack cascade composed of them, all under one ``ThreatModel`` (per-modality or joint L2 budgets,
+"""Multimodal attacks on ``model(frames, audio)``: FGSM, PGD, MIM, APGD, APGD-T, FAB-T and Square (L∞ and L2) on
+one base, the AutoAttack cascades composed of them, all under one ``ThreatModel`` (per-modality or joint L2 budgets,
 loudness-relative audio budgets, per-frame or shared visual perturbations).
 
     attack = build_attack("pgd", model, eps={"visual": 0.006, "audio": 0.006})
@@ -10,6 +10,7 @@ Importing the package registers every attack in ``ATTACKS``.
 from attacks.apgd import APGD, apgd_checkpoints
 from attacks.apgd_targeted import APGDTargeted, target_classes
 from attacks.base import VALID_RANGE, Attack, BestSoFar, Problem, as_model_output, encodes_separately
+from attacks.fab import FABTargeted, hyperplane_step
 from attacks.fgsm import FGSM
 from attacks.losses import LOSSES, LossFn, get_loss, margin, targeted_difference_of_logits_ratio
 from attacks.mim import MIM
@@ -66,6 +67,7 @@ __all__ = [
     "Ball",
     "BestSoFar",
     "EPS_UNITS",
+    "FABTargeted",
     "FGSM",
     "Independent",
     "JointL2Ball",
@@ -87,6 +89,7 @@ __all__ = [
     "build_attack",
     "encodes_separately",
     "get_loss",
+    "hyperplane_step",
     "joint_split",
     "margin",
     "normalized_eps_to_pixel",

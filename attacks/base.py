@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from attacks.losses import NEEDS_FEATURES, LossFn, get_loss
 from attacks.regions import Ball, Independent, JointL2Ball, L2Ball, ModalitySet, Region
+from attacks.streams import BatchStream, SampleStreams, Streams
 from attacks.threat import IMAGENET_STD, MODALITIES, NORMS, ThreatModel
 from models.av_model import AVModel, ModelOutput
 
@@ -100,12 +101,16 @@ class Problem:
     ``ModelOutput``.
 
     ``eot_iter``: every loss, logit and gradient is the mean over that many forward passes (expectation
-    over transformation, for randomised models). ``seed``: the seed of the call's private random generator
-    (random starts, Square's search); None draws one from torch's global generator.
+    over transformation, for randomised models). ``seed`` and ``sample_ids``: every sample draws its random
+    numbers (random starts, Square's search) from its own stream, seeded from ``seed`` and its id
+    (``attacks.streams``), so its result does not depend on its batch; the samples' ids default to their places
+    in the batch. With neither a seed nor ids (e.g. adversarial training), one generator seeded from torch's
+    global one draws for the whole batch on its device.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, labels: Tensor, region: Region | dict[str, ModalitySet],
-                 fixed: dict[str, Tensor | None], *, eot_iter: int = 1, seed: int | None = None) -> None:
+                 fixed: dict[str, Tensor | None], *, eot_iter: int = 1, seed: int | None = None,
+                 sample_ids: Tensor | None = None) -> None:
         self.model = model
         self.loss_fn = loss_fn
         self.labels = labels
@@ -113,18 +118,27 @@ class Problem:
         self.fixed = fixed
         self.eot_iter = eot_iter
         self.seed = seed
-        self._generator: torch.Generator | None = None
+        if sample_ids is not None and sample_ids.shape != labels.shape:
+            raise ValueError(f"sample_ids must have one id per sample, shape {tuple(labels.shape)}; got "
+                             f"{tuple(sample_ids.shape)}")
+        self.sample_ids = sample_ids
+        self._streams: Streams | None = None
         self.separate = encodes_separately(model)
         self.encoded = self._encode_fixed() if self.separate and eot_iter == 1 else None
 
     @property
-    def generator(self) -> torch.Generator:
-        """The call's random generator, on the inputs' device; subsets share it."""
-        if self._generator is None:
+    def streams(self) -> Streams:
+        """The samples' random streams; a subset's are its samples' own (the same generators). Without a seed
+        and without sample ids (nothing to repeat), one generator on the inputs' device draws for the batch."""
+        if self._streams is None:
             seed = self.seed if self.seed is not None else int(torch.randint(2**62, (1,)))
-            device = next(iter(self.region.clean.values())).device
-            self._generator = torch.Generator(device=device).manual_seed(seed)
-        return self._generator
+            if self.seed is None and self.sample_ids is None:
+                device = next(iter(self.region.clean.values())).device
+                self._streams = BatchStream.seeded(seed, self.labels.numel(), device)
+            else:
+                ids = self.sample_ids.tolist() if self.sample_ids is not None else range(self.labels.numel())
+                self._streams = SampleStreams.seeded(seed, ids)
+        return self._streams
 
     @torch.no_grad()
     def _encode_fixed(self) -> dict[str, Any]:
@@ -147,12 +161,13 @@ class Problem:
         part.fixed = _select(self.fixed, index)
         part.encoded = _select(self.encoded, index)
         part.loss_fn = self.loss_fn if loss_fn is None else loss_fn
-        part._generator = self.generator
+        part._streams = self.streams.subset(index)
+        part.sample_ids = None if self.sample_ids is None else self.sample_ids[index]
         return part
 
     def start(self, random: bool = False) -> Inputs:
         """Fresh leaf tensors requiring grad: the clean inputs, or a random point of the region."""
-        x = self.region.random_point(self.generator) if random else {m: v.clone() for m, v in self.region.clean.items()}
+        x = self.region.random_point(self.streams) if random else {m: v.clone() for m, v in self.region.clean.items()}
         return {m: v.requires_grad_() for m, v in x.items()}
 
     def project_(self, x: Inputs) -> Inputs:
@@ -261,7 +276,8 @@ class Attack:
     more than one); each run after the first attacks only the samples no run has fooled yet, and each
     sample keeps its best run (``BestSoFar``), found with one extra forward pass per run.
     ``eot_iter``: losses and gradients are means over that many forward passes (``Problem``).
-    ``seed``: the seed of each call's private random generator; None draws one from torch's global one.
+    ``seed``: with each sample's id, the seed of that sample's random stream (``attacks.streams``); None draws
+    one per call from torch's global generator.
 
     Each attack class describes itself to the registry and the evaluation: ``family`` (``white-box`` or
     ``black-box``), ``uses_loss`` (whether it optimises the loss it is given, or its own objective), the
@@ -352,9 +368,13 @@ class Attack:
         """Whether this attack perturbs ``modality`` (a budget > 0 and a model that uses it)."""
         return self.threat.attacks(modality) and getattr(self.model, f"uses_{modality}", True)
 
-    def __call__(self, frames: Tensor | None, audio: Tensor | None,
-                 labels: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """``(adv_frames, adv_audio)``; an unattacked modality comes back as the tensor passed in."""
+    def __call__(self, frames: Tensor | None, audio: Tensor | None, labels: Tensor,
+                 sample_ids: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """``(adv_frames, adv_audio)``; an unattacked modality comes back as the tensor passed in.
+
+        ``sample_ids`` (``[B]`` integers, e.g. the dataset indices): each sample's random draws come from a
+        stream seeded from ``seed`` and its id, so that a sample gets the same result in any batch; None: the
+        samples' places in this batch."""
         inputs = {"visual": frames, "audio": audio}
         attacked = [m for m in MODALITIES if self.perturbs(m)]
         for m in attacked:
@@ -369,7 +389,7 @@ class Attack:
             self.model.eval()
             try:
                 problem = Problem(self.model, self.loss_fn, labels, region, fixed, eot_iter=self.eot_iter,
-                                  seed=self.seed)
+                                  seed=self.seed, sample_ids=None if sample_ids is None else sample_ids.cpu())
                 adv = self._run_restarts(problem)
             finally:
                 for module, mode in modes:

@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor
 
+from attacks.streams import Streams
+
 Inputs = dict[str, Tensor]
 
 
@@ -88,10 +90,9 @@ class ModalitySet:
             return x.copy_((self.clean + d.clamp(self.low, self.high)).clamp_(lo, hi))
         return x.copy_(torch.where(per_sample(moved, x), self.clean + d, x).clamp_(lo, hi))
 
-    def random_delta(self, generator: torch.Generator) -> Tensor:
-        """Standard normal noise of the perturbation's shape."""
-        shape = self.low.shape
-        return torch.randn(shape, generator=generator, dtype=self.clean.dtype, device=self.clean.device)
+    def random_delta(self, streams: Streams) -> Tensor:
+        """Standard normal noise of the perturbation's shape, each sample's from its own stream."""
+        return streams.randn(self.low.shape[1:], self.clean)
 
     def subset(self, index: Tensor) -> ModalitySet:
         """The same set for the samples ``index`` only."""
@@ -127,9 +128,9 @@ class Ball(ModalitySet):
         lo, hi = self.valid_range
         return x.copy_((self.clean + self.delta(x).clamp(self.lower, self.upper)).clamp_(lo, hi))
 
-    def random_point(self, generator: torch.Generator) -> Tensor:
+    def random_point(self, streams: Streams) -> Tensor:
         """A perturbation drawn uniformly from the ball, clipped into the range."""
-        noise = torch.rand(self.low.shape, generator=generator, dtype=self.clean.dtype, device=self.clean.device)
+        noise = streams.rand(self.low.shape[1:], self.clean)
         return self.project_(self.clean + noise.mul_(2).sub_(1).mul_(self.radius))
 
     def steepest(self, grad: Tensor) -> Tensor:
@@ -167,12 +168,12 @@ class L2Ball(ModalitySet):
         scale = torch.where(outside, self.radius_per_sample / norms.clamp_min(torch.finfo(d.dtype).tiny), 1.0)
         return self.set_delta_(x, d * per_sample(scale, d), outside)
 
-    def random_point(self, generator: torch.Generator) -> Tensor:
+    def random_point(self, streams: Streams) -> Tensor:
         """A perturbation drawn uniformly from the ball (a normal direction, radius ``r U^(1/n)``), clipped
         into the range."""
-        direction = _unit(self.random_delta(generator))
+        direction = _unit(self.random_delta(streams))
         dims = direction[0].numel()
-        u = torch.rand(direction.shape[0], generator=generator, dtype=direction.dtype, device=direction.device)
+        u = streams.rand((), direction)
         d = direction * per_sample(self.radius_per_sample * u.pow(1 / dims), direction)
         return self.project_(self.clean + d)
 
@@ -199,8 +200,8 @@ class Independent:
             ball.project_(x[m])
         return x
 
-    def random_point(self, generator: torch.Generator) -> Inputs:
-        return {m: ball.random_point(generator) for m, ball in self.balls.items()}
+    def random_point(self, streams: Streams) -> Inputs:
+        return {m: ball.random_point(streams) for m, ball in self.balls.items()}
 
     def steepest(self, grads: Inputs) -> Inputs:
         return {m: self.balls[m].steepest(g) for m, g in grads.items()}
@@ -258,17 +259,16 @@ class JointL2Ball:
             self.parts[m].set_delta_(x[m], torch.where(positive, d * per_sample(scale, d), 0.0), moved)
         return x
 
-    def random_point(self, generator: torch.Generator) -> Inputs:
+    def random_point(self, streams: Streams) -> Inputs:
         """A point drawn uniformly from the scaled ball (a normal direction over all modalities, radius
         ``radius U^(1/n)``), clipped into the ranges."""
         noise = {}
         for m, part in self.parts.items():
-            z = part.random_delta(generator)
+            z = part.random_delta(streams)
             noise[m] = torch.where(self._units(m, z)[1], z, 0.0)
         total = torch.stack([sample_norms(z) for z in noise.values()]).pow(2).sum(0).sqrt()
         dims = sum(z[0].numel() for z in noise.values())
-        batch = total.shape[0]
-        u = torch.rand(batch, generator=generator, dtype=total.dtype, device=total.device)
+        u = streams.rand((), total)
         length = self.radius * u.pow(1 / dims) / total.clamp_min(torch.finfo(total.dtype).tiny)
         x = {m: self.parts[m].clean + z * per_sample(length, z) * self._units(m, z)[0] for m, z in noise.items()}
         return self.project_(x)

@@ -29,16 +29,24 @@ REPEAT_OPTIONS = {"restarts": 1, "eot_iter": 1}
 
 @dataclass(frozen=True)
 class Component:
-    """One step of a cascade: recorded as ``<cascade>/<name>``, run with the registered ``attack``."""
+    """One step of a cascade: recorded as ``<cascade>/<name>``, run with the registered ``attack`` and its
+    fixed ``options`` (``(keyword, value)`` pairs that override the flags, e.g. a random start)."""
 
     name: str
     attack: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def label(self) -> str:
+        """``name (`attack`, option=value, ...)`` for tables."""
+        shown = [f"`{self.attack}`"] + [f"{k}={v}" for k, v in self.options]
+        return f"{self.name} ({', '.join(shown)})"
 
 
 @dataclass(frozen=True)
 class Cascade:
     """Attacks run one after another, each on the samples every earlier one left standing (AutoAttack's way).
-    Its components run once each, from the clean input: restarts and random starts are not theirs to take."""
+    Its components run once each: restarts and random starts are not theirs to take from the flags (a
+    component's own ``options`` say whether it starts at a random point)."""
 
     components: tuple[Component, ...]
     description: str
@@ -69,9 +77,18 @@ class CascadeRegistry:
 
 
 CASCADES = CascadeRegistry()
+# AutoAttack's standard version: APGD-CE and APGD-T from a random point of the ball (seeded), FAB-T, Square.
+_RANDOM_START = (("random_start", True),)
 CASCADES.register("autoattack", Cascade(
-    (Component("apgd-ce", "apgd"), Component("apgd-t", "apgd-t"), Component("square", "square")),
-    "AutoAttack (Croce & Hein 2020): APGD-CE, then APGD-T, then Square, each on the samples still standing"))
+    (Component("apgd-ce", "apgd", _RANDOM_START), Component("apgd-t", "apgd-t", _RANDOM_START),
+     Component("fab-t", "fab-t"), Component("square", "square")),
+    "AutoAttack's standard ensemble (Croce & Hein 2020): APGD-CE, APGD-T (both from a random start), FAB-T, "
+    "Square, each on the samples still standing"))
+CASCADES.register("aa-fast", Cascade(
+    (Component("apgd-ce", "apgd", _RANDOM_START), Component("apgd-t", "apgd-t", _RANDOM_START),
+     Component("square", "square")),
+    "AutoAttack without FAB-T: APGD-CE, APGD-T (both from a random start), Square, each on the samples still "
+    "standing"))
 
 
 @dataclass(frozen=True)
@@ -188,7 +205,7 @@ def attack_table_markdown() -> str:
         spec = describe(name)
         objective = "the variant's loss (`--attack_loss`)" if spec.uses_loss and spec.cascade is None else "its own"
         if spec.cascade is not None:
-            flags = "components: " + ", ".join(f"{c.name} (`{c.attack}`)" for c in spec.cascade.components)
+            flags = "components: " + ", ".join(c.label() for c in spec.cascade.components)
             objective = "each component's"
         else:
             flags = ", ".join(f"`--{flag}`" for flag in attack_settings(name).values())

@@ -12,6 +12,7 @@ from attacks.base import Attack, Inputs, Problem
 from attacks.losses import margin
 from attacks.regions import Ball, L2Ball, per_sample
 from attacks.registry import ATTACKS
+from attacks.streams import Streams
 from attacks.threat import IMAGENET_STD, ThreatModel
 
 # Iterations, on a schedule rescaled to 10000 queries, after which the window's share p is halved.
@@ -25,44 +26,40 @@ def square_fraction(iteration: int, queries: int, p_init: float) -> float:
     return p_init / 2 ** sum(rescaled > t for t in HALVING_ITERATIONS)
 
 
-def _random_signs(shape: Sequence[int], generator: torch.Generator, like: Tensor) -> Tensor:
-    """±1 with equal probability, in ``like``'s dtype and device."""
-    bits = torch.randint(0, 2, tuple(shape), generator=generator, device=like.device)
-    return bits.mul_(2).sub_(1).to(like.dtype)
-
-
-def _visual_window(frames: Tensor, p: float, generator: torch.Generator) -> Tensor:
+def _visual_window(frames: Tensor, p: float, streams: Streams) -> Tensor:
     """``[B, 1, 1, H, W]`` masks: per sample a square of side ``max(1, round(sqrt(p H W)))`` (at most
     ``min(H, W) - 1``) at a random position, the same on every frame of the clip."""
     b, _, _, h, w = frames.shape
     side = max(1, min(round(math.sqrt(p * h * w)), min(h, w) - 1))
-    top = torch.randint(h - side + 1, (b, 1), generator=generator, device=frames.device)
-    left = torch.randint(w - side + 1, (b, 1), generator=generator, device=frames.device)
+    top = streams.randint(0, h - side + 1, (1,), frames.device)
+    left = streams.randint(0, w - side + 1, (1,), frames.device)
     rows, cols = torch.arange(h, device=frames.device), torch.arange(w, device=frames.device)
     in_rows = (rows >= top) & (rows < top + side)
     in_cols = (cols >= left) & (cols < left + side)
     return (in_rows[:, :, None] & in_cols[:, None, :]).view(b, 1, 1, h, w)
 
 
-def _audio_window(audio: Tensor, p: float, generator: torch.Generator) -> Tensor:
+def _audio_window(audio: Tensor, p: float, streams: Streams) -> Tensor:
     """``[B, 1, L]`` masks: per sample a contiguous window of ``max(1, round(p L))`` samples at a random place."""
     b, _, length = audio.shape
     size = min(length, max(1, round(p * length)))
-    start = torch.randint(length - size + 1, (b, 1), generator=generator, device=audio.device)
+    start = streams.randint(0, length - size + 1, (1,), audio.device)
     positions = torch.arange(length, device=audio.device)
     return ((positions >= start) & (positions < start + size)).view(b, 1, length)
 
 
-def _set_window(ball: Ball, current: Tensor, inside: Tensor, generator: torch.Generator) -> Tensor:
+def _set_window(ball: Ball, current: Tensor, inside: Tensor, streams: Streams) -> Tensor:
     """``current`` with the window ``inside`` set to ``clean ± radius`` (one random sign per sample and
     channel), projected into the ball and the range.
 
     Where that leaves a sample unchanged (its window already held those values) the signs of a random
-    non-empty set of channels are flipped, as the paper redraws: a window always changes the input.
+    non-empty set of channels are flipped, as the paper redraws: a window always changes the input. Every
+    sample draws its flips whether it needs them or not, so its stream does not depend on the others.
     """
     b, channels = current.shape[:2]
     sign_shape = (b, channels) + (1,) * (current.dim() - 2)
-    signs = _random_signs(sign_shape, generator, current)
+    signs = streams.signs(sign_shape[1:], current)
+    subsets = streams.randint(1, 2**channels, (1,), current.device)
 
     def candidate_for(signs: Tensor) -> Tensor:
         return ball.project_(torch.where(inside, ball.clean + signs * ball.radius, current))
@@ -70,7 +67,6 @@ def _set_window(ball: Ball, current: Tensor, inside: Tensor, generator: torch.Ge
     candidate = candidate_for(signs)
     unchanged = (candidate == current).flatten(1).all(dim=1)
     if unchanged.any():
-        subsets = torch.randint(1, 2**channels, (b, 1), generator=generator, device=current.device)
         flips = (subsets >> torch.arange(channels, device=current.device)) & 1
         flipped = signs * (1 - 2 * flips).to(signs.dtype).view(sign_shape)
         candidate = candidate_for(torch.where(per_sample(unchanged, signs), flipped, signs))
@@ -95,7 +91,7 @@ class Square(Attack):
     is not supported (ValueError); a loudness-relative audio budget (each clip's own ``eps``) and
     ``temporal='shared'`` (one perturbation for every frame) work as in ``Attack``.
 
-    ``seed`` as in ``Attack`` (each call draws from its own generator). The gradient attacks' options
+    ``seed`` as in ``Attack`` (each sample draws from its own stream). The gradient attacks' options
     (steps, alpha, loss, random start) do not apply; ``build_attack`` ignores them, and rejects
     ``restarts`` or ``eot_iter`` above 1. ``queries + 1`` forward passes at most.
     """
@@ -127,9 +123,8 @@ class Square(Attack):
                 f"eps_units='{self.threat.units}', {self._threat_repr()}seed={self.seed})")
 
     def perturb(self, problem: Problem) -> Inputs:
-        generator = problem.generator
         balls = problem.region.balls
-        x = {m: self._initial_point(m, ball, generator) for m, ball in balls.items()}
+        x = {m: self._initial_point(m, ball, problem.streams) for m, ball in balls.items()}
         losses, fooled = problem.evaluate(x)
         for iteration in range(self.queries):
             index = (~fooled).nonzero().squeeze(1)
@@ -139,7 +134,7 @@ class Square(Attack):
             p = square_fraction(iteration, self.queries, self.p_init)
             candidate = {}
             for m, ball in part.region.balls.items():
-                candidate[m] = self._candidate(m, ball, x[m][index], p, generator)
+                candidate[m] = self._candidate(m, ball, x[m][index], p, part.streams)
             candidate_losses, candidate_fooled = part.evaluate(candidate)
             improved = candidate_losses > losses[index]
             rows = index[improved]
@@ -151,17 +146,17 @@ class Square(Attack):
 
     @staticmethod
     def _candidate(modality: str, ball: Ball | L2Ball, current: Tensor, p: float,
-                   generator: torch.Generator) -> Tensor:
+                   streams: Streams) -> Tensor:
         """A new point from ``current`` with windows of share ``p``: L∞, ``_set_window``; L2, ``square_l2``."""
         if isinstance(ball, L2Ball):
-            return square_l2.candidate(ball, current, p, generator)
-        inside = (_visual_window if modality == "visual" else _audio_window)(current, p, generator)
-        return _set_window(ball, current, inside, generator)
+            return square_l2.candidate(ball, current, p, streams)
+        inside = (_visual_window if modality == "visual" else _audio_window)(current, p, streams)
+        return _set_window(ball, current, inside, streams)
 
     @staticmethod
-    def _initial_point(modality: str, ball: Ball | L2Ball, generator: torch.Generator) -> Tensor:
+    def _initial_point(modality: str, ball: Ball | L2Ball, streams: Streams) -> Tensor:
         if isinstance(ball, L2Ball):
-            return square_l2.initial_point(ball, generator)
+            return square_l2.initial_point(ball, streams)
         clean = ball.clean
         shape = (*clean.shape[:2], *[1] * (clean.dim() - 3), clean.shape[-1]) if modality == "visual" else clean.shape
-        return ball.project_(clean + _random_signs(shape, generator, clean) * ball.radius)
+        return ball.project_(clean + streams.signs(shape[1:], clean) * ball.radius)

@@ -5,7 +5,9 @@ The building block is a "pseudo-Gaussian" window: concentric rectangles of weigh
 in one half of the window and negative in the other, of unit L2 norm (on a waveform, the 1-D counterpart:
 nested intervals). A candidate puts a new window (random signs per channel, plus the window's old content)
 at a random place, moves the content of a second random window into it, and rescales the whole
-perturbation onto the sphere of radius eps.
+perturbation onto the sphere of radius eps. As AutoAttack normalises per channel of an image, the window's
+content is normalised per block (one channel of one frame; one waveform), and each modality stays on the
+sphere of its own budget. Each sample's draws come from its own stream (``attacks.streams``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor
 
 from attacks.regions import L2Ball, per_sample, sample_norms
+from attacks.streams import Streams
 
 TINY = 1e-12
 
@@ -32,31 +35,34 @@ def _nested(lengths: tuple[int, ...]) -> Tensor:
     return out / out.norm()
 
 
-def pseudo_gaussian(size: int, dims: int, generator: torch.Generator) -> Tensor:
-    """A ``size``-long (``dims=1``) or ``size x size`` (``dims=2``) window: nested boxes, positive in the first
-    half along the first axis and negative in the second, unit L2 norm; in 2-D transposed with probability
-    1/2."""
+def pseudo_gaussian(size: int, dims: int, streams: Streams, like: Tensor) -> Tensor:
+    """Per sample a ``size``-long (``dims=1``) or ``size x size`` (``dims=2``) window, ``[B, size(, size)]``:
+    nested boxes, positive in the first half along the first axis and negative in the second, unit L2 norm;
+    in 2-D transposed with probability 1/2 (a draw per sample), in ``like``'s dtype and on its device."""
     rest = (size,) * (dims - 1)
     window = torch.cat([_nested((size // 2, *rest)), -_nested((size - size // 2, *rest))])
-    window = window / window.norm()
-    if dims == 2 and torch.rand((), generator=generator, device=generator.device) < 0.5:
-        window = window.T
-    return window
+    window = (window / window.norm()).to(like)
+    windows = window.expand(len(streams), *window.shape)
+    if dims == 2:
+        transpose = streams.rand((), like) < 0.5
+        windows = torch.where(transpose.view(-1, 1, 1), window.T, windows)
+    return windows
 
 
-def _place(window: Tensor, starts: list[Tensor], shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """``window`` (``[s]`` or ``[s, s]``) placed at per-sample ``starts`` (one ``[B]`` tensor per axis) on a grid
-    of ``shape``: ``(values, inside)``, both ``[B, *shape]``."""
-    size = window.shape[0]
+def _place(windows: Tensor, starts: list[Tensor], shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Per-sample ``windows`` (``[B, s]`` or ``[B, s, s]``) placed at per-sample ``starts`` (one ``[B]`` tensor
+    per axis) on a grid of ``shape``: ``(values, inside)``, both ``[B, *shape]``."""
+    size = windows.shape[1]
     batch = starts[0].shape[0]
-    offsets, inside = [], torch.ones(batch, *shape, dtype=torch.bool, device=starts[0].device)
+    rows = torch.arange(batch, device=windows.device).view(batch, *[1] * len(shape))
+    offsets, inside = [], torch.ones(batch, *shape, dtype=torch.bool, device=windows.device)
     for axis, (start, length) in enumerate(zip(starts, shape)):
         view = [batch] + [1] * len(shape)
         view[axis + 1] = length
-        offset = (torch.arange(length, device=start.device) - start[:, None]).view(view)
+        offset = (torch.arange(length, device=windows.device) - start.to(windows.device)[:, None]).view(view)
         inside = inside & (offset >= 0) & (offset < size)
         offsets.append(offset.clamp(0, size - 1))
-    values = window.to(starts[0].device)[tuple(offsets)]
+    values = windows[(rows, *offsets)]
     return values * inside, inside
 
 
@@ -70,11 +76,9 @@ def _view(t: Tensor, delta: Tensor) -> Tensor:
     return t.view(t.shape[0], *[1] * (delta.dim() - t.dim()), *t.shape[1:])
 
 
-def _random_signs(delta: Tensor, generator: torch.Generator) -> Tensor:
-    """One ±1 per sample and channel, broadcasting against ``delta``."""
-    shape = (*delta.shape[:2], *[1] * (delta.dim() - 2))
-    bits = torch.randint(0, 2, shape, generator=generator, device=delta.device)
-    return bits.mul_(2).sub_(1).to(delta.dtype)
+def _block_norms(t: Tensor, dims: int) -> Tensor:
+    """The L2 norm of every block of ``t``: over its last ``dims`` axes (the grid), kept for broadcasting."""
+    return t.pow(2).sum(dim=tuple(range(-dims, 0)), keepdim=True).sqrt()
 
 
 def _onto_sphere(ball: L2Ball, delta: Tensor) -> Tensor:
@@ -84,7 +88,7 @@ def _onto_sphere(ball: L2Ball, delta: Tensor) -> Tensor:
     return ball.project_(ball.clean + scaled)
 
 
-def initial_point(ball: L2Ball, generator: torch.Generator) -> Tensor:
+def initial_point(ball: L2Ball, streams: Streams) -> Tensor:
     """A tiling of pseudo-Gaussian windows with random signs per sample, channel and window, rescaled to the
     sphere of radius eps. Frames: windows of side ``max(1, H // 5)`` on a grid centred on the frame, the same
     on every frame; waveforms: 25 windows of length ``max(1, L // 25)``, centred likewise."""
@@ -93,11 +97,12 @@ def initial_point(ball: L2Ball, generator: torch.Generator) -> Tensor:
     dims = len(grid)
     size = max(1, (grid[0] // 5) if dims == 2 else grid[0] // 25)
     axes = [range((n - (n // size) * size) // 2, n - size + 1, size) for n in grid]
+    sign_shape = (delta.shape[1], *[1] * (delta.dim() - 2))
     for corner in (torch.cartesian_prod(*[torch.tensor(list(a)) for a in axes]).view(-1, dims)):
-        window = pseudo_gaussian(size, dims, generator).to(delta)
+        windows = pseudo_gaussian(size, dims, streams, delta)
         box = tuple(slice(int(c), int(c) + size) for c in corner)
         target = delta[(..., *box)]
-        target += window.view(*[1] * (delta.dim() - dims), *window.shape) * _random_signs(target, generator)
+        target += _view(windows, delta) * streams.signs(sign_shape, delta)
     return _onto_sphere(ball, delta)
 
 
@@ -110,27 +115,29 @@ def window_size(p: float, grid: tuple[int, ...]) -> int:
     return min(size, min(grid))
 
 
-def candidate(ball: L2Ball, current: Tensor, p: float, generator: torch.Generator) -> Tensor:
+def candidate(ball: L2Ball, current: Tensor, p: float, streams: Streams) -> Tensor:
     """One L2 Square move from ``current`` (per sample): a new window at a random place (random signs per
-    channel, plus the window's old content, normalised) whose norm takes both windows' mass and a share of the
-    unused budget, a second random window emptied; the result rescaled onto the sphere of radius eps."""
+    channel, plus the window's old content normalised per block) whose norm per block takes both windows'
+    mass and a share of the unused budget, a second random window emptied; the result rescaled onto the
+    sphere of radius eps."""
     delta = ball.delta(current)
     grid = _grid(delta)
+    dims = len(grid)
     size = window_size(p, grid)
-    batch = delta.shape[0]
+    blocks = delta[0].numel() // math.prod(grid)
 
     def random_starts() -> list[Tensor]:
-        return [torch.randint(n - size + 1, (batch,), generator=generator, device=delta.device) for n in grid]
+        return [streams.randint(0, n - size + 1, (), delta.device) for n in grid]
 
-    window = pseudo_gaussian(size, len(grid), generator).to(delta)
-    pattern, first = _place(window, random_starts(), grid)
-    _, second = _place(window, random_starts(), grid)
+    windows = pseudo_gaussian(size, dims, streams, delta)
+    pattern, first = _place(windows, random_starts(), grid)
+    _, second = _place(windows, random_starts(), grid)
     first, second, pattern = _view(first, delta), _view(second, delta), _view(pattern, delta)
     both = first | second
     radius = ball.radius_per_sample
-    norm_all, norm_first, norm_both = (sample_norms(delta), sample_norms(delta * first),
-                                       sample_norms(delta * both))
-    new = pattern * _random_signs(delta, generator) + delta * first / per_sample(norm_first + TINY, delta)
-    mass = ((radius**2 - norm_all**2).clamp_min(0) / delta.shape[1] + norm_both**2).sqrt()
-    new = new / per_sample(sample_norms(new) + TINY, new) * per_sample(mass, new)
+    norm_all, norm_both = sample_norms(delta), sample_norms(delta * both)
+    signs = streams.signs((delta.shape[1], *[1] * (delta.dim() - 2)), delta)
+    new = pattern * signs + delta * first / (_block_norms(delta * first, dims) + TINY)
+    mass = ((radius**2 - norm_all**2).clamp_min(0) / blocks + norm_both**2).sqrt()
+    new = new / (_block_norms(new, dims) + TINY) * per_sample(mass, new)
     return _onto_sphere(ball, torch.where(both, 0.0, delta) + new)

@@ -1,5 +1,6 @@
 """Attack speed: (a) PGD-k against k x (forward + input-gradient backward), the floor any PGD pays;
-(b) our visual-only PGD against torchattacks' PGD on the same model, batch, eps, alpha and steps.
+(b) our visual-only PGD against torchattacks' PGD on the same model, batch, eps, alpha and steps;
+(d) our FAB-T against torchattacks' (AutoAttack's) FAB-T likewise.
 On an ``AVModel`` a single-modality attack encodes the unattacked modality once per call; (b) also
 times our PGD without that (the model behind a wrapper) and both attack loops on a near-free model.
 
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import main_attack
-from attacks import PGD
+from attacks import PGD, FABTargeted
 from attacks.threat import ThreatModel
 from dataset.loaders import build_dataset, build_loader
 from evaluation.robustness.engine import AttackEngine
@@ -47,8 +48,9 @@ DEMO_RUN = ["--dataset", "synthetic", "--data_root", "data/synthetic", "--ckpt",
 
 def bench_protocol(run_flags: list[str], with_standard: bool) -> None:
     """(c) On a trained run's test split, end to end, side by side: the paper's protocol (FGSM, PGD, MIM x A, V,
-    A+V) against the audio-visual AutoAttack cascade (APGD-CE, APGD-T, Square on the samples still standing),
-    at the run flags' AutoAttack settings (``--apgd_steps`` ... in ``--protocol_run``), then its standard ones."""
+    A+V) against the audio-visual AutoAttack cascades (``aa-fast``: APGD-CE, APGD-T, Square; ``autoattack``: the
+    standard ensemble with FAB-T; each component on the samples still standing), at the run flags' AutoAttack
+    settings (``--apgd_steps`` ... in ``--protocol_run``), then the standard ones."""
     args = main_attack.parse_args(run_flags)
     run_dir = run_dir_of(args)
     if not (run_dir / "classifier_best.pth").is_file():
@@ -58,9 +60,10 @@ def bench_protocol(run_flags: list[str], with_standard: bool) -> None:
     model, _ = load_best(args, info)
     loader = build_loader(build_dataset(args, "test"), args, info, train=False)
     standard = argparse.Namespace(**{**vars(args), "apgd_steps": 100, "apgd_targets": 9, "square_queries": 5000})
+    reduced = f"apgd_steps {args.apgd_steps}, {args.apgd_targets} targets, {args.square_queries} queries"
     contenders = [("FGSM + PGD + MIM", args, ["fgsm", "pgd", "mim"]),
-                  (f"AA (apgd_steps {args.apgd_steps}, {args.apgd_targets} targets, {args.square_queries} queries)",
-                   args, ["autoattack"])]
+                  (f"aa-fast ({reduced})", args, ["aa-fast"]),
+                  (f"AA with FAB-T ({reduced})", args, ["autoattack"])]
     if with_standard:
         contenders.append(("AA standard (100 steps, 9 targets, 5000 queries)", standard, ["autoattack"]))
     baseline = None
@@ -239,6 +242,31 @@ def main() -> None:
               args.repeats * 5)
     print(f"    loop overhead alone (near-free model): torchattacks {t['torchattacks']}, ours {t['ours']}   "
           f"{t['ours'] / t['torchattacks']}")
+    bench_fab(frames, args, torchattacks)
+
+
+def bench_fab(frames: Tensor, args: argparse.Namespace, torchattacks: ModuleType) -> None:
+    """(d) FAB-T on a visual-only model of the same frame network, ours against torchattacks' multi-targeted FAB
+    (AutoAttack's FAB-T): the same steps, every other class as a target, L-inf eps; labels are the model's own
+    predictions, so that every sample is attacked. A third of ``--repeats`` rounds (at least 3): FAB-T costs
+    targets x 2 passes a step."""
+    model = build_model(args.arch_frame, args.arch_sound, "visual", cls_num=args.classes,
+                        frame_dim=None if args.arch_frame == "resnet18" else args.frame_dim,
+                        sound_dim=args.sound_dim).eval()
+    with torch.no_grad():
+        labels = model(frames, None).logits.argmax(1)
+    ours = FABTargeted(model, ThreatModel.of({"visual": args.eps}, units="pixel"), steps=args.steps,
+                       n_target_classes=args.classes - 1)
+    theirs = torchattacks.FAB(FramesOnly(model, None), norm="Linf", eps=args.eps, steps=args.steps, n_restarts=1,
+                              multi_targeted=True, n_classes=args.classes)
+    t = timed({"ours": lambda: ours(frames, None, labels), "torchattacks": lambda: theirs(frames[:, :, 0], labels)},
+              max(3, args.repeats // 3))
+    with torch.no_grad():
+        robust = [(model(x, None).logits.argmax(1) == labels).sum().item()
+                  for x in (ours(frames, None, labels)[0], theirs(frames[:, :, 0], labels).unsqueeze(2))]
+    print(f"(d) torchattacks FAB-T visual-only ({args.classes - 1} targets, {args.steps} steps): {t['torchattacks']}")
+    print(f"    our FAB-T visual-only:        {t['ours']}   {t['ours'] / t['torchattacks']}; "
+          f"robust {robust[0]} (ours) vs {robust[1]} (torchattacks) of {labels.numel()}")
 
 
 if __name__ == "__main__":

@@ -617,7 +617,7 @@ def test_iterative_dlr_attacks_fool_the_model(trained, name: str) -> None:
 
 def test_registry_names_and_the_fsgm_alias(trained) -> None:
     model, (frames, audio, labels) = trained
-    assert ATTACKS.names() == ["apgd", "apgd-t", "fgsm", "fsgm", "mim", "pgd", "square"]
+    assert ATTACKS.names() == ["apgd", "apgd-t", "fab-t", "fgsm", "fsgm", "mim", "pgd", "square"]
     assert ATTACKS.get("fsgm") is FGSM
     eps = {"visual": 0.05, "audio": 0.05}
     got = build_attack("fsgm", model, eps)(frames, audio, labels)
@@ -641,7 +641,7 @@ def test_build_attack_passes_the_options_an_attack_has(trained) -> None:
 
 def test_unknown_names_and_bad_options_raise(trained) -> None:
     model, _ = trained
-    with pytest.raises(ValueError, match="available: apgd, apgd-t, fgsm, fsgm, mim, pgd, square"):
+    with pytest.raises(ValueError, match="available: apgd, apgd-t, fab-t, fgsm, fsgm, mim, pgd, square"):
         build_attack("cw", model, {"visual": 0.1})
     with pytest.raises(ValueError, match="available: ce, ce\\+cos, dlr"):
         build_attack("pgd", model, {"visual": 0.1}, loss="hinge")

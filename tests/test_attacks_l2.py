@@ -21,6 +21,7 @@ from attacks import (
     joint_split,
     square_l2,
 )
+from attacks.streams import SampleStreams
 from attacks.threat import ThreatModel
 from models import AVModel
 from tests.test_attacks import LinearAV
@@ -93,7 +94,7 @@ def test_l2_random_start_lies_in_the_ball() -> None:
     gen = torch.Generator().manual_seed(1)
     clean = torch.rand(8, 1, 64, generator=gen) * 2 - 1
     ball = L2Ball(clean, torch.tensor(0.3), torch.tensor(0.1), VALID_RANGE["audio"])
-    point = ball.random_point(torch.Generator().manual_seed(2))
+    point = ball.random_point(SampleStreams.seeded(2, range(8)))
     assert (norms(point - clean) <= 0.3 * (1 + REL)).all()
     assert norms(point - clean).min() > 0.15  # uniform in 64 dimensions: nearly all the mass is near the sphere
     assert point.min() >= -1 and point.max() <= 1
@@ -200,12 +201,15 @@ def test_l2_square_keeps_its_budgets_and_lowers_accuracy(fitted) -> None:
 
 
 def test_l2_pseudo_gaussian_windows() -> None:
-    gen = torch.Generator().manual_seed(0)
+    streams, like = SampleStreams.seeded(0, range(16)), torch.zeros(())
     for size, dims in ((1, 1), (2, 1), (9, 1), (1, 2), (5, 2), (8, 2)):
-        window = square_l2.pseudo_gaussian(size, dims, gen)
-        assert window.shape == (size,) * dims
-        torch.testing.assert_close(window.norm(), torch.tensor(1.0))
-    window = square_l2.pseudo_gaussian(7, 1, gen)
+        windows = square_l2.pseudo_gaussian(size, dims, streams, like)
+        assert windows.shape == (16,) + (size,) * dims
+        torch.testing.assert_close(windows.flatten(1).norm(dim=1), torch.ones(16))
+    windows = square_l2.pseudo_gaussian(5, 2, streams, like)
+    upright = (windows[:, :2] > 0).flatten(1).all(dim=1)  # else transposed: positive in the first two columns
+    assert upright.any() and (~upright).any() and (windows[~upright, :, :2] > 0).all()
+    window = square_l2.pseudo_gaussian(7, 1, streams, like)[0]
     # 1-D: a positive bump on the first 3 samples peaking in their middle, a negative one on the other 4
     assert (window[:3] > 0).all() and (window[3:] < 0).all()
     assert window[1] > window[0] and window[1] > window[2]
@@ -423,3 +427,19 @@ def test_l2_attacks_restore_modes_and_run_in_float32(fitted) -> None:
     finally:
         model.eval()
     assert adv_frames.dtype == adv_audio.dtype == torch.float32
+
+
+def test_l2_square_normalises_each_channel_and_frame_of_a_window() -> None:
+    """A window covering the whole frame, over a perturbation that lives in one channel only: as AutoAttack
+    normalises per channel, every (channel, frame) block of the candidate gets the same share of the budget
+    (normalising over the whole clip at once would leave the old channel heavier)."""
+    clean = torch.full((2, 3, 2, 5, 5), 0.5)
+    ball = L2Ball(clean, torch.tensor(0.3), torch.tensor(0.0), VALID_RANGE["visual"])
+    current = clean.clone()
+    current[:, 0] += 0.3 / math.sqrt(50) * torch.linspace(-1, 1, 50).view(1, 2, 5, 5).sign()
+    streams = SampleStreams.seeded(0, range(2))
+    for _ in range(3):
+        candidate = square_l2.candidate(ball, current, 1.0, streams)
+        block_norms = (candidate - clean).pow(2).sum(dim=(3, 4)).sqrt()  # [B, channels, frames]
+        torch.testing.assert_close(block_norms, torch.full_like(block_norms, 0.3 / math.sqrt(6)))
+        current = candidate

@@ -122,12 +122,12 @@ def test_cascade_attacks_only_the_samples_still_standing(tmp_path: Path) -> None
                   square_queries=50)
     entry = results["attacks"][0]
     names = [c["component"] for c in entry["components"]]
-    assert names == ["apgd-ce", "apgd-t", "square"]
+    assert names == ["apgd-ce", "apgd-t", "fab-t", "square"]
     # APGD-CE at a large budget fools every sample: the later components get nothing to attack
     assert entry["components"][0]["correct"] == 0 and entry["adv_acc"] == 0.0
     records = load_records(tmp_path / "per_sample.npz")
-    assert [k.component for k in records.keys()] == ["apgd-ce", "apgd-t", "square"]
-    later = [k for k in records.keys() if k.component in ("apgd-t", "square")]
+    assert [k.component for k in records.keys()] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    later = [k for k in records.keys() if k.component in ("apgd-t", "fab-t", "square")]
     assert all((records.column(k) == -1).all() for k in later)
     # per batch of 8: a few checks' passes and APGD-CE's 5 steps; Square's 50 queries never ran
     assert max(seen) == 8 and len(seen) <= 2 * 15

@@ -14,6 +14,7 @@ import arguments
 import main_attack
 from attacks import (
     ATTACKS,
+    CASCADES,
     Attack,
     ThreatModel,
     attack_table_markdown,
@@ -74,7 +75,7 @@ def test_a_new_attack_is_one_class_and_one_line_and_shows_everywhere(noise_attac
     args = main_attack.parse_args(["--dataset", "MUSIC", "--attack_type", noise_attack, "--attack_steps", "3",
                                    "--seed", "7"])
     engine = AttackEngine(torch.nn.Identity(), args, DistInfo(), [Budget(0.0, 0.01)], args.attack_type)
-    attack = engine._build(noise_attack, Budget(0.0, 0.01), None, cascade=False)
+    attack = engine._build(noise_attack, Budget(0.0, 0.01), None, None)
     assert isinstance(attack, UniformNoise) and (attack.steps, attack.seed) == (3, 7)  # the flags it declares
 
 
@@ -82,11 +83,20 @@ def test_the_engine_reads_each_attack_s_own_flags() -> None:
     args = argparse.Namespace(attack_steps=4, attack_alpha=None, apgd_steps=6, apgd_targets=3, random_start=False,
                               restarts=1, eot_iter=1, seed=0, square_queries=11, square_p_init=0.5)
     engine = AttackEngine(torch.nn.Identity(), args, DistInfo(), [Budget(0.0, 0.01)], ["pgd"])
-    built = {name: engine._build(name, Budget(0.0, 0.01), None, cascade=False)
-             for name in ("pgd", "mim", "apgd", "apgd-t", "square")}
+    built = {name: engine._build(name, Budget(0.0, 0.01), None, None)
+             for name in ("pgd", "mim", "apgd", "apgd-t", "fab-t", "square")}
     assert built["pgd"].steps == built["mim"].steps == 4
     assert built["apgd"].steps == built["apgd-t"].steps == 6 and built["apgd-t"].n_target_classes == 3
+    assert (built["fab-t"].steps, built["fab-t"].n_target_classes) == (6, 3)  # AutoAttack's: as APGD-T's
     assert (built["square"].queries, built["square"].p_init) == (11, 0.5)
+    assert not built["apgd"].random_start  # alone, APGD starts where --random_start says
+    # in the cascade, APGD-CE and APGD-T start at a random point of the ball (AutoAttack), never restart
+    args.random_start, args.restarts = False, 3
+    for component in CASCADES.get("autoattack").components:
+        attack = engine._build(component.attack, Budget(0.0, 0.01), None, component)
+        assert attack.restarts == 1
+        if component.attack.startswith("apgd"):
+            assert attack.random_start and attack.seed == 0
 
 
 def test_unknown_attacks_are_errors_never_defaults() -> None:
@@ -102,7 +112,7 @@ def test_attacks_describe_what_they_support() -> None:
     assert unsupported("autoattack", joint) == "'autoattack' does not support L2 joint budgets"
     assert unsupported("apgd", joint) is None and unsupported("aa", num_classes=3) is not None
     assert describe("aa").cascade is not None and [c.name for c in describe("aa").cascade.components] == [
-        "apgd-ce", "apgd-t", "square"]
+        "apgd-ce", "apgd-t", "fab-t", "square"]
     assert describe("square").black_box and not describe("pgd").black_box and not describe("apgd-t").uses_loss
 
 

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from attacks import ATTACKS, CASCADES, LossFn, attack_settings, build_attack, canonical, describe, joint_split
+from attacks.registry import Component
 from attacks.threat import ThreatModel, ThreatSettings
 from dataset.loaders import to_device
 from defenses.protocol import purifying
@@ -58,11 +59,13 @@ class BatchContext:
     labels: Tensor
     clean_out: ModelOutput
     data: dict[str, Any] = field(default_factory=dict)
+    sample_ids: Tensor | None = None  # the dataset indices: each sample's random draws are seeded from its own
 
     def subset(self, idx: Tensor) -> BatchContext:
         data = {k: v[idx] if isinstance(v, Tensor) else v for k, v in self.data.items()}
         out = ModelOutput(*(None if t is None else t[idx] for t in self.clean_out))
-        return BatchContext(self.frames[idx], self.audio[idx], self.labels[idx], out, data)
+        ids = None if self.sample_ids is None else self.sample_ids[idx.cpu()]
+        return BatchContext(self.frames[idx], self.audio[idx], self.labels[idx], out, data, ids)
 
 
 LossFactory = Callable[[BatchContext], "str | LossFn"]
@@ -142,14 +145,16 @@ class AttackEngine:
 
     # ------------------------------------------------------------------------------------------ attacks
 
-    def _build(self, name: str, budget: Budget, loss: str | LossFn | None, cascade: bool) -> Any:
+    def _build(self, name: str, budget: Budget, loss: str | LossFn | None, component: Component | None) -> Any:
         """Registered attack ``name`` under ``budget``, its settings read from the flags it declares. A cascade's
-        components run once each from the clean input (AutoAttack's standard version): no restarts there."""
+        components run once each (AutoAttack's standard version): no restarts, and a random start only where the
+        ``component`` says so."""
         args = self.args
         options = {param: getattr(args, flag, None) for param, flag in attack_settings(name).items()}
-        if cascade:
+        if component is not None:
             options.pop("restarts", None)
             options.pop("random_start", None)
+            options.update(component.options)
         elif args.restarts > 1:
             options.setdefault("restarts", args.restarts)  # an attack without restarts refuses them
         if args.eot_iter > 1:
@@ -170,12 +175,12 @@ class AttackEngine:
             if name == SHIFT:
                 continue
             spec = describe(name)
-            parts = [(f"{name}/{c.name}", c.attack, True) for c in spec.cascade.components] if spec.cascade \
-                else [(name, name, False)]
-            for label, registered, cascade in parts:
+            parts = [(f"{name}/{c.name}", c.attack, c) for c in spec.cascade.components] if spec.cascade \
+                else [(name, name, None)]
+            for label, registered, component in parts:
                 if label in settings:
                     continue
-                built = self._build(registered, budget, None, cascade)
+                built = self._build(registered, budget, None, component)
                 values = {param: getattr(built, param) for param in type(built).settings
                           if param != "alpha" and hasattr(built, param)}  # alpha follows each budget
                 if "n_target_classes" in values:
@@ -188,7 +193,7 @@ class AttackEngine:
         """``attacker`` on ``ctx`` with gradients through the defense as ``variant`` asks; timed under ``key``."""
         start = time.perf_counter()
         with purifying(self.model, variant.purification):
-            adv_frames, adv_audio = attacker(ctx.frames, ctx.audio, ctx.labels)
+            adv_frames, adv_audio = attacker(ctx.frames, ctx.audio, ctx.labels, sample_ids=ctx.sample_ids)
         if self.info.device.type == "cuda":
             torch.cuda.synchronize(self.info.device)
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
@@ -229,7 +234,7 @@ class AttackEngine:
         for variant in self.variants:
             key = RecordKey(attack, budget.key, variant.name)
             loss = variant.loss_for(ctx) if describe(attack).uses_loss else None
-            adv_frames, adv_audio, out = self._attack(key, self._build(attack, budget, loss, False), ctx, variant)
+            adv_frames, adv_audio, out = self._attack(key, self._build(attack, budget, loss, None), ctx, variant)
             self._record(records, key, ctx, everyone, adv_frames, adv_audio, out, ctx.labels.numel(), budget=budget)
             if vis_adv is not None:
                 vis_adv.setdefault((attack, budget, variant.name), (adv_frames, adv_audio, out))
@@ -272,7 +277,7 @@ class AttackEngine:
                vis_adv: dict | None) -> None:
         """``shift`` alone (recorded once), or ``shift+<attack>`` from the worst-shifted audio per variant."""
         everyone = torch.arange(ctx.labels.numel(), device=ctx.labels.device)
-        shifted = BatchContext(ctx.frames, search.audio, ctx.labels, search.out, ctx.data)
+        shifted = BatchContext(ctx.frames, search.audio, ctx.labels, search.out, ctx.data, ctx.sample_ids)
         extra = {"shift_s": search.seconds}
         if attack == SHIFT:
             key = RecordKey(attack, budget.key, self.variants[0].name)
@@ -286,7 +291,7 @@ class AttackEngine:
         for variant in self.variants:
             key = RecordKey(attack, budget.key, variant.name)
             loss = variant.loss_for(shifted) if describe(follow_up).uses_loss else None
-            adv_frames, adv_audio, out = self._attack(key, self._build(follow_up, budget, loss, False), shifted,
+            adv_frames, adv_audio, out = self._attack(key, self._build(follow_up, budget, loss, None), shifted,
                                                      variant)
             undo = shift_fooled & (out.logits.argmax(dim=1) == ctx.labels)  # the shift alone did better
             if undo.any():
@@ -326,7 +331,7 @@ class AttackEngine:
                 continue
             sub = ctx.subset(idx)
             loss = variant.loss_for(sub) if cls.uses_loss else None
-            adv_frames, adv_audio, out = self._attack(key, self._build(component.attack, budget, loss, True), sub,
+            adv_frames, adv_audio, out = self._attack(key, self._build(component.attack, budget, loss, component), sub,
                                                       variant)
             self._record(records, key, sub, idx, adv_frames, adv_audio, out, batch_size, not_run, budget)
             if final is not None:
@@ -369,7 +374,7 @@ class AttackEngine:
             records.add_extra("clean_loss", F.cross_entropy(out.logits.float(), labels, reduction="none").cpu())
             with purifying(self.model, self.variants[0].purification):
                 probe.update(frames, audio, labels, out)
-            ctx = BatchContext(frames, audio, labels, out)
+            ctx = BatchContext(frames, audio, labels, out, sample_ids=batch["index"].cpu())
             if self.observer is not None:
                 for name, values in self.observer.on_clean(ctx, batch).items():
                     records.add_extra(name, values)
