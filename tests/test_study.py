@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.reporting.study import Evaluation, findings, study_table
-from evaluation.robustness.records import Records
+from evaluation.robustness.records import RecordKey, Records
 from evaluation.stats import mcnemar_exact
 
 
@@ -28,7 +28,8 @@ def evaluation(name: str, head: str, clean: np.ndarray, attacked: dict[str, np.n
     entries = [entry(b, *radii[b], int(v.sum()), n, norm) for b, v in attacked.items()]
     records = Records(ids=ids, index=list(range(n)), labels=[0] * n, clean_correct=list(clean))
     for e in entries:
-        records.columns[f"pgd|{e['budget_key']}|default"] = {"correct": attacked[e["budget"]].astype(np.int8)}
+        key = RecordKey("pgd", e["budget_key"], "default")
+        records.columns[key] = {"correct": attacked[e["budget"]].astype(np.int8)}
     results = {"arch_classifier": head, "label": label, "norm": norm, "eps_units": "pixel" if norm == "l2"
                else "normalized", "attack_steps": None, "attack_loss": "ce", "attacks": entries,
                "clean": {"acc": 100.0 * clean.mean(), "n": n, "correct": int(clean.sum())}}
