@@ -43,7 +43,7 @@ from evaluation.robustness.checks import SANITY_ATTACK, SANITY_STEPS, GradientPr
 from evaluation.robustness.protocol import Budget, attack_plan
 from evaluation.robustness.records import RecordKey, Records, perturbation_sizes
 from models.av_model import ModelOutput, feature_cosine
-from utils.distributed import DistInfo, all_reduce_sum
+from utils.distributed import DistInfo, all_gather_list
 
 SHIFT = "shift"  # the misalignment attack; "shift+<attack>" follows it with <attack>
 SHIFT_SEARCH = "shift search"  # the seconds spent choosing each batch's worst shifts
@@ -395,9 +395,14 @@ class AttackEngine:
             if vis_adv is not None:
                 vis += self._vis_samples(batch, ctx, vis_adv, len(vis))
         records.gather(self.info)
-        seconds = {k: all_reduce_sum(torch.tensor(v, dtype=torch.float64), self.info).item() / self.info.world_size
-                   for k, v in self.seconds.items()}
-        return EvaluationRun(records, seconds, probe.summary(self.info), vis)
+        return EvaluationRun(records, self._mean_seconds(), probe.summary(self.info), vis)
+
+    def _mean_seconds(self) -> dict[RecordKey | str, float]:
+        """Seconds per key, averaged over the ranks in one collective: a rank where a cascade component found no
+        survivor never timed it, so the ranks' keys differ and a collective per key would not match up."""
+        parts = all_gather_list([self.seconds], self.info)
+        keys = list(dict.fromkeys(k for part in parts for k in part))
+        return {k: sum(part.get(k, 0.0) for part in parts) / len(parts) for k in keys}
 
     def _vis_samples(self, batch: dict, ctx: BatchContext, vis_adv: dict, have: int) -> list[dict]:
         """The first ``num_vis`` samples of rank 0 with their clean and adversarial inputs (first attack type,
