@@ -115,8 +115,9 @@ class ArgParser:
         g.add_argument("--stft_frame", type=_positive_int, default=1022, help="STFT window of stft / mel encoders")
         g.add_argument("--stft_hop", type=_positive_int, default=256, help="STFT hop of stft / mel encoders")
         g.add_argument("--weights_frame", default="",
-                       help="initial visual weights (--mode train only): 'imagenet' (torchvision download) or a "
-                            "checkpoint path")
+                       help="initial visual weights (--mode train only): 'imagenet' (torchvision download), "
+                            "'simclr' (self-supervised pretraining on the training split's own frames first; "
+                            "--pretrain_epochs, --pretrain_lr; no download) or a checkpoint path")
         g.add_argument("--weights_sound", default="",
                        help="initial audio encoder weights (--mode train only; checkpoint path)")
         g.add_argument("--weights_classifier", default="",
@@ -165,6 +166,14 @@ class ArgParser:
         g.add_argument("--freeze_bn", action="store_true",
                        help="keep BatchNorm statistics fixed while training (small per-GPU batches)")
         g.add_argument("--eval_epoch", type=_positive_int, default=1, help="validate every N epochs")
+        g.add_argument("--pretrain_epochs", type=_positive_int, default=20,
+                       help="--weights_frame simclr: epochs of SimCLR pretraining of the frame encoder")
+        g.add_argument("--pretrain_lr", type=_positive_float, default=1e-3,
+                       help="--weights_frame simclr: AdamW learning rate of that pretraining")
+        g.add_argument("--on_collapse", choices=["warn", "stop", "off"], default="warn",
+                       help="self-supervised heads: after each epoch from the second, when the embeddings all point "
+                            "one way and audio-to-frame retrieval is at chance, print the figures (warn) or also "
+                            "end the training (stop)")
         g.add_argument("--resume", action="store_true",
                        help="continue the run from its 'latest' checkpoint (same run id)")
         return self

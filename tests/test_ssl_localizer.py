@@ -21,7 +21,8 @@ from models import build_model
 from tests.test_localization import PER_SPLIT, model_flags, write_synthetic_root
 from training.checkpoint import load_checkpoint, model_meta
 from training.engine import create_model, run_dir_of
-from training.objectives import CrossEntropy, hard_negative_nce, multiple_instance_nce
+from training.objectives import CrossEntropy
+from training.ssl_losses import hard_negative_nce, multiple_instance_nce
 from utils.distributed import init_distributed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
