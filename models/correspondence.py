@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from models.fusion import FusionHead
 from models.registry import FUSION_HEADS
 
-SSL_LOSSES = ("ezvsl", "lvs", "fnac", "slavc")
+SSL_LOSSES = ("ezvsl", "ezvsl+avc", "lvs", "fnac", "slavc")
 
 
 @FUSION_HEADS.register("ssl")
@@ -112,6 +112,24 @@ class HardNegativeCorrespondenceHead(CorrespondenceHead):
 
     ssl_loss: ClassVar[str] = "lvs"
     default_temperature: ClassVar[float] = 0.07
+
+
+@FUSION_HEADS.register("ssl_avc")
+class GlobalCorrespondenceHead(CorrespondenceHead):
+    """EZ-VSL's multiple-instance objective plus a clip-level audio-visual correspondence term (``ssl_loss =
+    'ezvsl+avc'``): InfoNCE between the audio embedding and the frame's mean location embedding, weighted
+    ``avc_weight``. The hard maximum gives gradient to one location per pair only, so a state where every clip's
+    best location is the same (a corner of the encoder's zero padding) is a fixed point of EZ-VSL's loss; the
+    clip-level term reaches every location and the audio encoder there too."""
+
+    ssl_loss: ClassVar[str] = "ezvsl+avc"
+
+    def __init__(self, dim_v: int, dim_a: int, num_classes: int, embed_dim: int = 128,
+                 temperature: float | None = None, dropout_v: float | None = None, avc_weight: float = 1.0) -> None:
+        super().__init__(dim_v, dim_a, num_classes, embed_dim, temperature, dropout_v)
+        if avc_weight < 0:
+            raise ValueError(f"avc_weight must be >= 0, got {avc_weight}")
+        self.avc_weight = avc_weight
 
 
 @FUSION_HEADS.register("ssl_fnac")

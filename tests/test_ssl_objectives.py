@@ -12,6 +12,7 @@ from training.collapse import CollapseMonitor, collapse_problem
 from training.frame_pretrain import SimCLR, _view_params, augment, nt_xent
 from training.objectives import CrossEntropy
 from training.ssl_losses import (
+    clip_correspondence_nce,
     false_negative_aware_terms,
     hard_negative_nce,
     localization_correspondence_nce,
@@ -28,6 +29,8 @@ def test_heads_carry_the_published_temperatures() -> None:
     temperatures = {head: build_model("smallcnn", "anet", head, cls_num=3, frame_dim=8, sound_dim=8)
                     .net_classifier.temperature for head in ("ssl", "ssl_lvs", "ssl_fnac", "ssl_slavc")}
     assert temperatures == {"ssl": 0.03, "ssl_lvs": 0.07, "ssl_fnac": 0.03, "ssl_slavc": 0.03}
+    assert build_model("smallcnn", "anet", "ssl_avc", cls_num=3, frame_dim=8, sound_dim=8).net_classifier.ssl_loss \
+        == "ezvsl+avc"
 
 
 def test_lower_temperature_sharpens_the_multiple_instance_loss() -> None:
@@ -75,6 +78,23 @@ def test_fnac_terms_spare_a_false_negative() -> None:
     assert false_negative_aware_terms(spared, emb_a, emb_v, 0.03) < false_negative_aware_terms(pushed, emb_a, emb_v,
                                                                                                0.03) - 0.05
     assert multiple_instance_nce(spared, 0.03) > multiple_instance_nce(pushed, 0.03) + 0.3
+
+
+def test_clip_level_term_leaves_the_collapsed_fixed_point() -> None:
+    """The collapsed state: every frame's first location (a padding corner) the same embedding that best matches
+    the (identical) audio of every clip. EZ-VSL's hard maximum then sends gradient to that location only and
+    none to the audio; the clip-level term of ``ssl_avc`` reaches every location and the audio."""
+    torch.manual_seed(0)
+    corner = F.normalize(torch.ones(4), dim=0)
+    emb_v = F.normalize(torch.randn(3, 4, 5), dim=1) * 0.5
+    emb_v[:, :, 0] = corner
+    emb_v.requires_grad_(True)
+    emb_a = corner.expand(3, 4).clone().requires_grad_(True)
+    sims = torch.einsum("ie,jen->ijn", emb_a, emb_v)
+    grad_v, grad_a = torch.autograd.grad(multiple_instance_nce(sims, 0.03), (emb_v, emb_a))
+    assert grad_v[:, :, 1:].abs().max() == 0 and grad_a.abs().max() < 1e-6
+    grad_v, grad_a = torch.autograd.grad(clip_correspondence_nce(emb_a, emb_v, 0.03), (emb_v, emb_a))
+    assert (grad_v[:, :, 1:].abs().sum(dim=1) > 1e-3).all() and grad_a.abs().max() > 1e-3
 
 
 def unit(*rows: list[float]) -> torch.Tensor:

@@ -5,6 +5,7 @@ the detached audio-to-frame similarities ``[B_audio, B_image, N]`` of the head's
 monitor). The similarity tensors hold clip i's audio against every location of clip j's frame; i = j are the pairs.
 
 * ``ezvsl`` (EZ-VSL, Mo & Morgado 2022): multiple-instance InfoNCE, a pair's score its best location;
+* ``ezvsl+avc``: EZ-VSL plus clip-level audio-visual correspondence (InfoNCE on the frame's mean embedding);
 * ``lvs`` (LVS, Chen et al. 2021): soft-thresholded positive region, hard negatives inside the image, and the
   other images' soft-thresholded positive regions as easy negatives;
 * ``fnac`` (FNAC, Sun et al. 2023): EZ-VSL plus false-negative suppression (the cross-modal score matrix pulled
@@ -119,6 +120,22 @@ def _ezvsl(head: nn.Module, out: ModelOutput) -> tuple[Tensor, Tensor]:
     return multiple_instance_nce(sims, head.temperature), sims.detach()
 
 
+def clip_correspondence_nce(emb_a: Tensor, emb_v: Tensor, temperature: float) -> Tensor:
+    """Clip-level InfoNCE in both directions between unit audio embeddings ``[B, E]`` and each frame's mean unit
+    location embedding (``emb_v [B, E, N]``, re-normalised)."""
+    pooled = F.normalize(emb_v.float().mean(dim=2), dim=1)
+    scores = emb_a.float() @ pooled.t() / temperature
+    targets = torch.arange(scores.shape[0], device=scores.device)
+    return 0.5 * (F.cross_entropy(scores, targets) + F.cross_entropy(scores.t(), targets))
+
+
+def _ezvsl_avc(head: nn.Module, out: ModelOutput) -> tuple[Tensor, Tensor]:
+    emb_a, emb_v = head.embed_audio(out.feat_a), head.embed_visual(out.fmap_v)
+    sims = torch.einsum("ie,jen->ijn", emb_a, emb_v)
+    loss = multiple_instance_nce(sims, head.temperature)
+    return loss + head.avc_weight * clip_correspondence_nce(emb_a, emb_v, head.temperature), sims.detach()
+
+
 def _lvs(head: nn.Module, out: ModelOutput) -> tuple[Tensor, Tensor]:
     sims = head.cross_similarity(out.feat_a, out.fmap_v)
     return hard_negative_nce(sims, head.temperature), sims.detach()
@@ -148,4 +165,4 @@ def _slavc(head: nn.Module, out: ModelOutput) -> tuple[Tensor, Tensor]:
 
 
 SSL_OBJECTIVES: dict[str, Callable[[nn.Module, ModelOutput], tuple[Tensor, Tensor]]] = {
-    "ezvsl": _ezvsl, "lvs": _lvs, "fnac": _fnac, "slavc": _slavc}
+    "ezvsl": _ezvsl, "ezvsl+avc": _ezvsl_avc, "lvs": _lvs, "fnac": _fnac, "slavc": _slavc}
