@@ -109,7 +109,7 @@ def model_flags(root: Path, ckpt: Path, head: str, seed: int, args: argparse.Nam
              "--batch_size_per_gpu", "32", "--workers", "0", "--num_epoch", str(args.epochs),
              "--lr_steps", str(args.epochs * 2), "--lr_frame", lr, "--lr_sound", lr, "--lr_classifier", lr,
              "--optimizer", args.optimizer, "--weight_decay", str(args.weight_decay), "--seed", str(seed),
-             "--device", "cpu"]
+             "--id", f"seed{seed}", "--device", "cpu"]
     if args.optimizer == "adamw":
         flags += ["--lr_schedule", "cosine", "--warmup_epochs", "1"]
     return flags
