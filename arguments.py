@@ -108,6 +108,9 @@ class ArgParser:
         g.add_argument("--map_activation", choices=["softmax", "sigmoid"], default=None,
                        help="loc head's localization map: softmax over locations (sums to 1; the default) or "
                             "a sigmoid per location (each in [0, 1])")
+        g.add_argument("--ssl_temperature", type=_positive_float, default=None,
+                       help="self-supervised heads (ssl*): contrastive temperature (default: the head's published "
+                            "one, 0.03 for ssl / ssl_avc / ssl_fnac / ssl_slavc, 0.07 for ssl_lvs); part of the run id")
         g.add_argument("--frame_dim", type=_positive_int, default=None,
                        help="visual feature width of encoders that take one (smallcnn)")
         g.add_argument("--sound_dim", type=_positive_int, default=None,
@@ -406,6 +409,8 @@ def run_id(args: argparse.Namespace) -> str:
     parts += [args.dataset, args.arch_classifier]
     if getattr(args, "map_activation", None) == "sigmoid":
         parts.append("sigmoid")
+    if getattr(args, "ssl_temperature", None) is not None:
+        parts.append(f"t{args.ssl_temperature:g}")
     if args.arch_classifier != "audio":
         parts.append(f"{args.arch_frame}{args.frame_dim or ''}-{args.img_pool}")
     if args.arch_classifier != "visual":

@@ -160,6 +160,17 @@ def test_collapse_detector_flags_identical_embeddings_with_numbers() -> None:
     assert problem is not None and "spread audio 1.000" in problem and "chance 0.125" in problem
 
 
+def test_collapse_detector_flags_a_collapsed_audio_side_alone() -> None:
+    """The frames differ, but every clip's audio is the same vector: every map is a function of the frame alone and
+    retrieval sits at chance."""
+    torch.manual_seed(0)
+    emb_v = F.normalize(torch.randn(8, 16, 5), dim=1)
+    emb_a = F.normalize(torch.ones(8, 16), dim=1)
+    stats = monitor_of(emb_a, emb_v)
+    assert stats["spread_v"] < 0.6 and stats["retrieval"] <= 1 / 8
+    assert collapse_problem(stats) is not None
+
+
 def test_collapse_detector_passes_spread_out_embeddings() -> None:
     torch.manual_seed(0)
     emb_a = F.normalize(torch.randn(8, 16), dim=1)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from utils.distributed import DistInfo, all_reduce_sum
 
-COLLAPSE_SPREAD = 0.9  # both spreads at least this ...
+COLLAPSE_SPREAD = 0.9  # a modality's spread at least this ...
 COLLAPSE_RETRIEVAL_FACTOR = 1.5  # ... and retrieval at most this times chance: collapsed
 COLLAPSE_ACTIONS = ("warn", "stop", "off")
 
@@ -56,7 +56,7 @@ class CollapseMonitor:
 
 def collapse_problem(stats: dict[str, float]) -> str | None:
     """A one-line diagnosis with the numbers when ``stats`` (``CollapseMonitor.summary``) say collapsed, else None."""
-    spread = min(stats["spread_a"], stats["spread_v"])
+    spread = max(stats["spread_a"], stats["spread_v"])
     if spread < COLLAPSE_SPREAD or stats["retrieval"] > COLLAPSE_RETRIEVAL_FACTOR * stats["retrieval_chance"]:
         return None
     return (f"the self-supervised training collapsed: embedding spread audio {stats['spread_a']:.3f}, visual "
