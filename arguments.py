@@ -116,6 +116,9 @@ class ArgParser:
         g.add_argument("--map_activation", choices=["softmax", "sigmoid"], default=None,
                        help="loc head's localization map: softmax over locations (sums to 1; the default) or "
                             "a sigmoid per location (each in [0, 1])")
+        g.add_argument("--ssl_temperature", type=_positive_float, default=None,
+                       help="self-supervised heads (ssl*): contrastive temperature (default: the head's published "
+                            "one, 0.03 for ssl / ssl_avc / ssl_fnac / ssl_slavc, 0.07 for ssl_lvs); part of the run id")
         g.add_argument("--frame_dim", type=_positive_int, default=None,
                        help="visual feature width of encoders that take one (smallcnn)")
         g.add_argument("--sound_dim", type=_positive_int, default=None,
@@ -123,8 +126,9 @@ class ArgParser:
         g.add_argument("--stft_frame", type=_positive_int, default=1022, help="STFT window of stft / mel encoders")
         g.add_argument("--stft_hop", type=_positive_int, default=256, help="STFT hop of stft / mel encoders")
         g.add_argument("--weights_frame", default="",
-                       help="initial visual weights (--mode train only): 'imagenet' (torchvision download) or a "
-                            "checkpoint path")
+                       help="initial visual weights (--mode train only): 'imagenet' (torchvision download), "
+                            "'simclr' (self-supervised pretraining on the training split's own frames first; "
+                            "--pretrain_epochs, --pretrain_lr; no download) or a checkpoint path")
         g.add_argument("--weights_sound", default="",
                        help="initial audio encoder weights (--mode train only; checkpoint path)")
         g.add_argument("--weights_classifier", default="",
@@ -185,6 +189,14 @@ class ArgParser:
         g.add_argument("--freeze_bn", action="store_true",
                        help="keep BatchNorm statistics fixed while training (small per-GPU batches)")
         g.add_argument("--eval_epoch", type=_positive_int, default=1, help="validate every N epochs")
+        g.add_argument("--pretrain_epochs", type=_positive_int, default=20,
+                       help="--weights_frame simclr: epochs of SimCLR pretraining of the frame encoder")
+        g.add_argument("--pretrain_lr", type=_positive_float, default=1e-3,
+                       help="--weights_frame simclr: AdamW learning rate of that pretraining")
+        g.add_argument("--on_collapse", choices=["warn", "stop", "off"], default="warn",
+                       help="self-supervised heads: after each epoch from the second, when the embeddings all point "
+                            "one way and audio-to-frame retrieval is at chance, print the figures (warn) or also "
+                            "end the training (stop)")
         g.add_argument("--resume", action="store_true",
                        help="continue the run from its 'latest' checkpoint (same run id)")
         return self
@@ -410,6 +422,8 @@ def run_id(args: argparse.Namespace) -> str:
     parts += [args.dataset, args.arch_classifier]
     if getattr(args, "map_activation", None) == "sigmoid":
         parts.append("sigmoid")
+    if getattr(args, "ssl_temperature", None) is not None:
+        parts.append(f"t{args.ssl_temperature:g}")
     if args.arch_classifier != "audio":
         parts.append(f"{args.arch_frame}{args.frame_dim or ''}-{args.img_pool}")
     if args.arch_classifier != "visual":

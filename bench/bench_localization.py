@@ -9,11 +9,12 @@
 
 Clips are rendered straight into the SoP layout (JPEG frames and wav; no video encoding, so no codec artefacts),
 split per class into train / val / test, each model is trained by ``main_attack.py --mode train`` and its last
-epoch evaluated clean by ``main_localization.py --boxes`` (LVS cIoU). Prints, per dataset, the clean accuracy,
-pointing, cIoU@0.5, mean cIoU and AUC of each model, the centre prior and the random map, and whether the model
-beats the centre prior (exact McNemar test on per-sample pointing and cIoU@0.5).
+epoch evaluated clean by ``main_localization.py --boxes`` (LVS cIoU), once per training seed (``--train_seeds``).
+Prints, per dataset, each model's clean accuracy, pointing (pooled over seeds and clips, Wilson interval; and per
+seed), mean cIoU and AUC (bootstrap intervals over clips) next to the centre prior's, and whether the model beats
+the centre prior in pointing (exact McNemar test on the pooled per-sample pairs).
 
-    python bench/bench_localization.py --out /tmp/bench_loc            (a few minutes on 2 CPU cores)
+    python bench/bench_localization.py --out /tmp/bench_loc --threads 1      (about 20 minutes on a busy 2-core CPU)
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ import main_localization  # noqa: E402
 from dataset.generators import shapes, synthetic  # noqa: E402
 from dataset.layout import audio_relpath, frame_name, frames_relpath  # noqa: E402
 from evaluation.eval_dir import eval_folder_of  # noqa: E402
-from evaluation.stats import format_fraction  # noqa: E402
+from evaluation.localization.metrics import auc  # noqa: E402
+from evaluation.stats import format_fraction, mcnemar_exact  # noqa: E402
 from training.engine import run_dir_of  # noqa: E402
 
 AUDIO_RATE = 11025
@@ -100,40 +102,79 @@ def build_dataset_root(root: Path, name: str, args: argparse.Namespace) -> Path:
     return boxes
 
 
-def model_flags(root: Path, ckpt: Path, head: str, args: argparse.Namespace) -> list[str]:
+def model_flags(root: Path, ckpt: Path, head: str, seed: int, args: argparse.Namespace) -> list[str]:
     lr = str(args.lr)
-    return ["--dataset", "synthetic", "--data_root", str(root), "--ckpt", str(ckpt), "--arch_classifier", head,
-            "--arch_frame", args.arch_frame, "--frame_dim", "32", "--arch_sound", "anet", "--sound_dim", "32",
-            "--imgSize", str(args.img_size), "--audLen", "8192", "--audRate", str(AUDIO_RATE),
-            "--batch_size_per_gpu", "32", "--workers", "0", "--num_epoch", str(args.epochs),
-            "--lr_steps", str(args.epochs * 2), "--lr_frame", lr, "--lr_sound", lr, "--lr_classifier", lr,
-            "--seed", str(args.seed), "--device", "cpu"]
+    flags = ["--dataset", "synthetic", "--data_root", str(root), "--ckpt", str(ckpt), "--arch_classifier", head,
+             "--arch_frame", args.arch_frame, "--frame_dim", "32", "--arch_sound", "anet", "--sound_dim", "32",
+             "--imgSize", str(args.img_size), "--audLen", "8192", "--audRate", str(AUDIO_RATE),
+             "--batch_size_per_gpu", "32", "--workers", "0", "--num_epoch", str(args.epochs),
+             "--lr_steps", str(args.epochs * 2), "--lr_frame", lr, "--lr_sound", lr, "--lr_classifier", lr,
+             "--optimizer", args.optimizer, "--weight_decay", str(args.weight_decay), "--seed", str(seed),
+             "--id", f"seed{seed}", "--device", "cpu"]
+    if args.optimizer == "adamw":
+        flags += ["--lr_schedule", "cosine", "--warmup_epochs", "1"]
+    return flags
 
 
-def train_and_localize(root: Path, boxes: Path, head: str, args: argparse.Namespace) -> tuple[dict, float]:
-    flags = model_flags(root, Path(args.out) / "ckpt" / root.name, head, args)
+def per_sample(evaluation: Path) -> dict[str, np.ndarray]:
+    """The clean evaluation's per-sample pointing and cIoU of the model and the centre prior, boxed samples only,
+    in dataset order (so the seeds' runs line up sample by sample)."""
+    data = np.load(evaluation / "per_sample.npz")
+    order = np.argsort(data["index"])
+    boxed = data["extra/has_box"][order].astype(bool)
+    return {name: data[f"extra/{name}"][order][boxed] for name in
+            ("clean_pointing", "clean_ciou", "prior_pointing", "prior_ciou")}
+
+
+def train_and_localize(root: Path, boxes: Path, head: str, seed: int,
+                       args: argparse.Namespace) -> tuple[dict, dict[str, np.ndarray], float]:
+    flags = model_flags(root, Path(args.out) / "ckpt" / root.name, head, seed, args)
+    init = ["--weights_frame", "simclr", "--pretrain_epochs", str(args.pretrain_epochs)] \
+        if args.frame_init == "simclr" else []
     start = time.time()
-    main_attack.main(["--mode", "train", "--overwrite", *flags])  # a rerun measures again from scratch
+    main_attack.main(["--mode", "train", "--overwrite", *flags, *init])  # a rerun measures again from scratch
     evaluation = [*flags, "--boxes", str(boxes), "--attack_type", "none", "--num_vis", "0", "--checkpoint", "latest"]
     main_localization.main(evaluation)
     out = eval_folder_of(Path(run_dir_of(main_attack.parse_args(flags))), "localization",
                          main_localization.parse_args(evaluation))
-    return json.loads((out / "loc_results.json").read_text()), time.time() - start
+    return json.loads((out / "loc_results.json").read_text()), per_sample(out), time.time() - start
 
 
-def row(name: str, values: dict, num_boxed: int, verdict: str = "", seconds: str = "") -> str:
-    acc = f"{values['acc']:.1f}" if "acc" in values else ""
-    return (f"| {name} | {acc} | {format_fraction(values['pointing_hits'], num_boxed)} | "
-            f"{format_fraction(values['ciou_hits'], num_boxed)} | {values['miou']:.3f} | {values['auc']:.3f} | "
-            f"{verdict} | {seconds} |")
+def bootstrap_interval(cious: np.ndarray, statistic: Callable[[np.ndarray], float], seed: int = 0,
+                       resamples: int = 1000) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of ``statistic`` over the test clips (``cious [seeds, clips]``: clips are
+    resampled, every seed's value of a drawn clip kept)."""
+    rng = np.random.default_rng(seed)
+    clips = cious.shape[1]
+    values = [statistic(cious[:, rng.integers(0, clips, clips)]) for _ in range(resamples)]
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
-def verdict(results: dict) -> str:
-    parts = []
-    for metric, title in (("pointing", "pointing"), ("ciou", "cIoU@0.5")):
-        test = results["vs_prior"][metric]
-        parts.append(f"{title}: {'yes' if test['beats'] else 'no'} (p = {test['p_value']:.2g})")
-    return "; ".join(parts)
+def mean_ciou(cious: np.ndarray) -> float:
+    return float(cious.mean())
+
+
+def pooled_auc(cious: np.ndarray) -> float:
+    return auc(cious.ravel())
+
+
+def summary_row(name: str, pointing: np.ndarray, cious: np.ndarray, prior_pointing: np.ndarray | None = None,
+                acc: str = "", seconds: str = "") -> str:
+    """One table row over every seed: pointing (pooled over seeds x clips, Wilson interval), mean cIoU and AUC (with
+    bootstrap intervals over clips), and against the centre prior the exact McNemar test on the pooled pairs."""
+    hits, n = int(pointing.sum()), pointing.size
+    low, high = bootstrap_interval(cious, mean_ciou)
+    auc_low, auc_high = bootstrap_interval(cious, pooled_auc)
+    per_seed = " / ".join(f"{row.mean():.2f}" for row in pointing) if pointing.shape[0] > 1 else ""
+    verdict = ""
+    if prior_pointing is not None:
+        test = mcnemar_exact(pointing.ravel(), prior_pointing.ravel())
+        better = pointing.mean() > prior_pointing.mean()
+        verdict = (f"{'yes' if better and test.p_value < 0.05 else 'no'}"
+                   f"{', worse' if not better and test.p_value < 0.05 else ''} (p = {test.p_value:.2g})")
+    return (f"| {name} | {acc} | {format_fraction(hits, n)} | {per_seed} | {mean_ciou(cious):.3f} "
+            f"[{low:.3f}, {high:.3f}] | {pooled_auc(cious):.3f} [{auc_low:.3f}, {auc_high:.3f}] | {verdict} | "
+            f"{seconds} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,29 +197,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arch_frame", choices=["smallcnn", "poolcnn"], default="smallcnn",
                         help="frame encoder (32-d): smallcnn (31 px receptive field) or poolcnn (77 px)")
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate of every module")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="adamw",
+                        help="sgd (step schedule, no decay step inside the run) or adamw (cosine, 1 warm-up epoch)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="learning rate of every module")
+    parser.add_argument("--weight_decay", type=float, default=0.01)
+    parser.add_argument("--frame_init", choices=["scratch", "simclr"], default="scratch",
+                        help="frame encoder start: random, or SimCLR pretraining on the training frames "
+                             "(--weights_frame simclr)")
+    parser.add_argument("--pretrain_epochs", type=int, default=20, help="--frame_init simclr: its epochs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated datasets")
+    parser.add_argument("--train_seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="training seeds; the figures pool every seed's per-sample outcomes")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args(argv)
     if not (args.train > 0 and args.val > 0 and args.train + args.val < args.per_class):
         parser.error("--train and --val must be > 0 and leave test clips in --per_class")
     torch.set_num_threads(args.threads)
     report = []
+    seeds = len(args.train_seeds)
     for name in args.datasets:
         root = Path(args.out) / name
         root.mkdir(parents=True, exist_ok=True)
         boxes = build_dataset_root(root, name, args)
-        lines = [f"### {name}", "", "| map | clean acc (%) | pointing | cIoU@0.5 | mean cIoU | AUC | beats the centre "
-                 "prior (exact McNemar) | train + eval (s) |", "|---" * 8 + "|"]
-        baselines = None
+        lines = [f"### {name}", "", "| map | clean acc (%) | pointing | pointing per seed | mean cIoU | AUC | beats "
+                 "the centre prior in pointing (exact McNemar) | train + eval (s) |", "|---" * 8 + "|"]
+        prior = None
         for head in args.heads:
-            results, seconds = train_and_localize(root, boxes, head, args)
-            lines.append(row(head, results["clean"], results["num_boxed"], verdict(results), f"{seconds:.0f}"))
-            baselines = results
-        lines += [row("centre prior", baselines["center_prior"], baselines["num_boxed"]),
-                  row("random map", baselines["random_map"], baselines["num_boxed"]), "",
-                  f"{baselines['num_boxed']} test clips with a box; input {args.img_size} px, map "
-                  f"{'x'.join(map(str, baselines['map_size']))}; cIoU in the LVS convention.", ""]
+            runs = [train_and_localize(root, boxes, head, seed, args) for seed in args.train_seeds]
+            samples = [r[1] for r in runs]
+            prior = samples[0]
+            acc = f"{np.mean([r[0]['clean']['acc'] for r in runs]):.1f}"
+            lines.append(summary_row(head, np.stack([s["clean_pointing"] for s in samples]),
+                                     np.stack([s["clean_ciou"] for s in samples]),
+                                     np.tile(prior["prior_pointing"], (seeds, 1)), acc,
+                                     f"{sum(r[2] for r in runs):.0f}"))
+        lines += [summary_row("centre prior", prior["prior_pointing"][None], prior["prior_ciou"][None]), "",
+                  f"{prior['prior_pointing'].size} test clips with a box, {seeds} training seed(s) "
+                  f"({' '.join(map(str, args.train_seeds))}): pointing pooled over seeds x clips with a Wilson 95 % "
+                  "interval, mean cIoU and AUC (LVS convention) with 95 % bootstrap intervals over the clips.", ""]
         report += lines
         print("\n".join(lines), flush=True)
     print("\n".join(["", "## bench_localization: " + " ".join(sys.argv[1:] if argv is None else argv), ""] + report))

@@ -10,10 +10,15 @@ negatives):
   (audio, image) pair is the maximum over the image's locations of their similarity, InfoNCE in both
   directions (audio to images, image to audios);
 * ``ssl_lvs``: LVS (Chen et al., CVPR 2021): the paired image's locations above a similarity threshold are the
-  positive, those below a lower one hard negatives inside the image; the other images are easy negatives.
+  positive, those below a lower one hard negatives inside the image; the other images' locations above the
+  threshold are easy negatives;
+* ``ssl_fnac``: FNAC (Sun et al., CVPR 2023): EZ-VSL plus false-negative-aware terms that pull the cross-modal
+  score matrix towards the within-modality similarities (dropout on the visual features, as FNAC and SLAVC);
+* ``ssl_slavc``: SLAVC (Mo & Morgado, NeurIPS 2022): two projections per modality (localization and
+  correspondence), dropout on the visual features and momentum (EMA) target projections for the other modality.
 
-The two differ only in that objective (a head attribute, ``ssl_loss``), so they are two registered names: each
-gets its own run folder and checkpoint check.
+They differ in that objective (a head attribute, ``ssl_loss``) and their temperature, so they are registered
+names: each gets its own run folder and checkpoint check.
 
 Logits, so that the class attacks, the training loop's accuracy and the defense keep working, come from a
 linear probe on the concatenated pooled embeddings ``[feat_v, feat_a]``. The objective trains the probe with
@@ -23,6 +28,7 @@ differentiable function of the inputs.
 """
 from __future__ import annotations
 
+import copy
 from typing import ClassVar
 
 import torch
@@ -32,7 +38,7 @@ from torch import Tensor, nn
 from models.fusion import FusionHead
 from models.registry import FUSION_HEADS
 
-SSL_LOSSES = ("ezvsl", "lvs")
+SSL_LOSSES = ("ezvsl", "ezvsl+avc", "lvs", "fnac", "slavc")
 
 
 @FUSION_HEADS.register("ssl")
@@ -48,21 +54,28 @@ class CorrespondenceHead(FusionHead):
     needs_fmap: ClassVar[bool] = True
     self_supervised: ClassVar[bool] = True
     ssl_loss: ClassVar[str] = "ezvsl"
+    default_temperature: ClassVar[float] = 0.03  # EZ-VSL's
+    default_dropout_v: ClassVar[float] = 0.0
 
     def __init__(self, dim_v: int, dim_a: int, num_classes: int, embed_dim: int = 128,
-                 temperature: float = 0.07) -> None:
+                 temperature: float | None = None, dropout_v: float | None = None) -> None:
         super().__init__(dim_v, dim_a, num_classes)
+        temperature = self.default_temperature if temperature is None else temperature
+        dropout_v = self.default_dropout_v if dropout_v is None else dropout_v
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0 <= dropout_v < 1:
+            raise ValueError(f"dropout_v must be in [0, 1), got {dropout_v}")
         self.proj_v = nn.Conv2d(dim_v, embed_dim, kernel_size=1)
         self.proj_a = nn.Linear(dim_a, embed_dim)
         self.probe = nn.Linear(dim_v + dim_a, num_classes)
+        self.drop_v = nn.Dropout(dropout_v)  # on the feature map before projection; off in eval mode
         self.temperature = temperature
         self.last_map: Tensor | None = None
 
     def embed_visual(self, fmap_v: Tensor) -> Tensor:
         """``[B, E, h*w]``: every location projected and L2-normalised."""
-        return F.normalize(self.proj_v(fmap_v).flatten(2), dim=1)
+        return F.normalize(self.proj_v(self.drop_v(fmap_v)).flatten(2), dim=1)
 
     def embed_audio(self, feat_a: Tensor) -> Tensor:
         """``[B, E]``: the projected, L2-normalised audio embedding."""
@@ -94,6 +107,101 @@ class CorrespondenceHead(FusionHead):
 
 @FUSION_HEADS.register("ssl_lvs")
 class HardNegativeCorrespondenceHead(CorrespondenceHead):
-    """The correspondence head trained with LVS's hard negatives inside the image (``ssl_loss = 'lvs'``)."""
+    """The correspondence head trained with LVS's hard negatives inside the image (``ssl_loss = 'lvs'``), at
+    LVS's logit temperature 0.07."""
 
     ssl_loss: ClassVar[str] = "lvs"
+    default_temperature: ClassVar[float] = 0.07
+
+
+@FUSION_HEADS.register("ssl_avc")
+class GlobalCorrespondenceHead(CorrespondenceHead):
+    """EZ-VSL's multiple-instance objective plus a clip-level audio-visual correspondence term (``ssl_loss =
+    'ezvsl+avc'``): InfoNCE between the audio embedding and the frame's mean location embedding, weighted
+    ``avc_weight``. The hard maximum gives gradient to one location per pair only, so a state where every clip's
+    best location is the same (a corner of the encoder's zero padding) is a fixed point of EZ-VSL's loss; the
+    clip-level term reaches every location and the audio encoder there too."""
+
+    ssl_loss: ClassVar[str] = "ezvsl+avc"
+
+    def __init__(self, dim_v: int, dim_a: int, num_classes: int, embed_dim: int = 128,
+                 temperature: float | None = None, dropout_v: float | None = None, avc_weight: float = 1.0) -> None:
+        super().__init__(dim_v, dim_a, num_classes, embed_dim, temperature, dropout_v)
+        if avc_weight < 0:
+            raise ValueError(f"avc_weight must be >= 0, got {avc_weight}")
+        self.avc_weight = avc_weight
+
+
+@FUSION_HEADS.register("ssl_fnac")
+class FalseNegativeAwareHead(CorrespondenceHead):
+    """The correspondence head trained with FNAC's objective (``ssl_loss = 'fnac'``): EZ-VSL's plus three
+    L1 terms between row-softmaxed score matrices (weights ``fnac_weight``, 100 in FNAC's scripts), and dropout
+    0.9 on the visual feature map during training (FNAC's scripts, after SLAVC)."""
+
+    ssl_loss: ClassVar[str] = "fnac"
+    default_dropout_v: ClassVar[float] = 0.9
+
+    def __init__(self, dim_v: int, dim_a: int, num_classes: int, embed_dim: int = 128,
+                 temperature: float | None = None, dropout_v: float | None = None,
+                 fnac_weight: float = 100.0) -> None:
+        super().__init__(dim_v, dim_a, num_classes, embed_dim, temperature, dropout_v)
+        if fnac_weight < 0:
+            raise ValueError(f"fnac_weight must be >= 0, got {fnac_weight}")
+        self.fnac_weight = fnac_weight
+
+
+@FUSION_HEADS.register("ssl_slavc")
+class MomentumCorrespondenceHead(CorrespondenceHead):
+    """SLAVC's head (``ssl_loss = 'slavc'``): a localization projection (``proj_v`` / ``proj_a``) and a
+    correspondence projection (``proj_v2`` / ``proj_a2``) per modality, dropout on the visual feature map, and
+    for each projection a momentum target: an exponential moving average (``momentum``) of its weights that gets
+    no gradient and gives the other modality's targets. The map is the mean of the two projections'
+    similarities (online weights), as SLAVC's.
+
+    SLAVC also keeps momentum copies of the two encoders; here the targets share the online encoders (their
+    features detached), so a checkpoint holds one copy of each encoder.
+    """
+
+    ssl_loss: ClassVar[str] = "slavc"
+    default_dropout_v: ClassVar[float] = 0.9
+    ONLINE: ClassVar[tuple[str, ...]] = ("proj_v", "proj_a", "proj_v2", "proj_a2")
+
+    def __init__(self, dim_v: int, dim_a: int, num_classes: int, embed_dim: int = 128,
+                 temperature: float | None = None, dropout_v: float | None = None,
+                 momentum: float = 0.999) -> None:
+        super().__init__(dim_v, dim_a, num_classes, embed_dim, temperature, dropout_v)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.proj_v2 = nn.Conv2d(dim_v, embed_dim, kernel_size=1)
+        self.proj_a2 = nn.Linear(dim_a, embed_dim)
+        self.momentum = momentum
+        self.target = nn.ModuleDict({name: copy.deepcopy(getattr(self, name)) for name in self.ONLINE})
+        for param in self.target.parameters():
+            param.requires_grad_(False)
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        """One EMA step of every target projection towards its online one."""
+        for name in self.ONLINE:
+            for target, online in zip(self.target[name].parameters(), getattr(self, name).parameters()):
+                target.mul_(self.momentum).add_(online.detach(), alpha=1 - self.momentum)
+
+    def embeddings(self, feat_a: Tensor, fmap_v: Tensor, target: bool = False) -> tuple[Tensor, ...]:
+        """``(v1 [B, E, N], v2 [B, E, N], a1 [B, E], a2 [B, E])`` of the online (or target) projections; the
+        targets see detached features and give no gradient."""
+        nets = self.target if target else {name: getattr(self, name) for name in self.ONLINE}
+        if target:
+            feat_a, fmap_v = feat_a.detach(), fmap_v.detach()
+        fmap_v = self.drop_v(fmap_v)
+        v1, v2 = (F.normalize(nets[n](fmap_v).flatten(2), dim=1) for n in ("proj_v", "proj_v2"))
+        a1, a2 = (F.normalize(nets[n](feat_a), dim=1) for n in ("proj_a", "proj_a2"))
+        return v1, v2, a1, a2
+
+    def similarity(self, feat_a: Tensor, fmap_v: Tensor) -> Tensor:
+        """The mean of the two projections' cosine similarities ``[B, h, w]`` (online weights)."""
+        b, _, h, w = fmap_v.shape
+        v1 = F.normalize(self.proj_v(fmap_v).flatten(2), dim=1)
+        v2 = F.normalize(self.proj_v2(fmap_v).flatten(2), dim=1)
+        a1, a2 = F.normalize(self.proj_a(feat_a), dim=1), F.normalize(self.proj_a2(feat_a), dim=1)
+        sim = 0.5 * (torch.einsum("be,ben->bn", a1, v1) + torch.einsum("be,ben->bn", a2, v2))
+        return sim.reshape(b, h, w)

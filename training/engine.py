@@ -41,12 +41,16 @@ from training.checkpoint import (
     save_checkpoint,
     train_state_path,
 )
-from training.objectives import Autocast, CrossEntropy, Objective, full_precision
+from training.collapse import TrainingCollapsed, collapse_problem
+from training.frame_pretrain import pretrain_frame_encoder
+from training.objectives import Autocast, CrossEntropy, Objective, full_precision, is_self_supervised
 from training.run import check_evaluation, check_identity, prepare_training, write_identity
 from utils.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed, launch_world_size
 from utils.fileio import write_json_atomic
 from utils.folders import FolderError, folder_lock
 from utils.meters import AverageMeter, ConfusionCounter
+
+FRAME_PRETRAINING = ("imagenet", "simclr")  # --weights_frame values that are not checkpoint paths
 
 
 def create_model(args: argparse.Namespace, info: DistInfo, init_weights: bool = True) -> AVModel:
@@ -56,12 +60,12 @@ def create_model(args: argparse.Namespace, info: DistInfo, init_weights: bool = 
     weights_frame = args.weights_frame if init_weights and args.weights_frame == "imagenet" else None
     model = build_model(args.arch_frame, args.arch_sound, args.arch_classifier, args.cls_num, args.img_pool,
                         weights_frame, args.audRate, args.stft_frame, args.stft_hop, args.frame_dim, args.sound_dim,
-                        map_activation=args.map_activation)
+                        map_activation=args.map_activation, temperature=getattr(args, "ssl_temperature", None))
     meta = model_meta(args)
     for module, path in (("frame", args.weights_frame), ("sound", args.weights_sound),
                          ("classifier", args.weights_classifier)):
         net = getattr(model, f"net_{module}")
-        if init_weights and path and path != "imagenet" and net is not None:
+        if init_weights and path and path not in FRAME_PRETRAINING and net is not None:
             load_module(net, path, module_meta(meta, module, model))
     model = model.to(info.device)
     if info.device.type == "cuda":
@@ -206,6 +210,13 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
     train_loader = build_loader(build_dataset(args, "train"), args, info, train=True)
     val_loader = build_loader(build_dataset(args, "val"), args, info, train=False)
     model = create_model(args, info)
+    if getattr(args, "weights_frame", "") == "simclr" and not args.resume:
+        if model.net_frame is None:
+            raise ValueError(f"--weights_frame simclr: the {args.arch_classifier} head has no frame encoder")
+        pretraining = pretrain_frame_encoder(model.net_frame, args, info)
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(run_dir / "simclr_history.json", pretraining)
     optimizer = build_optimizer(model, args)
     scheduler = build_scheduler(optimizer, args)
     scaler = torch.amp.GradScaler(info.device.type, enabled=amp_enabled(args, info))
@@ -242,6 +253,7 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
         record = {"epoch": epoch, "lr_classifier": optimizer.param_groups[-1]["lr"]}
         record.update(train_one_epoch(ddp_model, train_loader, optimizer, scaler, epoch, args, info, writer,
                                       objective))
+        collapsed = collapse_check(model, objective, epoch, args, info, record)
         is_best = False
         if (epoch + 1) % args.eval_epoch == 0 or epoch + 1 == args.num_epoch:
             counter, val_loss = evaluate(model, val_loader, args, info, desc=f"epoch {epoch} val")
@@ -264,9 +276,27 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
                            "history": json.dumps(history)}
             save_checkpoint(run_dir, model, "latest", meta, epoch, train_state)
             write_json_atomic(run_dir / "history.json", history)
+        if collapsed and getattr(args, "on_collapse", "warn") == "stop":
+            raise TrainingCollapsed(f"{collapsed} after epoch {epoch} (--on_collapse stop; checkpoints of this "
+                                    f"epoch in {run_dir})")
     if writer is not None:
         writer.close()
         print(f"done: best val acc {best_acc:.2f}; checkpoints in {run_dir}")
+
+def collapse_check(model: nn.Module, objective: Objective, epoch: int, args: argparse.Namespace, info: DistInfo,
+                   record: dict) -> str | None:
+    """A self-supervised head's epoch: its collapse statistics into ``record``; from the second epoch on (the first
+    starts from a random initialisation), the diagnosis when they say collapsed (printed unless --on_collapse off)."""
+    correspondence = getattr(objective, "correspondence", None)
+    if correspondence is None or not is_self_supervised(model):
+        return None
+    stats = correspondence.monitor.summary(info)
+    correspondence.monitor.reset()
+    record.update(stats)
+    problem = collapse_problem(stats) if epoch > 0 and getattr(args, "on_collapse", "warn") != "off" else None
+    if problem and info.is_main:
+        tqdm.write(f"warning: epoch {epoch}: {problem}")
+    return problem
 
 def log_epoch(record: dict, writer: SummaryWriter | None, optimizer: torch.optim.Optimizer) -> None:
     text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
@@ -344,7 +374,7 @@ def run_entry_point(args: argparse.Namespace, action: Callable[[argparse.Namespa
                     if info.is_main:
                         print(note)
             action(args, info)
-    except (DataError, CheckpointError, FolderError) as err:
+    except (DataError, CheckpointError, FolderError, TrainingCollapsed) as err:
         sys.exit(f"error: {err}")
     finally:
         cleanup(info)

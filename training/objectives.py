@@ -14,7 +14,6 @@ unscaled fp16 gradient.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Protocol
@@ -25,6 +24,8 @@ from torch import Tensor, nn
 
 from attacks import ThreatModel, build_attack
 from models import ModelOutput
+from training.collapse import CollapseMonitor
+from training.ssl_losses import SSL_OBJECTIVES
 
 Autocast = Callable[[], AbstractContextManager]
 
@@ -73,45 +74,6 @@ def mean_cosine(feat_v: Tensor | None, feat_a: Tensor | None) -> Tensor | None:
 
 # ----------------------------------------------------------------- self-supervised audio-visual correspondence
 
-LVS_POSITIVE_THRESHOLD = 0.65  # LVS (Chen et al. 2021): similarity above which a location is the positive
-LVS_NEGATIVE_THRESHOLD = 0.4  # ... and below which it is a hard negative inside the image
-LVS_MASK_TEMPERATURE = 0.03  # softness of those two thresholds (LVS's sigmoid temperature)
-
-
-def multiple_instance_nce(sims: Tensor, temperature: float) -> Tensor:
-    """EZ-VSL's multiple-instance InfoNCE on ``sims [B_audio, B_image, N]`` (clip i's audio against every
-    location of clip j's frame; the pairs i = j are the positives).
-
-    The score of a pair is its best location's similarity; the loss is the mean of the audio-to-images and the
-    image-to-audios cross-entropies of the score matrix divided by ``temperature``.
-    """
-    if sims.dim() != 3 or sims.shape[0] != sims.shape[1]:
-        raise ValueError(f"multiple_instance_nce needs similarities [B, B, N], got {tuple(sims.shape)}")
-    scores = sims.float().amax(dim=2) / temperature
-    targets = torch.arange(scores.shape[0], device=scores.device)
-    return 0.5 * (F.cross_entropy(scores, targets) + F.cross_entropy(scores.t(), targets))
-
-
-def hard_negative_nce(sims: Tensor, temperature: float) -> Tensor:
-    """LVS's loss on ``sims [B_audio, B_image, N]``: per clip, the positive is the mean similarity of its own
-    frame's locations weighted by a soft mask of those above ``LVS_POSITIVE_THRESHOLD``, a hard negative the mean
-    weighted by a soft mask of those below ``LVS_NEGATIVE_THRESHOLD``, and the easy negatives are the mean
-    similarities of the other frames; InfoNCE over them at ``temperature``."""
-    if sims.dim() != 3 or sims.shape[0] != sims.shape[1]:
-        raise ValueError(f"hard_negative_nce needs similarities [B, B, N], got {tuple(sims.shape)}")
-    sims = sims.float()
-    batch = sims.shape[0]
-    own = sims.diagonal(dim1=0, dim2=1).t()  # [B, N]
-    positive_mask = torch.sigmoid((own - LVS_POSITIVE_THRESHOLD) / LVS_MASK_TEMPERATURE)
-    negative_mask = 1 - torch.sigmoid((own - LVS_NEGATIVE_THRESHOLD) / LVS_MASK_TEMPERATURE)
-    positive = (positive_mask * own).sum(dim=1) / positive_mask.sum(dim=1).clamp_min(1e-12)
-    hard = (negative_mask * own).sum(dim=1) / negative_mask.sum(dim=1).clamp_min(1e-12)
-    easy = sims.mean(dim=2).masked_fill(torch.eye(batch, dtype=torch.bool, device=sims.device), -math.inf)
-    logits = torch.cat([positive[:, None], hard[:, None], easy], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(batch, dtype=torch.long, device=sims.device))
-
-
-SSL_OBJECTIVES = {"ezvsl": multiple_instance_nce, "lvs": hard_negative_nce}
 
 
 def is_self_supervised(model: nn.Module) -> bool:
@@ -127,17 +89,24 @@ def refuse_self_supervised(model: nn.Module, what: str) -> None:
 
 class Correspondence:
     """The self-supervised heads' objective: their contrastive loss (``SSL_OBJECTIVES[head.ssl_loss]``) on the
-    batch, plus the linear probe's cross-entropy on detached embeddings, so labels train the probe only."""
+    batch, plus the linear probe's cross-entropy on detached embeddings, so labels train the probe only.
+    ``monitor`` collects each batch's collapse statistics (``training.collapse``)."""
+
+    def __init__(self) -> None:
+        self.monitor = CollapseMonitor()
 
     def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor,
                  autocast: Autocast = full_precision) -> tuple[Tensor, ModelOutput]:
         head = _unwrap(model).net_classifier
         with autocast():
             out = model(frames, audio)
-            sims = head.cross_similarity(out.feat_a, out.fmap_v)
             probe = head.probe_logits(out.feat_v.detach(), out.feat_a.detach())
-        contrastive = SSL_OBJECTIVES[head.ssl_loss](sims, head.temperature)
-        return contrastive + F.cross_entropy(probe.float(), labels), out
+            contrastive, sims = SSL_OBJECTIVES[head.ssl_loss](head, out)
+        with torch.no_grad():
+            head.drop_v.eval()  # the spread of the embeddings the map uses
+            self.monitor.update(sims, head.embed_audio(out.feat_a), head.embed_visual(out.fmap_v))
+            head.drop_v.train(head.training)
+        return contrastive.float() + F.cross_entropy(probe.float(), labels), out
 
 
 class CrossEntropy:
@@ -147,6 +116,7 @@ class CrossEntropy:
 
     def __init__(self, lambda_cos: float = 0.0) -> None:
         self.lambda_cos = lambda_cos
+        self.correspondence = Correspondence()
 
     def loss(self, out: ModelOutput, labels: Tensor) -> Tensor:
         loss = F.cross_entropy(out.logits.float(), labels, label_smoothing=self.label_smoothing)
@@ -159,7 +129,7 @@ class CrossEntropy:
             if self.lambda_cos:
                 raise ValueError("the dissimilarity constraint does not apply to a self-supervised head; "
                                  "pass --lambda_cos 0")
-            return Correspondence()(model, frames, audio, labels, autocast)
+            return self.correspondence(model, frames, audio, labels, autocast)
         with autocast():
             out = model(frames, audio)
         return self.loss(out, labels), out

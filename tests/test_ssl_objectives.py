@@ -1,0 +1,234 @@
+"""The self-supervised localizers' objectives from the papers (EZ-VSL at its temperature, LVS's easy negatives,
+FNAC's false-negative terms, SLAVC's momentum targets), each on a hand-made case it must get right; the collapse
+detector on collapsed and healthy embeddings; the SimCLR pretraining of the frame encoder."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import build_model
+from training.collapse import CollapseMonitor, collapse_problem
+from training.frame_pretrain import SimCLR, _view_params, augment, nt_xent
+from training.objectives import CrossEntropy
+from training.ssl_losses import (
+    clip_correspondence_nce,
+    false_negative_aware_terms,
+    hard_negative_nce,
+    localization_correspondence_nce,
+    multiple_instance_nce,
+)
+from utils.distributed import DistInfo
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SINGLE = DistInfo()
+
+
+def test_heads_carry_the_published_temperatures() -> None:
+    temperatures = {head: build_model("smallcnn", "anet", head, cls_num=3, frame_dim=8, sound_dim=8)
+                    .net_classifier.temperature for head in ("ssl", "ssl_lvs", "ssl_fnac", "ssl_slavc")}
+    assert temperatures == {"ssl": 0.03, "ssl_lvs": 0.07, "ssl_fnac": 0.03, "ssl_slavc": 0.03}
+    assert build_model("smallcnn", "anet", "ssl_avc", cls_num=3, frame_dim=8, sound_dim=8).net_classifier.ssl_loss \
+        == "ezvsl+avc"
+
+
+def test_lower_temperature_sharpens_the_multiple_instance_loss() -> None:
+    sims = torch.full((2, 2, 3), -0.2)
+    sims[0, 0, 1] = sims[1, 1, 2] = 0.6
+    sims[0, 1, 0] = sims[1, 0, 1] = 0.4
+    # a margin of 0.2 is worth more at EZ-VSL's 0.03 than at 0.07
+    assert multiple_instance_nce(sims, 0.03) < multiple_instance_nce(sims, 0.07) / 5
+
+
+def lvs_case(negative: list[float]) -> torch.Tensor:
+    """Two clips: each audio matches two of its own frame's four locations (0.9, rest 0); ``negative`` is what
+    each audio scores on the other frame's locations."""
+    sims = torch.zeros(2, 2, 4)
+    sims[0, 0] = sims[1, 1] = torch.tensor([0.9, 0.9, 0.0, 0.0])
+    sims[0, 1] = sims[1, 0] = torch.tensor(negative)
+    return sims
+
+
+def test_lvs_easy_negative_is_scored_on_its_matching_region() -> None:
+    """LVS scores another frame like the positive: on its locations above the threshold. A frame where the audio
+    matches one location strongly (0.85) is a harder negative than one it matches weakly everywhere (0.2), though
+    its plain mean is lower (-0.16 vs 0.2)."""
+    matching_spot = lvs_case([0.85, -0.5, -0.5, -0.5])
+    weak_everywhere = lvs_case([0.2, 0.2, 0.2, 0.2])
+    assert matching_spot[0, 1].mean() < weak_everywhere[0, 1].mean()
+    assert hard_negative_nce(matching_spot, 0.07) > hard_negative_nce(weak_everywhere, 0.07) + 0.3
+
+
+def test_fnac_terms_spare_a_false_negative() -> None:
+    """Clips 0 and 1 sound the same (equal audio embeddings), clip 2 differs. Scoring frame 1 as high for audio 0
+    as frame 0 is what FNAC's false-negative suppression asks for; EZ-VSL's InfoNCE penalises it."""
+    emb_a = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), dim=1)
+    emb_v = F.normalize(torch.tensor([[1.0, 0.1, 0.0], [1.0, 0.0, 0.1], [0.0, 1.0, 0.1]]), dim=1)
+    emb_v = emb_v[:, :, None].expand(3, 3, 2).clone()  # two identical locations per frame
+
+    def sims(cross: float) -> torch.Tensor:
+        s = torch.full((3, 3, 2), -0.5)
+        for i in range(3):
+            s[i, i] = 0.9
+        s[0, 1] = s[1, 0] = cross
+        return s
+
+    spared, pushed = sims(0.9), sims(-0.5)
+    assert false_negative_aware_terms(spared, emb_a, emb_v, 0.03) < false_negative_aware_terms(pushed, emb_a, emb_v,
+                                                                                               0.03) - 0.05
+    assert multiple_instance_nce(spared, 0.03) > multiple_instance_nce(pushed, 0.03) + 0.3
+
+
+def test_clip_level_term_leaves_the_collapsed_fixed_point() -> None:
+    """The collapsed state: every frame's first location (a padding corner) the same embedding that best matches
+    the (identical) audio of every clip. EZ-VSL's hard maximum then sends gradient to that location only and
+    none to the audio; the clip-level term of ``ssl_avc`` reaches every location and the audio."""
+    torch.manual_seed(0)
+    corner = F.normalize(torch.ones(4), dim=0)
+    emb_v = F.normalize(torch.randn(3, 4, 5), dim=1) * 0.5
+    emb_v[:, :, 0] = corner
+    emb_v.requires_grad_(True)
+    emb_a = corner.expand(3, 4).clone().requires_grad_(True)
+    sims = torch.einsum("ie,jen->ijn", emb_a, emb_v)
+    grad_v, grad_a = torch.autograd.grad(multiple_instance_nce(sims, 0.03), (emb_v, emb_a))
+    assert grad_v[:, :, 1:].abs().max() == 0 and grad_a.abs().max() < 1e-6
+    grad_v, grad_a = torch.autograd.grad(clip_correspondence_nce(emb_a, emb_v, 0.03), (emb_v, emb_a))
+    assert (grad_v[:, :, 1:].abs().sum(dim=1) > 1e-3).all() and grad_a.abs().max() > 1e-3
+
+
+def unit(*rows: list[float]) -> torch.Tensor:
+    return F.normalize(torch.tensor(rows), dim=-1)
+
+
+def test_slavc_score_needs_the_right_clip_at_the_right_place() -> None:
+    """Two frames of two locations; clip 0's object at location 0, clip 1's at location 1. The pair score is high
+    only where a location both belongs to this clip's audio (softmax over the batch) and is where it sounds
+    (softmax over locations): the matched layout scores lower loss than the swapped one."""
+    audio = unit([1.0, 0.0], [0.0, 1.0])
+    frames = torch.stack([unit([1.0, 0.0], [0.0, 0.0]).t(), unit([0.0, 0.0], [0.0, 1.0]).t()])  # [B, E, N]
+    frames = frames + 1e-3  # no zero vectors
+    swapped = frames.flip(0)
+    matched_loss = localization_correspondence_nce((frames, frames), (audio, audio), 0.1)
+    swapped_loss = localization_correspondence_nce((swapped, swapped), (audio, audio), 0.1)
+    assert matched_loss < 0.3 and swapped_loss > matched_loss + 1, (matched_loss, swapped_loss)
+
+
+def test_slavc_momentum_targets_follow_the_online_projections_and_get_no_gradient() -> None:
+    torch.manual_seed(0)
+    model = build_model("smallcnn", "anet", "ssl_slavc", cls_num=3, frame_dim=8, sound_dim=8)
+    head = model.net_classifier
+    assert all(torch.equal(t, o) for t, o in zip(head.target["proj_v"].parameters(), head.proj_v.parameters()))
+    loss, _ = CrossEntropy()(model, torch.rand(4, 3, 1, 64, 64), torch.rand(4, 1, 2048) * 2 - 1,
+                             torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    assert all(p.grad is None for p in head.target.parameters())
+    assert head.proj_v.weight.grad is not None and head.proj_a2.weight.grad is not None
+    before = head.target["proj_a"].weight.clone()
+    with torch.no_grad():
+        head.proj_a.weight.add_(1.0)
+    head.update_targets()
+    torch.testing.assert_close(head.target["proj_a"].weight, before + (1 - head.momentum) * 1.0)
+
+
+def test_dropout_acts_in_training_only() -> None:
+    torch.manual_seed(0)
+    head = build_model("smallcnn", "anet", "ssl_fnac", cls_num=3, frame_dim=8, sound_dim=8).net_classifier
+    fmap = torch.rand(2, 8, 3, 3) + 0.1
+    head.train()
+    assert not torch.equal(head.embed_visual(fmap), head.embed_visual(fmap))
+    head.eval()
+    assert torch.equal(head.embed_visual(fmap), head.embed_visual(fmap))
+
+
+# ---------------------------------------------------------------- the collapse detector
+
+
+def monitor_of(emb_a: torch.Tensor, emb_v: torch.Tensor) -> dict[str, float]:
+    monitor = CollapseMonitor()
+    monitor.update(torch.einsum("ie,jen->ijn", emb_a, emb_v), emb_a, emb_v)
+    return monitor.summary(SINGLE)
+
+
+def test_collapse_detector_flags_identical_embeddings_with_numbers() -> None:
+    batch = 8
+    emb_a = F.normalize(torch.ones(batch, 4) + 1e-4 * torch.randn(batch, 4), dim=1)
+    emb_v = F.normalize(torch.ones(batch, 4, 5), dim=1)
+    stats = monitor_of(emb_a, emb_v)
+    assert stats["spread_a"] > 0.99 and stats["spread_v"] > 0.99 and stats["retrieval_chance"] == 1 / batch
+    problem = collapse_problem(stats)
+    assert problem is not None and "spread audio 1.000" in problem and "chance 0.125" in problem
+
+
+def test_collapse_detector_flags_a_collapsed_audio_side_alone() -> None:
+    """The frames differ, but every clip's audio is the same vector: every map is a function of the frame alone and
+    retrieval sits at chance."""
+    torch.manual_seed(0)
+    emb_v = F.normalize(torch.randn(8, 16, 5), dim=1)
+    emb_a = F.normalize(torch.ones(8, 16), dim=1)
+    stats = monitor_of(emb_a, emb_v)
+    assert stats["spread_v"] < 0.6 and stats["retrieval"] <= 1 / 8
+    assert collapse_problem(stats) is not None
+
+
+def test_collapse_detector_passes_spread_out_embeddings() -> None:
+    torch.manual_seed(0)
+    emb_a = F.normalize(torch.randn(8, 16), dim=1)
+    emb_v = emb_a[:, :, None].expand(8, 16, 5).clone()  # each frame matches its own audio at every location
+    stats = monitor_of(emb_a, emb_v)
+    assert stats["retrieval"] == 1.0 and stats["spread_a"] < 0.6
+    assert collapse_problem(stats) is None
+
+
+# ---------------------------------------------------------------- SimCLR pretraining of the frame encoder
+
+
+def test_augmented_views_are_seeded_per_sample_and_stay_in_range() -> None:
+    images = torch.rand(3, 3, 32, 32)
+    params = torch.stack([_view_params(0, 1, i, 0) for i in range(3)])
+    views = augment(images, params)
+    assert views.shape == images.shape and views.min() >= 0 and views.max() <= 1
+    torch.testing.assert_close(augment(images[1:2], params[1:2]), views[1:2])  # independent of the batch
+    other = torch.stack([_view_params(0, 1, i, 1) for i in range(3)])
+    assert not torch.allclose(augment(images, other), views)
+
+
+def test_nt_xent_rewards_matching_twins() -> None:
+    torch.manual_seed(0)
+    z = torch.randn(6, 8)
+    assert nt_xent(z, z + 0.01 * torch.randn(6, 8)) < 0.5 < nt_xent(z, torch.randn(6, 8))
+    with pytest.raises(ValueError, match=r"\[B, E\]"):
+        nt_xent(z, z[:4])
+
+
+def test_simclr_learns_to_tell_images_apart() -> None:
+    """Eight images of different colours and stripes: after a few SimCLR steps a view of each finds its twin among
+    the other image's views far above chance (1/8) and above the untrained encoder."""
+    torch.manual_seed(0)
+    images = torch.zeros(8, 3, 32, 32)
+    for i in range(8):
+        images[i, i % 3] = 0.8
+        images[i, :, :, (i * 4):(i * 4 + 6)] = 0.2 + 0.1 * (i % 4)
+    model = SimCLR(build_model("smallcnn", "anet", "visual", cls_num=2, frame_dim=16).net_frame, proj_dim=16)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def twin_accuracy(step: int) -> tuple[torch.Tensor, float]:
+        v1 = augment(images, torch.stack([_view_params(1, step, i, 0) for i in range(8)]))
+        v2 = augment(images, torch.stack([_view_params(1, step, i, 1) for i in range(8)]))
+        z1, z2 = model(v1), model(v2)
+        sims = F.normalize(z1, dim=1) @ F.normalize(z2, dim=1).t()
+        return nt_xent(z1, z2), (sims.argmax(dim=1) == torch.arange(8)).float().mean().item()
+
+    model.eval()
+    with torch.no_grad():
+        _, untrained = twin_accuracy(1000)
+    model.train()
+    for step in range(80):
+        loss, _ = twin_accuracy(step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        _, accuracy = twin_accuracy(1000)
+    assert accuracy >= 0.6 and accuracy > untrained, (untrained, accuracy)
