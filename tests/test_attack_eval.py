@@ -15,7 +15,6 @@ import torch
 import main_attack
 from evaluation.eval_dir import eval_folder_of
 from evaluation.reporting.html import perturbation_caption, waveform_image
-from evaluation.reporting.tables import findings, summary_table
 from evaluation.robustness.protocol import PAPER_PROTOCOL, Budget, budgets_from_args
 from tests.sop_fixture import make_root, write_clip, write_index
 
@@ -172,21 +171,6 @@ def test_summarize_prints_the_study_table_and_findings(trained, capsys, monkeypa
         assert len(corrupt.stderr.strip().splitlines()) == 1
     finally:
         broken.write_bytes(saved)
-
-
-def test_summary_table_and_findings_on_hand_made_results():
-    def results(head, clean, accs):
-        return {"arch_classifier": head, "clean": {"acc": clean}, "attacks": [
-            {"attack": "pgd", "budget": b, "grid": False, "adv_acc": a} for b, a in accs.items()]}
-    runs = [("audio", results("audio", 80.0, {"A": 10.0, "V": 80.0, "A+V": 30.0})),
-            ("visual", results("visual", 60.0, {"A": 60.0, "V": 5.0, "A+V": 20.0})),
-            ("concat", results("concat", 90.0, {"A": 40.0, "V": 70.0, "A+V": 8.0}))]
-    header, rows = summary_table(runs)
-    assert header == ["model", "clean", "PGD A", "PGD V", "PGD A+V"]
-    assert rows[2] == ["concat", "90.00", "40.00", "70.00", "8.00"]
-    text = "\n".join(findings(runs))
-    assert "clean: concat 90.00 vs best unimodal (audio) 80.00: +10.00 points" in text
-    assert "PGD: concat worst case 8.00 (under A+V)" in text and "less robust" in text
 
 
 def test_waveform_image_and_caption_show_the_perturbation():

@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 import main_attack
-from evaluation.reporting.tables import summary_table
 from evaluation.robustness.engine import AttackEngine
 from evaluation.robustness.pipeline import evaluate_robustness
 from evaluation.robustness.protocol import Budget, attack_plan, budgets_from_args
@@ -89,17 +88,6 @@ def test_default_keys_are_unchanged_and_every_other_threat_model_is_named_in_the
     assert joint.name == "A+V" and "joint ball J=1" in joint.label and "L2" in joint.threat
     assert Budget(0.0, 0.0, audio_eps_db=-30).label == "A (εa=-30 dB)"
     assert Budget(0.012, 0.0).label == "V (εv=0.012)" and Budget(0.012, 0.0).threat == ""
-
-
-def test_summary_table_puts_each_threat_model_in_its_own_columns_and_keeps_the_paper_ones() -> None:
-    def entry(budget: Budget, acc: float) -> dict:
-        return {"attack": "pgd", "budget": budget.name, "threat": budget.threat, "grid": False, "adv_acc": acc}
-    shared = Budget(0.012, 0.0, temporal="shared")
-    runs = [("concat", {"arch_classifier": "concat", "clean": {"acc": 90.0}, "attacks": [
-        entry(Budget(0.0, 0.012), 40.0), entry(Budget(0.012, 0.0), 30.0), entry(shared, 60.0)]})]
-    header, rows = summary_table(runs)
-    assert header == ["model", "clean", "PGD A", "PGD V", "PGD A+V", "PGD V [shared over frames]"]
-    assert rows[0] == ["concat", "90.00", "40.00", "30.00", "n/a", "60.00"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,24 +1,16 @@
-"""Tables of robustness results: one run's attack_table.md, the paper-style summary over runs, and the findings
-with exact McNemar tests on the per-sample records.
+"""One run's robustness table (attack_table.md); the study table over runs and its findings are in
+``evaluation.reporting.study``.
 
 Every accuracy is printed with its 95 % Wilson interval, ``64.58 [54.6, 73.4]``.
 """
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 
-import numpy as np
-
 from attacks.threat import describe_units
-from evaluation.robustness.protocol import Budget
-from evaluation.robustness.records import Records
-from evaluation.stats import format_accuracy, mcnemar_exact
+from evaluation.stats import format_accuracy
 
-BUDGET_ORDER = ("A", "V", "A+V")
 ATTACK_LABELS = {"autoattack": "AA"}
-RunResults = tuple[str, dict]  # (row name, attack_results.json)
 
 
 def _acc(figures: dict | None) -> str:
@@ -160,153 +152,4 @@ def _check_lines(checks: dict | None) -> list[str]:
         if isinstance(check, dict):
             mark = {"flagged": "⚠ ", "not run": "○ "}.get(check.get("status", "flagged" if check["flag"] else ""), "")
             lines.append(f"- {mark}{name}: {check['message']}")
-    return lines
-
-
-def summary_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
-    """Rows = models, columns = clean and A / V / A+V for each attack (the paper's Table 1 layout, plus AA),
-    each with its interval, then the checks' verdict."""
-    attacks: list[str] = []
-    threats: list[str] = []  # '' (L∞ per frame) first, then each other threat model in order of appearance
-    for _, results in runs:
-        for e in _protocol_entries(results):
-            if e["attack"] not in attacks:
-                attacks.append(e["attack"])
-            if e.get("threat", "") not in threats:
-                threats.append(e.get("threat", ""))
-    present = {(e["attack"], e["budget"], e.get("threat", "")) for _, r in runs for e in _protocol_entries(r)}
-    columns = [(a, b, t) for a in attacks for t in threats for b in BUDGET_ORDER  # A, V, A+V of the paper's
-               if (not t and any((a, c, t) in present for c in BUDGET_ORDER)) or (a, b, t) in present]
-    header = ["model", "clean"] + [f"{attack_label(a)} {b}" + (f" [{t}]" if t else "") for a, b, t in columns]
-    with_checks = any("checks" in r for _, r in runs)
-    if with_checks:
-        header.append("checks")
-    rows = []
-    for name, results in runs:
-        entries = {(e["attack"], e["budget"], e.get("threat", "")): e for e in _protocol_entries(results)}
-        row = [name, _acc(results["clean"])] + [_acc(entries.get(column)) for column in columns]
-        if with_checks:
-            row.append(results.get("checks", {}).get("verdict", "n/a"))
-        rows.append(row)
-    return header, rows
-
-
-def to_markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = [_row(header), "|---" * len(header) + "|"]
-    lines += [_row(row) for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def to_csv(header: list[str], rows: list[list[str]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-# ---------------------------------------------------------------------------------------------- findings
-
-
-def entry_correct(records: Records, entry: dict | None) -> np.ndarray:
-    """Per-sample correctness behind a results entry: clean (``entry`` None) or one (attack, budget)."""
-    if entry is None:
-        return np.asarray(records.clean_correct, dtype=bool)
-    key = entry.get("budget_key") or Budget(entry["eps_visual"], entry["eps_audio"]).key
-    return records.correct_under(entry["attack"], key)
-
-
-def _aligned(a: tuple[Records, np.ndarray], b: tuple[Records, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
-    """The two per-sample vectors on the samples both runs evaluated (by sample id); None if none shared."""
-    ids_b = {sid: i for i, sid in enumerate(b[0].ids)}
-    pairs = [(i, ids_b[sid]) for i, sid in enumerate(a[0].ids) if sid in ids_b]
-    if not pairs:
-        return None
-    ia, ib = map(list, zip(*pairs))
-    return a[1][ia], b[1][ib]
-
-
-def _significance(first: tuple[Records, np.ndarray] | None, second: tuple[Records, np.ndarray] | None) -> str:
-    """'significant (McNemar p = …)' or 'not significant (p = …)' on the shared samples; '' without records."""
-    if first is None or second is None or first[0] is None or second[0] is None:
-        return " (no per-sample records: significance not tested)"
-    aligned = _aligned(first, second)
-    if aligned is None:
-        return " (no shared samples: significance not tested)"
-    test = mcnemar_exact(*aligned)
-    verdict = "significant" if test.p_value < 0.05 else "not significant"
-    return f": {verdict} (exact McNemar p = {test.p_value:.3g}, {test.b} vs {test.c} discordant of {test.n})"
-
-
-def findings(runs: list[RunResults], records: dict[str, Records] | None = None) -> list[str]:
-    """The paper's questions answered on these runs, each comparison with an exact McNemar test on the
-    per-sample records (``records`` by row name): does audio-visual beat unimodal clean, and under each
-    attack (each unimodal model under the attack on its own modality, each audio-visual model under its
-    worst budget)? Does a defended model beat its undefended base under each attack?"""
-    records = records or {}
-
-    def side(name: str, entry: dict | None) -> tuple[Records, np.ndarray] | None:
-        rec = records.get(name)
-        return None if rec is None else (rec, entry_correct(rec, entry))
-
-    unimodal = {r["arch_classifier"]: (name, r) for name, r in runs
-                if r["arch_classifier"] in ("audio", "visual") and "+" not in (r.get("label") or "")}
-    fused = [(name, r) for name, r in runs if r["arch_classifier"] not in ("audio", "visual") and "+" not in
-             (r.get("label") or "")]
-    lines = []
-    if unimodal and fused:
-        best_uni_name, best_uni = max(unimodal.values(), key=lambda nr: nr[1]["clean"]["acc"])
-        for name, r in fused:
-            gain = r["clean"]["acc"] - best_uni["clean"]["acc"]
-            lines.append(f"clean: {name} {r['clean']['acc']:.2f} vs best unimodal ({best_uni_name}) "
-                         f"{best_uni['clean']['acc']:.2f}: {gain:+.2f} points"
-                         + _significance(side(name, None), side(best_uni_name, None)))
-        attacks = list(dict.fromkeys(e["attack"] for _, r in runs for e in _protocol_entries(r)))
-        own_budget = {"audio": "A", "visual": "V"}
-        for attack in attacks:
-            uni = []
-            for head, (name, r) in unimodal.items():
-                entry = next((e for e in _protocol_entries(r) if e["attack"] == attack
-                              and e["budget"] == own_budget[head]), None)
-                if entry is not None:
-                    uni.append((entry["adv_acc"], name, entry))
-            if not uni:
-                continue
-            best_acc, best_name, best_entry = max(uni, key=lambda u: u[0])
-            for name, r in fused:
-                worst = min((e for e in _protocol_entries(r) if e["attack"] == attack), key=lambda e: e["adv_acc"],
-                            default=None)
-                if worst is None:
-                    continue
-                verdict = "more" if worst["adv_acc"] > best_acc else "less"
-                others = ", ".join(f"{n} under {e['budget']} {a:.2f}" for a, n, e in uni)
-                lines.append(f"{attack_label(attack)}: {name} worst case {worst['adv_acc']:.2f} (under "
-                             f"{worst['budget']}) vs {others}: audio-visual is {verdict} robust than the best "
-                             f"unimodal" + _significance(side(name, worst), side(best_name, best_entry)))
-    lines += _defense_findings(runs, side)
-    return lines or ["(findings need a unimodal and an audio-visual run, or a defended run and its base)"]
-
-
-def _defense_findings(runs: list[RunResults], side) -> list[str]:
-    """Each defended run ('concat+dissim+banks' ...) against the undefended run of its head, per attack, at
-    the budget where the undefended model is weakest."""
-    bases = {r["arch_classifier"]: (name, r) for name, r in runs if "+" not in (r.get("label") or "")}
-    lines = []
-    for name, r in runs:
-        if "+" not in (r.get("label") or "") or r["arch_classifier"] not in bases:
-            continue
-        base_name, base = bases[r["arch_classifier"]]
-        for attack in dict.fromkeys(e["attack"] for e in _protocol_entries(r)):
-            base_entries = [e for e in _protocol_entries(base) if e["attack"] == attack]
-            if not base_entries:
-                continue
-            weakest = min(base_entries, key=lambda e: e["adv_acc"])
-            entry = next((e for e in _protocol_entries(r) if e["attack"] == attack
-                          and e["budget"] == weakest["budget"]), None)
-            if entry is None:
-                continue
-            delta = entry["adv_acc"] - weakest["adv_acc"]
-            lines.append(f"defense, {attack_label(attack)} {weakest['budget']}: {name} {entry['adv_acc']:.2f} vs "
-                         f"{base_name} {weakest['adv_acc']:.2f} ({delta:+.2f} points)"
-                         + _significance(side(name, entry), side(base_name, weakest)))
     return lines
