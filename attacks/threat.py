@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 
 MODALITIES = ("visual", "audio")
+# The command-line flags of the threat model (``add_threat_flags``), e.g. for telling two evaluations apart.
+THREAT_FLAGS = ("norm", "eps_units", "joint_eps", "audio_eps_db", "temporal", "eps_grid2d", "max_shift", "shift_steps")
 NORMS = ("linf", "l2")
 TEMPORAL = ("frame", "shared")
 EPS_UNITS = ("normalized", "pixel")
@@ -107,6 +109,25 @@ class ThreatModel:
         if unknown:
             raise ValueError(f"eps keys must be among {MODALITIES}, got {unknown}")
         return cls(eps.get("visual") or 0.0, eps.get("audio") or 0.0, **fields)
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any], units: str | None = None) -> ThreatModel:
+        """The threat model of a results entry: its ``eps_visual``, ``eps_audio`` and ``fields()``'s keys (missing
+        ones, in files written before they existed, take the defaults)."""
+        return cls(fields.get("eps_visual", 0.0), fields.get("eps_audio", 0.0), norm=fields.get("norm") or "linf",
+                   units=units, joint_eps=fields.get("joint_eps"), audio_eps_db=fields.get("audio_eps_db"),
+                   temporal=fields.get("temporal") or "frame", max_shift=fields.get("max_shift"))
+
+    def radii_text(self, visual_units: str, audio_units: str) -> list[str]:
+        """The radii in words, e.g. ``['εv=0.006 pixels', 'εa=-30 dB of the clip']`` (attacked modalities only)."""
+        radii = []
+        if self.attacks_visual:
+            radii.append(f"εv={self.eps_visual:g} {visual_units}")
+        if self.loudness_relative:
+            radii.append(f"εa={self.audio_eps_db:g} dB of the clip")
+        elif self.eps_audio > 0:
+            radii.append(f"εa={self.eps_audio:g} {audio_units}")
+        return radii
 
     def core(self) -> ThreatModel:
         """This threat model as a plain ``ThreatModel`` (without a subclass's extra fields)."""

@@ -26,6 +26,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from attacks.threat import THREAT_FLAGS
 from evaluation.robustness.protocol import PAPER_PROTOCOL, Budget, budgets_from_args
 from utils.distributed import DistInfo, all_gather_list
 from utils.fileio import write_json_atomic
@@ -38,8 +39,7 @@ KINDS = ("attack", "corruptions", "defense", "localization")
 MAX_NAME = 120
 
 DATA_FLAGS = ("list_test", "audio_path", "frame_path", "max_samples", "skip_bad", "seed", "categories")
-ATTACK_FLAGS = ("attack_type", "norm", "eps_units", "joint_eps", "audio_eps_db", "temporal", "eps_grid2d", "max_shift",
-                "shift_steps", "epsilons", "eps_grid", "eps_grid_modality", "attack_steps", "apgd_steps",
+ATTACK_FLAGS = ("attack_type", *THREAT_FLAGS, "epsilons", "eps_grid", "eps_grid_modality", "attack_steps", "apgd_steps",
                 "apgd_targets", "attack_alpha", "attack_loss", "random_start", "restarts", "square_queries",
                 "square_p_init", "eot_iter", "sanity_eps")
 DEFENSE_FLAGS = ("use_banks", "weights_Dv", "weights_Da", "bank_mix", "solver", "lasso_lambda", "alpha_v", "alpha_a",

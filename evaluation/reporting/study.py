@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attacks.threat import ThreatModel
 from evaluation.robustness.protocol import Budget
 from evaluation.robustness.records import Records
 from evaluation.stats import format_accuracy, mcnemar_exact, wilson_interval
@@ -110,22 +111,16 @@ def column_of(entry: dict, results: dict) -> Column:
     """The column a results entry belongs to: attack and threat model in ``family``, the radii apart."""
     norm = entry.get("norm") or results.get("norm", "linf")
     visual_units, audio_units = _units(results, norm)
-    ev, ea, db = entry.get("eps_visual", 0.0), entry.get("eps_audio", 0.0), entry.get("audio_eps_db")
-    radii = []
-    if ev > 0:
-        radii.append(f"εv={ev:g} {visual_units}")
-    if db is not None:
-        radii.append(f"εa={db:g} dB of the clip")
-    elif ea > 0:
-        radii.append(f"εa={ea:g} {audio_units}")
+    threat = ThreatModel.from_fields({**entry, "norm": norm}, units=results.get("eps_units"))
+    radii = threat.radii_text(visual_units, audio_units)
     family = f"{_attack_text(entry, results)} [{'L2' if norm == 'l2' else 'L∞'}"
     extra = []
-    if entry.get("joint_eps") is not None:
-        extra.append(f"joint J={entry['joint_eps']:g}")
-    if entry.get("temporal", "frame") != "frame":
-        extra.append(f"{entry['temporal']} over frames")
-    if entry.get("max_shift") is not None:
-        extra.append(f"shift ±{entry['max_shift']:g} s")
+    if threat.joint_eps is not None:
+        extra.append(f"joint J={threat.joint_eps:g}")
+    if threat.temporal != "frame":
+        extra.append(f"{threat.temporal} over frames")
+    if threat.max_shift is not None:
+        extra.append(f"shift ±{threat.max_shift:g} s")
     family += (", " + ", ".join(extra) if extra else "") + "]"
     return Column(family, entry.get("budget", "?"), "(" + ", ".join(radii) + ")" if radii else "")
 
