@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from attacks.threat import ThreatModel
+from evaluation.reporting.tables import accuracy_text
 from evaluation.robustness.protocol import Budget
 from evaluation.robustness.records import Records
-from evaluation.stats import format_accuracy, mcnemar_exact, wilson_interval
+from evaluation.stats import mcnemar_exact, wilson_interval
 
 ATTACK_NAMES = {"autoattack": "AA", "aa": "AA"}
 GRADIENT_STEPS = {"fgsm": None, "pgd": "attack_steps", "mim": "attack_steps", "apgd": "apgd_steps",
@@ -155,15 +156,6 @@ def cells(ev: Evaluation) -> dict[Column, dict]:
     return {column_of(e, ev.results): e for e in protocol_entries(ev.results)}
 
 
-def _acc_text(figures: dict | None) -> str:
-    if figures is None:
-        return "—"
-    if "n" in figures and "correct" in figures:
-        return format_accuracy(figures["correct"], figures["n"])
-    value = figures.get("adv_acc", figures.get("acc"))
-    return "—" if value is None else f"{value:.2f}"
-
-
 def study_table(evaluations: Sequence[Evaluation]) -> tuple[list[str], list[list[str]], list[Column]]:
     """Header, rows and columns: model, evaluation, clean, one column per (attack, threat model, budget), checks."""
     columns = columns_of(evaluations)
@@ -171,8 +163,8 @@ def study_table(evaluations: Sequence[Evaluation]) -> tuple[list[str], list[list
     rows = []
     for ev in evaluations:
         found = cells(ev)
-        rows.append([ev.name, _where(ev.path), _acc_text(ev.results.get("clean"))]
-                    + [_acc_text(found.get(c)) for c in columns]
+        rows.append([ev.name, _where(ev.path), accuracy_text(ev.results.get("clean"), "—")]
+                    + [accuracy_text(found.get(c), "—") for c in columns]
                     + [ev.results.get("checks", {}).get("verdict", "n/a")])
     return header, rows, columns
 

@@ -13,14 +13,15 @@ from evaluation.stats import format_accuracy
 ATTACK_LABELS = {"autoattack": "AA"}
 
 
-def _acc(figures: dict | None) -> str:
-    """``figures`` with n / correct as 'acc [low, high]'; older results without counts as 'acc'."""
+def accuracy_text(figures: dict | None, missing: str = "n/a") -> str:
+    """``figures`` with n / correct as 'acc [low, high]'; older results without counts as 'acc'; ``missing`` for
+    none."""
     if figures is None:
-        return "n/a"
+        return missing
     if "n" in figures and "correct" in figures:
         return format_accuracy(figures["correct"], figures["n"])
     value = figures.get("adv_acc", figures.get("acc"))
-    return "n/a" if value is None else f"{value:.2f}"
+    return missing if value is None else f"{value:.2f}"
 
 
 def attack_label(attack: str) -> str:
@@ -61,19 +62,20 @@ def attack_table_markdown(results: dict) -> str:
         lines.append(f"Each attack's figure is the share of samples correct under every variant ({', '.join(variants)})"
                      "; AA cascades over all of them.")
     lines += ["", _row(["attack", "clean"] + labels), "|---" * (len(labels) + 2) + "|"]
-    clean = _acc(results["clean"])
+    clean = accuracy_text(results["clean"])
     for attack in attacks:
         cells = {budget_label(e): e for e in entries if e["attack"] == attack}
-        lines.append(_row([attack_label(attack), clean] + [_acc(cells.get(label)) for label in labels]))
+        lines.append(_row([attack_label(attack), clean] + [accuracy_text(cells.get(label)) for label in labels]))
         components = next((e["components"] for e in cells.values() if "components" in e), None)
         for i, component in enumerate(components or []):
             name = component["component"].upper() + (f" ({component['variant']})" if len(variants) > 1 else "")
             after = {budget_label(e): e["components"][i] if i < len(e.get("components", [])) else None
                      for e in cells.values()}
-            lines.append(_row([f"↳ after {name}", ""] + [_acc(after.get(label)) for label in labels]))
+            lines.append(_row([f"↳ after {name}", ""] + [accuracy_text(after.get(label)) for label in labels]))
     worst = {budget_label(w): w for w in results.get("worst_case", []) if not w["grid"]}
     if len(attacks) > 1 and worst:
-        lines.append(_row(["**worst case, all attacks**", clean] + [_acc(worst.get(label)) for label in labels]))
+        lines.append(_row(["**worst case, all attacks**", clean]
+                          + [accuracy_text(worst.get(label)) for label in labels]))
     lines += _perturbation_lines(entries, results.get("norm", "linf") == "l2")
     lines += _split_lines(entries) + _misalignment_lines(results, entries)
     if results["clean"].get("cos_mean") is not None:
