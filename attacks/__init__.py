@@ -12,7 +12,7 @@ from attacks.apgd_targeted import APGDTargeted, target_classes
 from attacks.base import VALID_RANGE, Attack, BestSoFar, Problem, as_model_output, encodes_separately
 from attacks.fab import FABTargeted, hyperplane_step
 from attacks.fgsm import FGSM
-from attacks.losses import LOSSES, LossFn, get_loss, margin, targeted_difference_of_logits_ratio
+from attacks.losses import LOSSES, LossFn, PerSampleLoss, get_loss, margin, targeted_difference_of_logits_ratio
 from attacks.mim import MIM
 from attacks.pgd import PGD
 from attacks.regions import Ball, Independent, JointL2Ball, L2Ball, joint_split
@@ -74,6 +74,7 @@ __all__ = [
     "L2Ball",
     "LOSSES",
     "LossFn",
+    "PerSampleLoss",
     "MIM",
     "MODALITIES",
     "NORMS",

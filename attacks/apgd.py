@@ -40,9 +40,9 @@ class APGD(Attack):
     ``x_{k+1} = P(x_k + momentum * (z - x_k) + (1 - momentum) * (x_k - x_{k-1}))``, with ``s`` the region's
     steepest ascent: ``sign`` for L∞, ``grad / ||grad||_2`` for L2 (AutoAttack's L2 APGD), and ``P`` the
     projection onto the ball, then the valid range.
-    Returns, per sample, the fooling iterate with the highest loss, or else the highest-loss iterate.
-    ``steps`` forward-backward passes plus one (times ``eot_iter``). ``restarts``, ``eot_iter``, ``seed`` and
-    the threat model as in ``Attack``.
+    Returns, per sample, the first fooling iterate (the sample then leaves the run), or else the highest-loss
+    iterate. At most ``steps`` forward-backward passes plus one (times ``eot_iter``). ``restarts``,
+    ``eot_iter``, ``seed`` and the threat model as in ``Attack``.
     """
 
     summary = "Auto-PGD (Croce & Hein 2020): step-size schedule with checkpoints, momentum 0.75, per-sample best"
@@ -65,43 +65,62 @@ class APGD(Attack):
         return self.run(problem).x
 
     def run(self, problem: Problem) -> BestSoFar:
-        """One APGD run on ``problem``; per sample its best iterate with that iterate's loss and success."""
+        """One APGD run on ``problem``; per sample its best iterate with that iterate's loss and success.
+
+        A sample leaves the run at the first iterate that fools the model, which is kept as its result: robust
+        accuracy needs one success, and every quantity of the schedule is per sample, so the samples still
+        attacked follow the same iterates as in a run over the whole batch. A sample never fooled keeps its
+        highest-loss iterate after all ``steps``."""
         x = problem.start(self.random_start)
-        region = problem.region
         losses, logits, grads = problem.loss_and_grad(x)
         x = {m: v.detach() for m, v in x.items()}
         best = BestSoFar(x, losses, problem.fooled(logits))
-        x_max, f_max, grad_max = x, losses, grads
-        x_prev, f_prev = x, losses
-        scale = torch.ones_like(losses)  # per-sample step size / initial step size
-        increases = torch.zeros_like(losses)
-        f_max_at_check, reduced_at_check, last_check = f_max, torch.zeros_like(losses, dtype=torch.bool), 0
+        rows = torch.arange(losses.numel(), device=losses.device)  # the samples of ``problem`` still attacked
+        inputs = {"x": x, "x_max": x, "grad_max": grads, "grads": grads, "x_prev": x}
+        scalars = {"f_max": losses, "f_prev": losses, "scale": torch.ones_like(losses),
+                   "increases": torch.zeros_like(losses), "f_max_at_check": losses,
+                   "reduced_at_check": torch.zeros_like(losses, dtype=torch.bool)}
+        part, last_check = problem, 0
         for k in range(self.steps):
+            standing = ~best.fooled[rows]
+            if not bool(standing.all()):
+                keep = standing.nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+                rows, part = rows[keep], part.subset(keep)
+                inputs = {name: {m: v[keep] for m, v in value.items()} for name, value in inputs.items()}
+                scalars = {name: value[keep] for name, value in scalars.items()}
+            x, s = inputs["x"], scalars
+            region = part.region
             with torch.no_grad():
-                direction = region.steepest(grads)
-                z = problem.project_({m: v + per_sample(scale, v) * region.step[m] * direction[m]
-                                      for m, v in x.items()})
+                direction = region.steepest(inputs["grads"])
+                z = part.project_({m: v + per_sample(s["scale"], v) * region.step[m] * direction[m]
+                                   for m, v in x.items()})
                 if k > 0:
-                    z = problem.project_({m: v + self.momentum * (z[m] - v) + (1 - self.momentum) * (v - x_prev[m])
-                                          for m, v in x.items()})
+                    x_prev = inputs["x_prev"]
+                    z = part.project_({m: v + self.momentum * (z[m] - v) + (1 - self.momentum) * (v - x_prev[m])
+                                       for m, v in x.items()})
                 x_next = {m: v.requires_grad_() for m, v in z.items()}
-            x_prev = x
-            losses, logits, grads = problem.loss_and_grad(x_next)
+            inputs["x_prev"] = x
+            losses, logits, grads = part.loss_and_grad(x_next)
             x = {m: v.detach() for m, v in x_next.items()}
             with torch.no_grad():
-                best.update(x, losses, problem.fooled(logits))
-                increases += losses > f_prev
-                f_prev = losses
-                improved = losses > f_max
-                x_max, grad_max = _where(improved, x, x_max), _where(improved, grads, grad_max)
-                f_max = torch.where(improved, losses, f_max)
+                best.update(x, losses, part.fooled(logits), index=rows)
+                s["increases"] = s["increases"] + (losses > s["f_prev"])
+                s["f_prev"] = losses
+                improved = losses > s["f_max"]
+                inputs["x_max"] = _where(improved, x, inputs["x_max"])
+                inputs["grad_max"] = _where(improved, grads, inputs["grad_max"])
+                s["f_max"] = torch.where(improved, losses, s["f_max"])
                 if k + 1 in self.checkpoints:
-                    stalled = increases < self.rho * (k + 1 - last_check)
-                    reduce = stalled | (~reduced_at_check & (f_max <= f_max_at_check))
-                    scale = torch.where(reduce, scale / 2, scale)
-                    x, x_prev = _where(reduce, x_max, x), _where(reduce, x_max, x_prev)
-                    grads = _where(reduce, grad_max, grads)
-                    f_prev = torch.where(reduce, f_max, f_prev)
-                    f_max_at_check, reduced_at_check, last_check = f_max, reduce, k + 1
-                    increases.zero_()
+                    stalled = s["increases"] < self.rho * (k + 1 - last_check)
+                    reduce = stalled | (~s["reduced_at_check"] & (s["f_max"] <= s["f_max_at_check"]))
+                    s["scale"] = torch.where(reduce, s["scale"] / 2, s["scale"])
+                    x, inputs["x_prev"] = _where(reduce, inputs["x_max"], x), _where(reduce, inputs["x_max"],
+                                                                                   inputs["x_prev"])
+                    grads = _where(reduce, inputs["grad_max"], grads)
+                    s["f_prev"] = torch.where(reduce, s["f_max"], s["f_prev"])
+                    s["f_max_at_check"], s["reduced_at_check"], last_check = s["f_max"], reduce, k + 1
+                    s["increases"] = torch.zeros_like(s["increases"])
+            inputs["x"], inputs["grads"] = x, grads
         return best

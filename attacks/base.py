@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from attacks.losses import NEEDS_FEATURES, LossFn, get_loss
+from attacks.losses import NEEDS_FEATURES, LossFn, PerSampleLoss, get_loss
 from attacks.regions import Ball, Independent, JointL2Ball, L2Ball, ModalitySet, Region
 from attacks.streams import BatchStream, SampleStreams, Streams
 from attacks.threat import IMAGENET_STD, MODALITIES, NORMS, ThreatModel
@@ -160,7 +160,9 @@ class Problem:
         part.region = self.region.subset(index)
         part.fixed = _select(self.fixed, index)
         part.encoded = _select(self.encoded, index)
-        part.loss_fn = self.loss_fn if loss_fn is None else loss_fn
+        if loss_fn is None:  # a loss with per-sample data follows its samples
+            loss_fn = self.loss_fn.subset(index) if isinstance(self.loss_fn, PerSampleLoss) else self.loss_fn
+        part.loss_fn = loss_fn
         part._streams = self.streams.subset(index)
         part.sample_ids = None if self.sample_ids is None else self.sample_ids[index]
         return part

@@ -52,25 +52,43 @@ def difference_of_logits_ratio(out: ModelOutput, labels: Tensor) -> Tensor:
     return (z_other - z_y) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
-def targeted_difference_of_logits_ratio(targets: Tensor) -> LossFn:
+class PerSampleLoss:
+    """A loss with data of its own per sample (targets, regions): ``fn(out, labels, **data)``, each tensor of
+    ``data`` ``[B, ...]`` in the batch's order. ``subset(index)`` is the same loss for the samples ``index``,
+    which an attack takes when samples leave its batch (``Problem.subset``)."""
+
+    def __init__(self, fn: Callable[..., Tensor], **data: Tensor) -> None:
+        self.fn, self.data = fn, data
+        self.__name__ = fn.__name__
+
+    def __call__(self, out: ModelOutput, labels: Tensor) -> Tensor:
+        for name, value in self.data.items():
+            if value.shape[0] != labels.shape[0]:
+                raise ValueError(f"the loss {self.__name__!r} holds {name} for {value.shape[0]} samples, the batch "
+                                 f"has {labels.shape[0]}")
+        return self.fn(out, labels, **self.data)
+
+    def subset(self, index: Tensor) -> PerSampleLoss:
+        return PerSampleLoss(self.fn, **{name: value[index.to(value.device)] for name, value in self.data.items()})
+
+
+def _targeted_dlr(out: ModelOutput, labels: Tensor, targets: Tensor) -> Tensor:
+    z = out.logits
+    if z.shape[1] < 4:
+        raise ValueError(f"the targeted DLR loss needs at least 4 classes, the model has {z.shape[1]}")
+    top = z.topk(4, dim=1).values
+    z_y = z.gather(1, labels[:, None]).squeeze(1)
+    z_t = z.gather(1, targets[:, None]).squeeze(1)
+    return (z_t - z_y) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
+
+
+def targeted_difference_of_logits_ratio(targets: Tensor) -> PerSampleLoss:
     """The targeted DLR loss (Croce & Hein 2020) towards ``targets [B]``:
     ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)`` with ``pi`` the logits sorted in descending order.
 
     Returns the loss for one batch of targets (the samples' order must match); it needs at least 4 classes.
     """
-
-    def targeted_dlr(out: ModelOutput, labels: Tensor) -> Tensor:
-        z = out.logits
-        if z.shape[1] < 4:
-            raise ValueError(f"the targeted DLR loss needs at least 4 classes, the model has {z.shape[1]}")
-        if targets.shape != labels.shape:
-            raise ValueError(f"{targets.numel()} targets for {labels.numel()} samples")
-        top = z.topk(4, dim=1).values
-        z_y = z.gather(1, labels[:, None]).squeeze(1)
-        z_t = z.gather(1, targets[:, None]).squeeze(1)
-        return (z_t - z_y) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
-
-    return targeted_dlr
+    return PerSampleLoss(_targeted_dlr, targets=targets)
 
 
 def margin(out: ModelOutput, labels: Tensor) -> Tensor:

@@ -212,19 +212,30 @@ def test_apgd_t_fools_at_least_as_many_as_apgd_ce(visual) -> None:
 
 
 def test_apgd_t_attacks_each_target_on_the_samples_not_yet_fooled(visual) -> None:
+    """Each target's run starts on the samples no earlier run fooled, and within a run a fooled sample leaves
+    the batch at once (the recorded batches only shrink)."""
     model, (frames, _, labels) = visual
     recorder = Recorder(model)
     steps, targets = 4, 5
-    adv, _ = APGDTargeted(recorder, ThreatModel.of({"visual": 0.04}, units="pixel"),
-                          steps=steps, n_target_classes=targets)(frames, None, labels)
+    runs: list[tuple[int, int]] = []  # (samples attacked, samples the run fooled)
+
+    class Counted(APGDTargeted):
+        def run(self, problem):
+            best = super().run(problem)
+            runs.append((problem.labels.numel(), int(best.fooled.sum())))
+            return best
+
+    adv, _ = Counted(recorder, ThreatModel.of({"visual": 0.04}, units="pixel"),
+                     steps=steps, n_target_classes=targets)(frames, None, labels)
     sizes = [c[0].shape[0] for c in recorder.calls]
     assert sizes[0] == N and not recorder.calls[0][3]  # the clean logits that pick the targets
-    runs = [sizes[i:i + steps + 1] for i in range(1, len(sizes), steps + 1)]
-    assert all(len(set(run)) == 1 and len(run) == steps + 1 for run in runs)
-    run_sizes = [run[0] for run in runs]
-    assert len(run_sizes) <= targets and run_sizes == sorted(run_sizes, reverse=True) and len(set(run_sizes)) > 1
+    clean_fooled = int((recorder.calls[0][2].argmax(1) != labels).sum())
+    assert 1 < len(runs) <= targets and runs[0][0] == N - clean_fooled
+    for (size, fooled), (next_size, _) in zip(runs, runs[1:]):
+        assert next_size == size - fooled  # the next target attacks exactly the samples still standing
+    assert len(sizes) - 1 <= len(runs) * (steps + 1) and any(b < a for a, b in zip(sizes[1:], sizes[2:]))
     robust = int((model(adv, None).logits.argmax(1) == labels).sum())
-    assert robust <= run_sizes[-1]
+    assert robust == runs[-1][0] - runs[-1][1]
 
 
 def test_apgd_t_options(visual) -> None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks import CASCADES, LossFn
+from attacks import CASCADES, PerSampleLoss
 from dataset.annotations import GroundTruth
 from evaluation.localization.metrics import (
     MAP_THRESHOLD,
@@ -95,16 +95,16 @@ def region_similarity(head: FusionHead, out: ModelOutput, regions: Tensor) -> Te
     return _region_means(sims, regions)[0]
 
 
-def correspondence_loss(head: FusionHead, regions: Tensor) -> LossFn:
+def correspondence_loss(head: FusionHead, regions: Tensor) -> PerSampleLoss:
     """The correspondence attack's objective, maximised: per sample, the mean audio-visual similarity outside
     ``regions [B, H, W]`` (the box, at the model input's resolution) minus the mean inside it."""
-    size = tuple(regions.shape[-2:])
 
-    def similarity_gap(out: ModelOutput, labels: Tensor) -> Tensor:
+    def similarity_gap(out: ModelOutput, labels: Tensor, regions: Tensor) -> Tensor:
+        size = tuple(regions.shape[-2:])
         mean_in, mean_out = _region_means(upsample_maps(correspondence_maps(head, out), size), regions)
         return mean_out - mean_in
 
-    return similarity_gap
+    return PerSampleLoss(similarity_gap, regions=regions)
 
 
 def localization_maps(head: FusionHead, out: ModelOutput, size: tuple[int, int]) -> Tensor:
@@ -112,17 +112,16 @@ def localization_maps(head: FusionHead, out: ModelOutput, size: tuple[int, int])
     return upsample_maps(head.attention(out.feat_a, out.fmap_v), size)
 
 
-def outside_mass_loss(head: FusionHead, regions: Tensor) -> LossFn:
+def outside_mass_loss(head: FusionHead, regions: Tensor) -> PerSampleLoss:
     """The map attack's objective: per sample, the share of the map's mass outside ``regions``
     ``[B, H, W]`` (the box, at the model input's resolution), which the attack maximises."""
-    outside = (~regions).float()
-    size = tuple(regions.shape[-2:])
 
-    def outside_mass(out: ModelOutput, labels: Tensor) -> Tensor:
-        maps = localization_maps(head, out, size).clamp_min(0)
+    def outside_mass(out: ModelOutput, labels: Tensor, regions: Tensor) -> Tensor:
+        maps = localization_maps(head, out, tuple(regions.shape[-2:])).clamp_min(0)
+        outside = (~regions).float()
         return (maps * outside).flatten(1).sum(dim=1) / maps.flatten(1).sum(dim=1).clamp_min(1e-12)
 
-    return outside_mass
+    return PerSampleLoss(outside_mass, regions=regions)
 
 
 def objective_variants(head: FusionHead, objectives: Sequence[str], attack_loss: str) -> list[Variant]:
