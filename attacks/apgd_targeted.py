@@ -51,7 +51,7 @@ class APGDTargeted(APGD):
 
     def perturb(self, problem: Problem) -> Inputs:
         clean = {m: v.clone() for m, v in problem.region.clean.items()}
-        _, logits = problem.scores(clean)
+        logits = problem.clean_logits()
         classes = logits.shape[1]
         if classes < 4:
             raise ValueError(f"apgd-t needs a model with at least 4 classes, this one has {classes}")

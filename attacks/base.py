@@ -110,7 +110,7 @@ class Problem:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, labels: Tensor, region: Region | dict[str, ModalitySet],
                  fixed: dict[str, Tensor | None], *, eot_iter: int = 1, seed: int | None = None,
-                 sample_ids: Tensor | None = None) -> None:
+                 sample_ids: Tensor | None = None, clean_logits: Tensor | None = None) -> None:
         self.model = model
         self.loss_fn = loss_fn
         self.labels = labels
@@ -122,6 +122,10 @@ class Problem:
             raise ValueError(f"sample_ids must have one id per sample, shape {tuple(labels.shape)}; got "
                              f"{tuple(sample_ids.shape)}")
         self.sample_ids = sample_ids
+        if clean_logits is not None and clean_logits.shape[0] != labels.shape[0]:
+            raise ValueError(f"clean_logits must have one row per sample ({labels.shape[0]}); got "
+                             f"{tuple(clean_logits.shape)}")
+        self.known_clean_logits = None if clean_logits is None or eot_iter > 1 else clean_logits.detach().float()
         self._streams: Streams | None = None
         self.separate = encodes_separately(model)
         self.encoded = self._encode_fixed() if self.separate and eot_iter == 1 else None
@@ -165,7 +169,14 @@ class Problem:
         part.loss_fn = loss_fn
         part._streams = self.streams.subset(index)
         part.sample_ids = None if self.sample_ids is None else self.sample_ids[index]
+        part.known_clean_logits = _select(self.known_clean_logits, index)
         return part
+
+    def clean_logits(self) -> Tensor:
+        """The logits of the clean inputs: the caller's clean pass when it gave one, else one pass here."""
+        if self.known_clean_logits is not None:
+            return self.known_clean_logits
+        return self.scores({m: v.clone() for m, v in self.region.clean.items()})[1]
 
     def start(self, random: bool = False) -> Inputs:
         """Fresh leaf tensors requiring grad: the clean inputs, or a random point of the region."""
@@ -371,12 +382,15 @@ class Attack:
         return self.threat.attacks(modality) and getattr(self.model, f"uses_{modality}", True)
 
     def __call__(self, frames: Tensor | None, audio: Tensor | None, labels: Tensor,
-                 sample_ids: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+                 sample_ids: Tensor | None = None,
+                 clean_logits: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
         """``(adv_frames, adv_audio)``; an unattacked modality comes back as the tensor passed in.
 
         ``sample_ids`` (``[B]`` integers, e.g. the dataset indices): each sample's random draws come from a
         stream seeded from ``seed`` and its id, so that a sample gets the same result in any batch; None: the
-        samples' places in this batch."""
+        samples' places in this batch. ``clean_logits``: the model's logits on these clean inputs when the caller
+        has them (an evaluation's clean pass), which spares the attacks that start from them (APGD-T's and FAB-T's
+        target classes) a forward pass; ignored with ``eot_iter > 1``."""
         inputs = {"visual": frames, "audio": audio}
         attacked = [m for m in MODALITIES if self.perturbs(m)]
         for m in attacked:
@@ -391,7 +405,8 @@ class Attack:
             self.model.eval()
             try:
                 problem = Problem(self.model, self.loss_fn, labels, region, fixed, eot_iter=self.eot_iter,
-                                  seed=self.seed, sample_ids=None if sample_ids is None else sample_ids.cpu())
+                                  seed=self.seed, sample_ids=None if sample_ids is None else sample_ids.cpu(),
+                                  clean_logits=clean_logits)
                 adv = self._run_restarts(problem)
             finally:
                 for module, mode in modes:

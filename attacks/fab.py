@@ -165,7 +165,7 @@ class FABTargeted(Attack):
 
     def perturb(self, problem: Problem) -> Inputs:
         clean = {m: v.clone() for m, v in problem.region.clean.items()}
-        _, logits = problem.scores(clean)
+        logits = problem.clean_logits()
         classes = logits.shape[1]
         targets = target_classes(logits, problem.labels, min(self.n_target_classes, classes - 1))
         fooled = problem.fooled(logits)

@@ -1,14 +1,21 @@
 """Attack speed: (a) PGD-k against k x (forward + input-gradient backward), the floor any PGD pays;
 (b) our visual-only PGD against torchattacks' PGD on the same model, batch, eps, alpha and steps;
-(d) our FAB-T against torchattacks' (AutoAttack's) FAB-T likewise.
+(c) on a trained run (the demo's concat model), the paper's protocol against the audio-visual AutoAttack
+cascades at the run's reduced settings, end to end through the evaluation engine;
+(d) our FAB-T against torchattacks' (AutoAttack's) FAB-T likewise;
+(e) on a trained visual-only run (the demo's), our standard AutoAttack (the evaluation engine, ``autoattack``)
+against torchattacks' ``AutoAttack(version='standard')`` with its settings (APGD-CE and APGD-T 10 steps,
+C - 1 targets, FAB-T 10 steps, Square 5000 queries), the same clips in one batch, side by side.
 On an ``AVModel`` a single-modality attack encodes the unattacked modality once per call; (b) also
 times our PGD without that (the model behind a wrapper) and both attack loops on a near-free model.
 
-Prints figures, not pass/fail; targets: (a) ratio <= 1.10, (b) ratio <= 1.0 with equal results.
+Prints figures, not pass/fail; targets: (a) ratio <= 1.10, (b) ratio <= 1.0 with equal results, (c) AutoAttack
+<= 1.5 x the protocol, (e) ratio <= 1.0 with the same robust accuracy.
 Timings interleave the contenders and report the median (and minimum) of ``--repeats`` runs after a
 warm-up. One thread by default: on a machine shared with other jobs, more threads make the figures noise.
 
     python bench/bench_attacks.py [--batch 16 --img 64 --audio_len 8192 --steps 10 --arch_frame smallcnn]
+    python bench/bench_attacks.py --parts c e     (after bash scripts/demo.sh: the trained runs' sections only)
 """
 from __future__ import annotations
 
@@ -32,18 +39,20 @@ from torch import Tensor, nn
 import main_attack
 from attacks import PGD, FABTargeted
 from attacks.threat import ThreatModel
-from dataset.loaders import build_dataset, build_loader
+from dataset.loaders import build_dataset, build_loader, to_device
 from evaluation.robustness.engine import AttackEngine
-from evaluation.robustness.protocol import PAPER_PROTOCOL
+from evaluation.robustness.protocol import PAPER_PROTOCOL, Budget
 from models import ModelOutput, build_model
 from training.engine import load_best, run_dir_of
 from utils.distributed import DistInfo
 
-DEMO_RUN = ["--dataset", "synthetic", "--data_root", "data/synthetic", "--ckpt", "ckpt/demo", "--seed", "0",
-            "--arch_frame", "smallcnn", "--frame_dim", "128", "--arch_sound", "anet", "--sound_dim", "128",
-            "--imgSize", "112", "--audLen", "16384", "--num_epoch", "15", "--lr_steps", "11",
-            "--batch_size_per_gpu", "16", "--workers", "2", "--arch_classifier", "concat",
-            "--apgd_steps", "20", "--apgd_targets", "3", "--square_queries", "300"]
+# The demo's model flags (scripts/demo.sh MODEL_FLAGS) and its reduced AutoAttack (ATTACK_FLAGS).
+DEMO_MODEL = ["--dataset", "synthetic", "--data_root", "data/synthetic", "--ckpt", "ckpt/demo", "--seed", "0",
+              "--arch_frame", "poolcnn", "--frame_dim", "128", "--arch_sound", "mel", "--sound_dim", "128",
+              "--imgSize", "112", "--audLen", "16384", "--num_epoch", "15", "--workers", "2"]
+DEMO_RUN = DEMO_MODEL + ["--arch_classifier", "concat", "--batch_size_per_gpu", "50",
+                         "--apgd_steps", "10", "--apgd_targets", "2", "--square_queries", "100"]
+DEMO_VISUAL_RUN = DEMO_MODEL + ["--arch_classifier", "visual"]
 
 
 def bench_protocol(run_flags: list[str], with_standard: bool) -> None:
@@ -103,6 +112,11 @@ def parse_args() -> argparse.Namespace:
                         "(default: the demo's concat model)")
     p.add_argument("--aa_standard", action="store_true",
                    help="(c) also time AutoAttack's standard version (100 APGD steps, 9 targets, 5000 queries)")
+    p.add_argument("--visual_run", default=" ".join(DEMO_VISUAL_RUN),
+                   help="main_attack.py flags of a trained visual-only run for (e) (default: the demo's)")
+    p.add_argument("--aa_clips", type=int, default=64, help="(e) test clips, attacked in one batch")
+    p.add_argument("--aa_eps", type=float, default=4 / 255, help="(e) L-inf budget in pixel units")
+    p.add_argument("--parts", nargs="+", choices=list("abcde"), default=list("abcde"), help="sections to run")
     return p.parse_args()
 
 
@@ -193,31 +207,45 @@ def main() -> None:
           f"batch {args.batch}, frames {args.frames}x{args.img}x{args.img}, audio {args.audio_len}; "
           f"steps {args.steps}, eps {args.eps:.5g}, alpha {alpha:.5g}; median of {args.repeats}")
 
-    # (a) PGD-k on both modalities against k x (forward + CE + gradient w.r.t. both inputs).
-    def floor() -> None:
-        f, a = frames.clone().requires_grad_(), audio.clone().requires_grad_()
-        for _ in range(args.steps):
-            loss = F.cross_entropy(model(f, a).logits, labels, reduction="sum")
-            torch.autograd.grad(loss, [f, a])
+    if "a" in args.parts:  # PGD-k on both modalities against k x (forward + CE + gradient w.r.t. both inputs)
+        def floor() -> None:
+            f, a = frames.clone().requires_grad_(), audio.clone().requires_grad_()
+            for _ in range(args.steps):
+                loss = F.cross_entropy(model(f, a).logits, labels, reduction="sum")
+                torch.autograd.grad(loss, [f, a])
 
-    joint = PGD(model, ThreatModel.of({"visual": args.eps, "audio": args.eps}, units="pixel"),
-                steps=args.steps, alpha=alpha)
-    t = timed({"floor": floor, "pgd": lambda: joint(frames, audio, labels)}, args.repeats)
-    print(f"(a) k x (forward + input-gradient backward): {t['floor']}")
-    print(f"    PGD-{args.steps} audio+visual:                  {t['pgd']}   {t['pgd'] / t['floor']} "
-          "(target <= 1.10)")
+        joint = PGD(model, ThreatModel.of({"visual": args.eps, "audio": args.eps}, units="pixel"),
+                    steps=args.steps, alpha=alpha)
+        t = timed({"floor": floor, "pgd": lambda: joint(frames, audio, labels)}, args.repeats)
+        print(f"(a) k x (forward + input-gradient backward): {t['floor']}")
+        print(f"    PGD-{args.steps} audio+visual:                  {t['pgd']}   {t['pgd'] / t['floor']} "
+              "(target <= 1.10)")
 
-    bench_protocol(args.protocol_run.split(), args.aa_standard)
+    if "c" in args.parts:
+        bench_protocol(args.protocol_run.split(), args.aa_standard)
 
-    # (b) visual-only PGD, ours against torchattacks'.
+    if not set(args.parts) & set("bde"):
+        return
     try:
         import torchattacks
     except ImportError:
-        print("(b) skipped: torchattacks is not installed (pip install -r requirements-dev.txt)")
+        print("(b), (d), (e) skipped: torchattacks is not installed (pip install -r requirements-dev.txt)")
         return
+    if "b" in args.parts:
+        bench_pgd(model, frames, audio, labels, args, torchattacks)
+    if "d" in args.parts:
+        bench_fab(frames, args, torchattacks)
+    if "e" in args.parts:
+        bench_autoattack(args.visual_run.split(), args.aa_clips, args.aa_eps, torchattacks)
+
+
+def bench_pgd(model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor, args: argparse.Namespace,
+              torchattacks: ModuleType) -> None:
+    """(b) visual-only PGD, ours against torchattacks'."""
     if args.frames != 1:
         print("(b) skipped: torchattacks attacks images, so it needs --frames 1")
         return
+    alpha = args.eps / 4
     ours, theirs = pgd_pair(model, audio, args.eps, alpha, args.steps, torchattacks)
     opaque = PGD(Opaque(model), ThreatModel.of({"visual": args.eps}, units="pixel"), steps=args.steps, alpha=alpha)
     t = timed({"ours": lambda: ours(frames, audio, labels), "torchattacks": lambda: theirs(frames[:, :, 0], labels),
@@ -242,7 +270,54 @@ def main() -> None:
               args.repeats * 5)
     print(f"    loop overhead alone (near-free model): torchattacks {t['torchattacks']}, ours {t['ours']}   "
           f"{t['ours'] / t['torchattacks']}")
-    bench_fab(frames, args, torchattacks)
+
+
+def robust_count(model: nn.Module, frames: Tensor, labels: Tensor) -> int:
+    with torch.no_grad():
+        return int((model(frames, None).logits.argmax(1) == labels).sum())
+
+
+def bench_autoattack(run_flags: list[str], clips: int, eps: float, torchattacks: ModuleType) -> None:
+    """(e) Our standard AutoAttack, as a user runs it (the evaluation engine: clean pass, gradient probe, records),
+    against torchattacks' standard AutoAttack, on ``clips`` test clips of a trained visual-only run in one batch,
+    at torchattacks' settings; one timed run each after a short warm-up of both (the runs take minutes)."""
+    args = main_attack.parse_args(run_flags)
+    run_dir = run_dir_of(args)
+    if not (run_dir / "classifier_best.pth").is_file():
+        print(f"(e) skipped: no trained run in {run_dir} (bash scripts/demo.sh trains the default one)")
+        return
+    info = DistInfo()
+    model, _ = load_best(args, info)
+    if model.uses_audio or args.num_frames != 1:
+        print("(e) skipped: torchattacks attacks images, so (e) needs a visual-only run of one frame per clip")
+        return
+    args.max_samples, args.batch_size_per_gpu, args.workers = clips, clips, 0  # a class-stratified subset, one batch
+    batch = next(iter(build_loader(build_dataset(args, "test"), args, info, train=False)))
+    frames, _, labels = to_device(batch, info.device)
+    classes = args.cls_num
+    settings = argparse.Namespace(**{**vars(args), "apgd_steps": 10, "apgd_targets": classes - 1,
+                                     "square_queries": 5000, "seed": 0, "eps_units": "pixel"})
+    budget = Budget(eps, 0.0, units="pixel")
+    engine = AttackEngine(model, settings, info, [budget], ["autoattack"])
+    theirs = torchattacks.AutoAttack(FramesOnly(model, None), norm="Linf", eps=eps, version="standard",
+                                     n_classes=classes, seed=0)
+    images = frames[:, :, 0]
+    results: dict[str, tuple[float, int]] = {}
+    def ours() -> int:
+        records = engine.run([batch]).records
+        return int(records.robust(records.keys()).sum())
+
+    for name, run in (("ours", ours),
+                      ("torchattacks", lambda: robust_count(model, theirs(images, labels).unsqueeze(2), labels))):
+        start = time.perf_counter()
+        robust = run()
+        results[name] = (time.perf_counter() - start, robust)
+    clean = robust_count(model, frames, labels)
+    print(f"(e) standard AutoAttack on {labels.numel()} test clips of {run_dir.name} in one batch, L-inf eps "
+          f"{eps:.5g} (pixels), APGD 10 steps, {classes - 1} targets, Square 5000 queries; clean {clean} correct")
+    print(f"    torchattacks AutoAttack: {results['torchattacks'][0]:.1f} s, robust {results['torchattacks'][1]}")
+    print(f"    ours (evaluation engine): {results['ours'][0]:.1f} s, robust {results['ours'][1]}   ratio "
+          f"{results['ours'][0] / results['torchattacks'][0]:.3f} (target <= 1.0, same robust accuracy)")
 
 
 def bench_fab(frames: Tensor, args: argparse.Namespace, torchattacks: ModuleType) -> None:

@@ -115,6 +115,10 @@ def test_unattacked_modality_of_a_unimodal_model_leaves_accuracy_unchanged(train
     results = json.loads((out / "attack_results.json").read_text())
     visual_only = next(e for e in results["attacks"] if e["budget"] == "V")
     assert visual_only["adv_acc"] == results["clean"]["acc"]
+    assert "does not use the visual input" in visual_only["unchanged"] and visual_only["seconds"] == 0.0
+    assert not any("unchanged" in e for e in results["attacks"] if e["budget"] != "V")
+    assert "V (εv=0.012): not attacked: the model does not use the visual input" in \
+        (out / "attack_table.md").read_text()
     assert results["clean"]["cos_mean"] is None and not (out / "cos_sim.png").exists()
     assert not (out / "visualization").exists()
 

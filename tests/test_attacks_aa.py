@@ -456,3 +456,20 @@ def test_apgd_halves_its_step_to_reach_a_maximum_inside_the_ball() -> None:
     attack = APGD(Bowl(target), ThreatModel(0.0, eps, units="pixel"), steps=100, loss=height)
     adv = attack(None, audio, torch.ones(4, dtype=torch.long))[1]
     assert ((adv - target).abs().amax(dim=(1, 2)) < 0.05 * eps).all()
+
+
+@pytest.mark.parametrize("name", ["apgd-t", "fab-t"])
+def test_given_clean_logits_spare_the_clean_pass_and_change_nothing(visual, name: str) -> None:
+    """The evaluation's clean logits pick the same targets as the attack's own clean pass, one pass fewer."""
+    model, (frames, _, labels) = visual
+    runs = {}
+    for given in (False, True):
+        recorder = Recorder(model)
+        with torch.no_grad():
+            logits = model(frames, None).logits if given else None
+        attack = build_attack(name, recorder, ThreatModel.of({"visual": 0.04}, units="pixel"), steps=3,
+                              n_target_classes=2)
+        runs[given] = (attack(frames, None, labels, clean_logits=logits)[0], len(recorder.calls))
+    assert torch.equal(runs[True][0], runs[False][0]) and runs[True][1] == runs[False][1] - 1
+    with pytest.raises(ValueError, match="clean_logits must have one row per sample"):
+        build_attack(name, model, {"visual": 0.01}, steps=1)(frames, None, labels, clean_logits=logits[:2])

@@ -85,6 +85,9 @@ def attack_table_markdown(results: dict) -> str:
             cos = {budget_label(e): e["cos_adv_mean"] for e in entries if e["attack"] == attack}
             lines.append(_row([attack_label(attack), f"{results['clean']['cos_mean']:.3f}"]
                               + ["n/a" if cos.get(lb) is None else f"{cos[lb]:.3f}" for lb in labels]))
+    unchanged = sorted({f"{budget_label(e)}: {e['unchanged']}" for e in entries if e.get("unchanged")})
+    if unchanged:
+        lines += [""] + [f"{text}." for text in unchanged]
     lines += _check_lines(results.get("checks"))
     seconds = sum(e["seconds"] for e in results["attacks"])
     lines += ["", f"Attack time: {seconds:.1f} s in all."]

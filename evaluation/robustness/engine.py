@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from attacks import ATTACKS, CASCADES, LossFn, attack_settings, build_attack, canonical, describe, joint_split
 from attacks.registry import Component
-from attacks.threat import ThreatModel, ThreatSettings
+from attacks.threat import MODALITIES, ThreatModel, ThreatSettings
 from dataset.loaders import to_device
 from defenses.protocol import purifying
 from evaluation.robustness.checks import SANITY_ATTACK, SANITY_STEPS, GradientProbe
@@ -123,6 +123,7 @@ class EvaluationRun:
     seconds: dict[RecordKey | str, float]  # per record key, and SHIFT_SEARCH
     probe: dict[str, Any]
     vis: list[dict]
+    unchanged: dict[RecordKey, str] = field(default_factory=dict)  # keys not attacked, and why
 
 
 class AttackEngine:
@@ -141,9 +142,26 @@ class AttackEngine:
         self.num_vis = num_vis
         self.sanity_eps = sanity_eps
         self.seconds: dict[RecordKey | str, float] = {}
+        self.unchanged: dict[RecordKey, str] = {}
         self.plan = attack_plan(self.attack_types, self.budgets, ThreatSettings.from_args(args).max_shift)
 
     # ------------------------------------------------------------------------------------------ attacks
+
+    def unchanged_reason(self, budget: Budget) -> str | None:
+        """Why no attack under ``budget`` can change the model's output (every modality it perturbs is one the
+        model does not use), or None when an attack can."""
+        perturbed = [m for m in MODALITIES if budget.attacks(m)]
+        if not perturbed or any(getattr(self.model, f"uses_{m}", True) for m in perturbed):
+            return None
+        return (f"not attacked: the model does not use the {' or '.join(perturbed)} input this budget perturbs, so "
+                f"every sample keeps its clean output")
+
+    def _keep_clean(self, records: Records, key: RecordKey, ctx: BatchContext, idx: Tensor, reason: str,
+                    not_run: Tensor | None = None) -> None:
+        """Record the samples ``idx`` under ``key`` with their clean inputs and output, without running an attack."""
+        sub = ctx.subset(idx)
+        self._record(records, key, sub, idx, sub.frames, sub.audio, sub.clean_out, ctx.labels.numel(), not_run)
+        self.unchanged[key] = reason
 
     def _build(self, name: str, budget: Budget, loss: str | LossFn | None, component: Component | None) -> Any:
         """Registered attack ``name`` under ``budget``, its settings read from the flags it declares. A cascade's
@@ -192,8 +210,10 @@ class AttackEngine:
                 variant: Variant) -> tuple[Tensor, Tensor, ModelOutput]:
         """``attacker`` on ``ctx`` with gradients through the defense as ``variant`` asks; timed under ``key``."""
         start = time.perf_counter()
+        clean_logits = ctx.clean_out.logits if variant.purification is None else None  # the same forward pass
         with purifying(self.model, variant.purification):
-            adv_frames, adv_audio = attacker(ctx.frames, ctx.audio, ctx.labels, sample_ids=ctx.sample_ids)
+            adv_frames, adv_audio = attacker(ctx.frames, ctx.audio, ctx.labels, sample_ids=ctx.sample_ids,
+                                             clean_logits=clean_logits)
         if self.info.device.type == "cuda":
             torch.cuda.synchronize(self.info.device)
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
@@ -231,8 +251,12 @@ class AttackEngine:
     def _single(self, records: Records, attack: str, budget: Budget, ctx: BatchContext,
                 vis_adv: dict | None) -> None:
         everyone = torch.arange(ctx.labels.numel(), device=ctx.labels.device)
+        reason = self.unchanged_reason(budget)
         for variant in self.variants:
             key = RecordKey(attack, budget.key, variant.name)
+            if reason is not None:
+                self._keep_clean(records, key, ctx, everyone, reason)
+                continue
             loss = variant.loss_for(ctx) if describe(attack).uses_loss else None
             adv_frames, adv_audio, out = self._attack(key, self._build(attack, budget, loss, None), ctx, variant)
             self._record(records, key, ctx, everyone, adv_frames, adv_audio, out, ctx.labels.numel(), budget=budget)
@@ -312,6 +336,7 @@ class AttackEngine:
         (black-box, or a fixed objective under the same purification) runs once."""
         batch_size = ctx.labels.numel()
         standing = clean_correct.clone()
+        reason = self.unchanged_reason(budget)
         final = None if vis_adv is None else [ctx.frames.clone(), ctx.audio.clone()]  # for the HTML page
         done: set[tuple] = set()
         components = [(c, ATTACKS.get(c.attack)) for c in CASCADES.get(cascade).components]
@@ -328,6 +353,9 @@ class AttackEngine:
             not_run = ~standing & clean_correct
             if idx.numel() == 0:
                 self._record(records, key, ctx, idx, ctx.frames, ctx.audio, ctx.clean_out, batch_size, not_run)
+                continue
+            if reason is not None:
+                self._keep_clean(records, key, ctx, idx, reason, not_run)
                 continue
             sub = ctx.subset(idx)
             loss = variant.loss_for(sub) if cls.uses_loss else None
@@ -395,7 +423,7 @@ class AttackEngine:
             if vis_adv is not None:
                 vis += self._vis_samples(batch, ctx, vis_adv, len(vis))
         records.gather(self.info)
-        return EvaluationRun(records, self._mean_seconds(), probe.summary(self.info), vis)
+        return EvaluationRun(records, self._mean_seconds(), probe.summary(self.info), vis, dict(self.unchanged))
 
     def _mean_seconds(self) -> dict[RecordKey | str, float]:
         """Seconds per key, averaged over the ranks in one collective: a rank where a cascade component found no

@@ -90,6 +90,9 @@ def _entry(run: EvaluationRun, args: argparse.Namespace, attack: str, budget: Bu
     if is_shift_attack(attack):
         chosen = records.column(keys[0], "shift_s")
         entry["shift_counts"] = {f"{s:g}": int(np.count_nonzero(chosen == s)) for s in np.unique(chosen)}
+    reasons = sorted({run.unchanged[k] for k in keys if k in run.unchanged})
+    if reasons:
+        entry["unchanged"] = "; ".join(reasons)
     figures = accuracy(robust)
     cos = _cos(records, keys[0])
     entry.update(adv_acc=figures["acc"], n=figures["n"], correct=figures["correct"], ci=figures["ci"],
