@@ -72,6 +72,7 @@ class TrainConfig:
     name: str
     dtype: str | None  # autocast dtype (a key of AMP_DTYPES), None for float32
     channels_last: bool
+    compile: bool = False  # torch.compile of the model (--compile)
 
     def precision(self, device: torch.device) -> Precision:
         return Precision(device.type, AMP_DTYPES[self.dtype] if self.dtype else None)
@@ -162,7 +163,17 @@ def time_interleaved(contenders: dict[str, Callable[[], object]], device: torch.
 
 def replica_of(model: nn.Module, config: TrainConfig) -> nn.Module:
     replica = copy.deepcopy(model)
-    return replica.to(memory_format=torch.channels_last) if config.channels_last else replica
+    if config.channels_last:
+        replica = replica.to(memory_format=torch.channels_last)
+    return torch.compile(replica) if config.compile else replica
+
+
+def table_configs(args: argparse.Namespace, device: torch.device, model: nn.Module) -> tuple[TrainConfig, ...]:
+    """The table's columns: the six configs, and with --compile the mains' --amp config compiled."""
+    if not args.compile:
+        return TRAIN_CONFIGS
+    mains = mains_amp_config(device, model)
+    return (*TRAIN_CONFIGS, TrainConfig(f"{mains.name} + compile", mains.dtype, mains.channels_last, compile=True))
 
 
 def measure_training(model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor,
@@ -360,6 +371,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch intra-op threads, 0 for torch's default (1 steadies CPU figures on a shared machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures to this JSON file")
+    p.add_argument("--compile", action="store_true",
+                   help="(a) gains a column: the mains' --amp config under torch.compile (its compilation, about two "
+                        "minutes for a tiny model on a 2-core CPU, falls in the warm-up, outside the figure)")
     p.add_argument("--measure_benchmark", choices=["off", "on"], default=None, help=argparse.SUPPRESS)  # (a)'s worker
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -404,7 +418,8 @@ def measure_setting(args: argparse.Namespace) -> dict:
     rows = {}
     for batch in args.batches:
         frames, audio, labels = bench_batch(args, batch, device)
-        figures = measure_training(model, frames, audio, labels, TRAIN_CONFIGS, args.warmup, args.iters, args.repeats)
+        figures = measure_training(model, frames, audio, labels, table_configs(args, device, model), args.warmup,
+                                   args.iters, args.repeats)
         rows[str(batch)] = {name: asdict(t) for name, t in figures.items()}
         del frames, audio, labels
         if device.type == "cuda":
@@ -455,7 +470,7 @@ def table_rows(settings: dict[str, dict], batches: list[int]) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    names = [c.name for c in TRAIN_CONFIGS]
+    names = list(rows[0]["samples_per_s"])
     print("| batch, cudnn.benchmark | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
     for row in rows:

@@ -170,3 +170,19 @@ def test_the_small_cpu_run_prints_the_amp_table_profiles_and_diagnosis(tmp_path:
     assert report["training"]["mains_amp"] == "bf16 AMP"  # the CPU: bfloat16, no channels-last
     assert json.loads(out.read_text())["training"]["rows"] == rows
     assert math.isfinite(report["pgd"]["ratio"]) and report["pgd"]["ratio"] > 0
+
+
+def test_compile_adds_the_mains_amp_config_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile takes minutes here: a stand-in records what the bench hands it."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    model = tiny_model()
+    plain = bench_gpu.table_configs(bench_gpu.parse_args(["--device", "cpu", "--small"]), torch.device("cpu"), model)
+    assert plain == bench_gpu.TRAIN_CONFIGS
+    configs = bench_gpu.table_configs(bench_gpu.parse_args(["--device", "cpu", "--small", "--compile"]),
+                                      torch.device("cpu"), model)
+    assert configs[:-1] == bench_gpu.TRAIN_CONFIGS
+    assert configs[-1] == bench_gpu.TrainConfig("bf16 AMP + compile", "bfloat16", False, compile=True)
+    figures = bench_gpu.measure_training(model, *tiny_batch(), configs[-1:], warmup=1, iters=1, repeats=1)
+    assert len(compiled) == 1 and compiled[0] is not model  # a copy of the model, compiled
+    assert math.isfinite(figures["bf16 AMP + compile"].samples_per_s)
