@@ -80,7 +80,6 @@ def as_model_output(out: Any) -> ModelOutput:
     return ModelOutput(logits, None, None, None)
 
 
-
 class Problem:
     """One attack call: the model, objective and labels, the feasible region of the attacked modalities
     (a ``Region``, or a ``{modality: ball}`` dict for independent balls), the inputs that stay as they are

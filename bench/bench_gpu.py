@@ -436,10 +436,10 @@ def measure_setting(args: argparse.Namespace) -> dict:
 def measure_setting_in_subprocess(argv: list[str], benchmark: str) -> dict:
     """``measure_setting`` in a fresh Python process (this script with --measure_benchmark), so each setting
     starts from an empty cuDNN algorithm cache."""
-    forwarded = [a for a in argv if a != "--json"]
-    if "--json" in argv:  # drop the user's --json and its value
-        at = argv.index("--json")
-        forwarded = argv[:at] + argv[at + 2:]
+    forwarded = [a for a in argv if not a.startswith("--json=")]  # the user's --json is this process's
+    if "--json" in forwarded:
+        at = forwarded.index("--json")
+        forwarded = forwarded[:at] + forwarded[at + 2:]
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "setting.json"
         command = [sys.executable, str(Path(__file__).resolve()), *forwarded, "--measure_benchmark", benchmark,

@@ -166,7 +166,6 @@ def load_bank(path: str | os.PathLike, expected_dim: int | None = None) -> Tenso
     return D.float()
 
 
-
 class _Identity(torch.autograd.Function):
     """Returns ``purified`` forward and passes the gradient to ``f`` unchanged (BPDA)."""
 
