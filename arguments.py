@@ -158,8 +158,21 @@ class ArgParser:
         g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="auto: CUDA when present, else CPU")
         g.add_argument("--amp", action="store_true",
-                       help="fp16 for the training forward passes (CUDA only); attacks, validation and evaluation "
-                            "stay fp32")
+                       help="mixed precision (autocast to --amp_dtype) for the training forward passes; attacks, "
+                            "validation and evaluation stay fp32; part of a run's training flags")
+        g.add_argument("--amp_dtype", choices=["auto", "float16", "bfloat16"], default="auto",
+                       help="--amp's dtype: auto is bfloat16 where the device computes it natively (CUDA GPUs "
+                            "from Ampere on, the CPU), else float16; bfloat16 runs without a GradScaler, float16 "
+                            "with one (CUDA only)")
+        g.add_argument("--cudnn_benchmark", choices=["auto", "on", "off"], default="auto",
+                       help="cuDNN times its convolution algorithms per input shape: auto is on for training "
+                            "(fixed batch shapes), off for evaluation (shapes vary)")
+        g.add_argument("--deterministic", action="store_true",
+                       help="bit-exact reruns: cuDNN deterministic, no benchmarking, "
+                            "torch.use_deterministic_algorithms(warn_only=True); slower")
+        g.add_argument("--channels_last", choices=["auto", "on", "off"], default="auto",
+                       help="channels-last memory format of the model and its frames: auto is on for CUDA models "
+                            "with 2-D convolutions")
         g.add_argument("--print_run_dir", action="store_true",
                        help="print the run folder these flags select (--ckpt/<run id>) and exit")
         g.add_argument("--disp_iter", type=_positive_int, default=20, help="batches between progress lines")
@@ -199,6 +212,9 @@ class ArgParser:
                             "end the training (stop)")
         g.add_argument("--resume", action="store_true",
                        help="continue the run from its 'latest' checkpoint (same run id)")
+        g.add_argument("--compile", action="store_true",
+                       help="--mode train: torch.compile the model for the training steps (validation, attacks "
+                            "and evaluation run it uncompiled); the first steps pay the compilation")
         return self
 
     def add_attack_arguments(self) -> ArgParser:
@@ -318,6 +334,8 @@ class ArgParser:
             _check_decode_device(args, self.parser)
         if hasattr(args, "num_epoch"):
             _apply_schedule(args, self.parser)
+        if hasattr(args, "amp"):
+            _check_precision_flags(args, self.parser)
         if hasattr(args, "restarts") and args.restarts > 1 and not args.random_start:
             self.parser.error("--restarts > 1 needs --random_start (restarts from the clean input are identical)")
         if hasattr(args, "attack_type"):
@@ -355,6 +373,16 @@ def _check_architecture(args: argparse.Namespace, parser: argparse.ArgumentParse
             takes = [n for n in registry.names() if "dim" in inspect.signature(registry.get(n).__init__).parameters]
             parser.error(f"--{flag} {getattr(args, flag)} does not apply to --{arch} {getattr(args, arch)} (its width "
                          f"is fixed); it sets the width of {', '.join(takes)}")
+
+
+def _check_precision_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.amp_dtype != "auto" and not args.amp:
+        parser.error(f"--amp_dtype {args.amp_dtype} sets the dtype of --amp; add --amp (or drop --amp_dtype)")
+    if args.deterministic and args.cudnn_benchmark == "on":
+        parser.error("--deterministic and --cudnn_benchmark on contradict each other: benchmarking picks cuDNN "
+                     "algorithms by timing, so two runs may pick different ones")
+    if getattr(args, "compile", False) and args.mode != "train":
+        parser.error(f"--compile compiles the model for training; --mode {args.mode} runs it uncompiled")
 
 
 def _check_eval_name(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
 import torch
@@ -23,6 +22,7 @@ from attacks.regions import Ball, Independent, JointL2Ball, L2Ball, ModalitySet,
 from attacks.streams import BatchStream, SampleStreams, Streams
 from attacks.threat import IMAGENET_STD, MODALITIES, NORMS, ThreatModel
 from models.av_model import AVModel, ModelOutput
+from utils.precision import autocast_off
 
 VALID_RANGE = {"visual": (0.0, 1.0), "audio": (-1.0, 1.0)}
 
@@ -78,13 +78,6 @@ def as_model_output(out: Any) -> ModelOutput:
     if logits.dim() != 2:
         raise ValueError(f"the model's logits must have shape [B, C], got {tuple(logits.shape)}")
     return ModelOutput(logits, None, None, None)
-
-
-def _autocast_off(device_type: str) -> AbstractContextManager:
-    """A region where autocast is disabled on ``device_type`` (nothing to do where autocast does not exist)."""
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return nullcontext()
 
 
 class Problem:
@@ -398,7 +391,7 @@ class Attack:
                 raise ValueError(f"the {m} budget is > 0 but the {m} input is None")
         if not attacked:
             return frames, audio
-        with _autocast_off(inputs[attacked[0]].device.type):
+        with autocast_off(inputs[attacked[0]].device.type):
             region = self._region({m: inputs[m].detach().float() for m in attacked})
             fixed = {m: None if v is None else v.detach().float() for m, v in inputs.items() if m not in attacked}
             modes = [(module, module.training) for module in self.model.modules()]

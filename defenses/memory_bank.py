@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +24,7 @@ from defenses.protocol import AdaptiveAttack
 from defenses.sparse_coding import CodingStats, fista, implicit_lasso, ista_released, lipschitz_constant
 from models.av_model import AVModel
 from utils.fileio import CheckpointError, atomic_path, non_finite_entries
+from utils.precision import autocast_off
 
 BANK_METHODS = ("random", "kmeans")
 SOLVERS = ("fista", "ista")
@@ -165,13 +166,6 @@ def load_bank(path: str | os.PathLike, expected_dim: int | None = None) -> Tenso
     return D.float()
 
 
-def _autocast_off(device_type: str) -> AbstractContextManager:
-    """A region where autocast is disabled on ``device_type`` (a no-op where autocast does not exist)."""
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return nullcontext()
-
-
 class _Identity(torch.autograd.Function):
     """Returns ``purified`` forward and passes the gradient to ``f`` unchanged (BPDA)."""
 
@@ -250,7 +244,7 @@ class MemoryBank(nn.Module):
     def forward(self, f: Tensor) -> Tensor:
         if f.dim() != 2 or f.shape[1] != self.feature_dim:
             raise ValueError(f"features must be [B, {self.feature_dim}] for this bank, got {tuple(f.shape)}")
-        with _autocast_off(f.device.type):
+        with autocast_off(f.device.type):
             purified = self._purify(f.float())
         return purified.to(f.dtype)
 

@@ -2,6 +2,7 @@
 data-wait fraction and the PGD ratio follow where the time really goes, and training steps really train."""
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from attacks import build_attack
 from bench import bench_gpu
 from models import build_model
 from tests.sop_fixture import make_root
+from utils.precision import Precision
 
 BATCH, IMG, AUDIO_LEN, CLASSES = 2, 32, 2048, 3
 
@@ -47,11 +49,11 @@ def test_training_throughput_is_finite_and_positive_and_the_steps_train() -> Non
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-@pytest.mark.parametrize("amp", [False, True])
-def test_train_step_updates_weights_and_lowers_the_loss_on_a_fixed_batch(amp: bool) -> None:
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16])
+def test_train_step_updates_weights_and_lowers_the_loss_on_a_fixed_batch(dtype: torch.dtype | None) -> None:
     model = tiny_model()
     frames, audio, labels = tiny_batch()
-    step = bench_gpu.make_train_step(model, amp=amp, lr=0.05)
+    step = bench_gpu.make_train_step(model, Precision("cpu", dtype), lr=0.05)
     first = step(frames, audio, labels).item()
     for _ in range(8):
         last = step(frames, audio, labels).item()
@@ -99,7 +101,7 @@ def test_data_wait_over_a_dataset_on_disk(tmp_path: Path) -> None:
     root = make_root(tmp_path / "root", per_class=2, size=(40, 48))
     loader = bench_gpu.bench_loader(str(root), IMG, AUDIO_LEN, BATCH, workers=0, num_batches=4, seed=0,
                                     pin_memory=False)
-    wait = bench_gpu.measure_data_wait(loader, bench_gpu.make_train_step(tiny_model(), amp=False),
+    wait = bench_gpu.measure_data_wait(loader, bench_gpu.make_train_step(tiny_model(), Precision("cpu")),
                                        torch.device("cpu"), warmup=1)
     assert wait.batches == 3
     assert 0 < wait.fraction < 1 and math.isfinite(wait.step_s)
@@ -127,11 +129,60 @@ def test_pgd_ratio_comes_from_the_measured_times() -> None:
 
 
 def test_verdicts_and_cpu_only_arguments() -> None:
-    assert bench_gpu.verdict(1.6, bench_gpu.AMP_TARGET, higher_is_better=True) == "met"
-    assert bench_gpu.verdict(1.2, bench_gpu.AMP_TARGET, higher_is_better=True) == "MISSED"
+    assert bench_gpu.verdict(1.6, bench_gpu.AMP_TARGETS[0], higher_is_better=True) == "met"
+    assert bench_gpu.verdict(1.9, bench_gpu.AMP_TARGETS[1], higher_is_better=True) == "MISSED"
     assert bench_gpu.verdict(0.06, bench_gpu.DATA_WAIT_TARGET, higher_is_better=False) == "MISSED"
     assert bench_gpu.verdict(1.05, bench_gpu.PGD_TARGET, higher_is_better=False) == "met"
-    args = bench_gpu.parse_args(["--device", "cpu", "--small", "--batch", "3"])
-    assert (args.img, args.audio_len, args.batch) == (64, 8192, 3)
+    args = bench_gpu.parse_args(["--device", "cpu", "--small", "--batches", "3", "5"])
+    assert (args.img, args.audio_len, args.batches, args.frame_arch) == (32, 2048, [3, 5], "smallcnn")
+    assert bench_gpu.parse_args(["--device", "cpu"]).batches == [32, 128]
     with pytest.raises(SystemExit):
         bench_gpu.parse_args(["--device", "cpu", "--iters", "0"])
+
+
+def test_the_small_cpu_run_prints_the_amp_table_profiles_and_diagnosis(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """The whole script at --small on the CPU (its two cudnn.benchmark processes included): the table has a row per
+    batch and benchmark setting and a finite positive figure per config, the ratios are those figures over the
+    row's fp32, and the profiles, diagnosis and targets come with it."""
+    out = tmp_path / "bench.json"
+    report = bench_gpu.main(["--device", "cpu", "--small", "--threads", "1", "--repeats", "1", "--json", str(out)])
+    text = capsys.readouterr().out
+    names = [c.name for c in bench_gpu.TRAIN_CONFIGS]
+    rows = report["training"]["rows"]
+    assert [(r["batch"], r["cudnn_benchmark"]) for r in rows] == [(2, "off"), (2, "on"), (4, "off"), (4, "on")]
+    for row in rows:
+        assert list(row["samples_per_s"]) == names
+        for name in names:
+            value, ratio = row["samples_per_s"][name], row["ratio"][name]
+            assert math.isfinite(value) and value > 0 and math.isfinite(ratio) and ratio > 0
+            assert ratio == pytest.approx(value / row["samples_per_s"]["fp32"])
+        assert f"| {row['batch']}, {row['cudnn_benchmark']} | " in text
+    assert "| batch, cudnn.benchmark | " + " | ".join(names) + " |" in text
+    for name in bench_gpu.PROFILED:
+        assert f"torch.profiler, {name}, batch 2" in text
+        profile = report["training"]["profiles"]["on"][name]
+        assert 0 <= profile["casts_us"] <= profile["total_us"] and profile["total_us"] > 0
+    assert report["training"]["profiles"]["on"]["bf16 AMP"]["scaler_us"] == 0
+    assert report["training"]["profiles"]["on"]["fp16 AMP"]["scaler_us"] > 0  # float16 runs a GradScaler
+    assert any(line.startswith("casts (aten::to") for line in report["training"]["diagnosis"])
+    assert [t["target"] for t in report["training"]["targets"].values()] == list(bench_gpu.AMP_TARGETS)
+    assert report["training"]["mains_amp"] == "bf16 AMP"  # the CPU: bfloat16, no channels-last
+    assert json.loads(out.read_text())["training"]["rows"] == rows
+    assert math.isfinite(report["pgd"]["ratio"]) and report["pgd"]["ratio"] > 0
+
+
+def test_compile_adds_the_mains_amp_config_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile takes minutes here: a stand-in records what the bench hands it."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    model = tiny_model()
+    plain = bench_gpu.table_configs(bench_gpu.parse_args(["--device", "cpu", "--small"]), torch.device("cpu"), model)
+    assert plain == bench_gpu.TRAIN_CONFIGS
+    configs = bench_gpu.table_configs(bench_gpu.parse_args(["--device", "cpu", "--small", "--compile"]),
+                                      torch.device("cpu"), model)
+    assert configs[:-1] == bench_gpu.TRAIN_CONFIGS
+    assert configs[-1] == bench_gpu.TrainConfig("bf16 AMP + compile", "bfloat16", False, compile=True)
+    figures = bench_gpu.measure_training(model, *tiny_batch(), configs[-1:], warmup=1, iters=1, repeats=1)
+    assert len(compiled) == 1 and compiled[0] is not model  # a copy of the model, compiled
+    assert math.isfinite(figures["bf16 AMP + compile"].samples_per_s)

@@ -43,8 +43,9 @@ class CollapseMonitor:
         spread_a = F.normalize(emb_a.float(), dim=1).mean(dim=0).norm()
         spread_v = F.normalize(emb_v.float(), dim=1).mean(dim=(0, 2)).norm()
         hits = (sims.float().amax(dim=2).argmax(dim=1) == torch.arange(batch, device=sims.device)).sum()
-        self.totals += torch.tensor([batch, batch * spread_a.item(), batch * spread_v.item(), hits.item(), 1.0],
-                                    dtype=torch.float64)
+        one = torch.ones((), dtype=torch.float64, device=sims.device)
+        row = torch.stack([one * batch, spread_a.double() * batch, spread_v.double() * batch, hits.double(), one])
+        self.totals = self.totals.to(sims.device) + row  # on the device: no host sync per training step
 
     def summary(self, info: DistInfo) -> dict[str, float]:
         """The epoch's sample-weighted means over every rank: spread_a, spread_v, retrieval and its chance."""

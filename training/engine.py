@@ -2,9 +2,12 @@
 checkpoints each epoch, ``train`` top to bottom; plus building the model of the flags and the wrapper every
 entry point runs its work in (flag checks, process group, one-line errors).
 
-Precision: ``--amp`` (CUDA only) runs the model's training forward passes in float16 autocast with a
-GradScaler; which passes those are, the objective decides (its inner maximisation stays in float32).
-Validation and evaluation always run in float32.
+Precision and speed (``utils.precision`` decides them): ``--amp`` runs the model's training forward passes in
+``--amp_dtype`` autocast (bfloat16 without a GradScaler where the device supports it, else float16 with one); which
+passes those are, the objective decides (its inner maximisation stays in float32). Validation and evaluation always
+run in float32. ``--compile`` compiles the model for the training steps only. A training step makes no host sync
+of its own: losses and accuracies add up on the device and are read every ``--disp_iter`` steps and at the
+epoch's end, where a non-finite loss stops the run naming the first step it came from and that batch's samples.
 """
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -43,12 +45,20 @@ from training.checkpoint import (
 )
 from training.collapse import TrainingCollapsed, collapse_problem
 from training.frame_pretrain import pretrain_frame_encoder
-from training.objectives import Autocast, CrossEntropy, Objective, full_precision, is_self_supervised
+from training.objectives import CrossEntropy, Objective, is_self_supervised
 from training.run import check_evaluation, check_identity, prepare_training, write_identity
 from utils.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed, launch_world_size
 from utils.fileio import write_json_atomic
 from utils.folders import FolderError, folder_lock
-from utils.meters import AverageMeter, ConfusionCounter
+from utils.meters import ConfusionCounter
+from utils.precision import (
+    Precision,
+    PrecisionError,
+    configure_backends,
+    cpu_bf16_native,
+    training_precision,
+    use_channels_last,
+)
 
 FRAME_PRETRAINING = ("imagenet", "simclr")  # --weights_frame values that are not checkpoint paths
 
@@ -68,7 +78,7 @@ def create_model(args: argparse.Namespace, info: DistInfo, init_weights: bool = 
         if init_weights and path and path not in FRAME_PRETRAINING and net is not None:
             load_module(net, path, module_meta(meta, module, model))
     model = model.to(info.device)
-    if info.device.type == "cuda":
+    if use_channels_last(getattr(args, "channels_last", "auto"), info.device, model):
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -109,14 +119,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, EpochLRFactor(schedule, args.num_epoch, warmup,
                                                                       args.lr_steps))
 
-def amp_enabled(args: argparse.Namespace, info: DistInfo) -> bool:
-    return args.amp and info.device.type == "cuda"
-
-def training_autocast(args: argparse.Namespace, info: DistInfo) -> Autocast:
-    """The context of the model's training forward passes: float16 autocast under --amp on CUDA, else float32."""
-    if amp_enabled(args, info):
-        return partial(torch.autocast, device_type=info.device.type, dtype=torch.float16)
-    return full_precision
+def run_precision(args: argparse.Namespace, info: DistInfo) -> Precision:
+    """The precision of the training forward passes of --amp / --amp_dtype on the run's device."""
+    return training_precision(args.amp, getattr(args, "amp_dtype", "auto"), info.device)
 
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
     model.train()
@@ -125,40 +130,68 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
 
+class NonFiniteWatch:
+    """The first step of an epoch whose loss is not finite, kept on the device (no host sync per step), with
+    the sample ids of the steps since the last ``check``; ``check`` (one sync) raises naming that step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.value = torch.zeros((), dtype=torch.float64, device=device)
+        self.samples: dict[int, list[str]] = {}
+
+    def update(self, loss: torch.Tensor, step: int, samples: list[str]) -> None:
+        loss = loss.detach()
+        first = ~torch.isfinite(loss) & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.value = torch.where(first, loss.double(), self.value)
+        self.samples[step] = list(samples)
+
+    def check(self, epoch: int, info: DistInfo) -> None:
+        step, value = torch.stack([self.step.double(), self.value]).tolist()
+        if step >= 0:
+            raise FloatingPointError(f"non-finite loss {value} at epoch {epoch} step {int(step)} (rank {info.rank}); "
+                                     f"batch samples: {', '.join(self.samples[int(step)])}")
+        self.samples.clear()
+
+
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                     epoch: int, args: argparse.Namespace, info: DistInfo, writer: SummaryWriter | None,
                     objective: Objective) -> dict[str, float]:
+    """One epoch of training steps; the loss, accuracy and cos sums stay on the device until the epoch ends
+    (read every --disp_iter steps for the progress bar), in float64 and in the order a host sum would take."""
     set_train_mode(model, args.freeze_bn)
-    autocast = training_autocast(args, info)
-    loss_meter, acc_meter, cos_meter = AverageMeter(), AverageMeter(), AverageMeter()
+    autocast = run_precision(args, info).autocast
+    sums = torch.zeros(3, dtype=torch.float64, device=info.device)  # loss x n, accuracy (%) x n, cos x n
+    count = cos_count = 0
+    watch = NonFiniteWatch(info.device)
     bar = tqdm(loader, desc=f"epoch {epoch} train", disable=not info.is_main, leave=False, dynamic_ncols=True)
     for step, batch in enumerate(bar):
         frames, audio, labels = to_device(batch, info.device)
         loss, out = objective(model, frames, audio, labels, autocast)
-        logits = out.logits
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step} "
-                                     f"(rank {info.rank}); batch samples: {', '.join(batch['info'])}")
+        watch.update(loss, step, batch["info"])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        accuracy = (logits.argmax(1) == labels).float().mean().item() * 100
-        loss_meter.update(loss.item(), labels.numel())
-        acc_meter.update(accuracy, labels.numel())
+        n = labels.numel()
+        accuracy = (out.logits.detach().argmax(1) == labels).float().mean().double() * 100
         cos = feature_cosine(out)
-        if cos is not None:
-            cos_meter.update(cos.mean().item(), labels.numel())
+        cos_sum = cos.mean().double() * n if cos is not None else torch.zeros_like(accuracy)
+        sums += torch.stack([loss.detach().double() * n, accuracy * n, cos_sum])
+        count += n
+        cos_count += n if cos is not None else 0
         if step % args.disp_iter == 0:
-            bar.set_postfix(loss=f"{loss_meter.avg:.4f}", acc=f"{acc_meter.avg:.1f}")
+            watch.check(epoch, info)
+            loss_sum, acc_sum, last = torch.cat([sums[:2], loss.detach().double().view(1)]).tolist()
+            bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{acc_sum / count:.1f}")
             if writer is not None:
-                writer.add_scalar("train/loss_iter", loss.item(), epoch * len(loader) + step)
-    totals = all_reduce_sum(torch.tensor([loss_meter.sum, acc_meter.sum, loss_meter.count, cos_meter.sum,
-                                          cos_meter.count], dtype=torch.float64), info)
-    count = max(totals[2].item(), 1)
-    record = {"train_loss": totals[0].item() / count, "train_acc": totals[1].item() / count}
-    if totals[4].item() > 0:  # audio-visual models with embeddings of one width
-        record["train_cos"] = totals[3].item() / totals[4].item()
+                writer.add_scalar("train/loss_iter", last, epoch * len(loader) + step)
+    watch.check(epoch, info)
+    totals = all_reduce_sum(torch.stack([sums[0], sums[1], sums.new_tensor(count), sums[2],
+                                         sums.new_tensor(cos_count)]), info).tolist()
+    record = {"train_loss": totals[0] / max(totals[2], 1), "train_acc": totals[1] / max(totals[2], 1)}
+    if totals[4] > 0:  # audio-visual models with embeddings of one width
+        record["train_cos"] = totals[3] / totals[4]
     return record
 
 @torch.no_grad()
@@ -219,7 +252,7 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
             write_json_atomic(run_dir / "simclr_history.json", pretraining)
     optimizer = build_optimizer(model, args)
     scheduler = build_scheduler(optimizer, args)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=amp_enabled(args, info))
+    scaler = run_precision(args, info).scaler()
     start_epoch, best_acc, history = 0, -1.0, []
     if args.resume:
         if not train_state_path(run_dir).is_file():
@@ -244,6 +277,8 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
     ddp_model = model
     if info.enabled:
         ddp_model = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
+    if getattr(args, "compile", False):  # the training steps only: validation and checkpoints use ``model``
+        ddp_model = torch.compile(ddp_model)
     writer = SummaryWriter(str(run_dir / "tensorboard")) if info.is_main else None
 
     for epoch in range(start_epoch, args.num_epoch):
@@ -353,6 +388,22 @@ def init_weights_problem(args: argparse.Namespace) -> str | None:
             f"({run_dir_of(args)}/<frame|sound|classifier>_best.pth), not initial weights; the --weights_* flags "
             f"initialise --mode train only, so drop them")
 
+def configure_run_backends(args: argparse.Namespace, info: DistInfo) -> None:
+    """cuDNN modes of the run (``utils.precision.configure_backends``); for training also checks that the device
+    runs --amp_dtype and says which precision the training forward passes take."""
+    training = args.mode == "train"
+    backends = configure_backends(getattr(args, "cudnn_benchmark", "auto"), getattr(args, "deterministic", False),
+                                  training)
+    if training and args.amp:
+        precision = run_precision(args, info)
+        if info.is_main:
+            scaler = "with a GradScaler" if precision.scaler().is_enabled() else "no GradScaler"
+            print(f"--amp: training forward passes in {precision.name} ({scaler}); cudnn.benchmark "
+                  f"{'on' if backends.cudnn_benchmark else 'off'}")
+            if info.device.type == "cpu" and not cpu_bf16_native():
+                print("note: this CPU has no bfloat16 instructions (AVX512-BF16 / AMX): bfloat16 is emulated and "
+                      "trains slower than float32 here (bench/bench_gpu.py --device cpu --small measures it)")
+
 def run_entry_point(args: argparse.Namespace, action: Callable[[argparse.Namespace, DistInfo], object]) -> None:
     """What every entry point does around its work: --print_run_dir, checks of flags that would otherwise be
     silently wrong, joining the process group, one-line errors for bad data and checkpoints, and leaving the
@@ -364,9 +415,8 @@ def run_entry_point(args: argparse.Namespace, action: Callable[[argparse.Namespa
         if problem:
             sys.exit(f"error: {problem}")
     info = init_distributed(args.device)
-    if args.amp and info.device.type != "cuda" and info.is_main:
-        print("note: --amp applies on CUDA only; running in float32 on the CPU")
     try:
+        configure_run_backends(args, info)
         writes_run = args.mode in ("train", "build_bank") and info.is_main
         with folder_lock(run_dir_of(args), f"the run {run_dir_of(args)}") if writes_run else contextlib.nullcontext():
             if args.mode != "train":
@@ -374,7 +424,7 @@ def run_entry_point(args: argparse.Namespace, action: Callable[[argparse.Namespa
                     if info.is_main:
                         print(note)
             action(args, info)
-    except (DataError, CheckpointError, FolderError, TrainingCollapsed) as err:
+    except (DataError, CheckpointError, FolderError, TrainingCollapsed, PrecisionError) as err:
         sys.exit(f"error: {err}")
     finally:
         cleanup(info)

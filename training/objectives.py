@@ -8,9 +8,9 @@ the training inputs. A self-supervised head (``models.correspondence``) brings i
 ``Correspondence`` (a contrastive loss, labels reaching its linear probe only): ``CrossEntropy`` switches to it.
 
 Precision: an objective is called outside any autocast region. Only the model's training forward
-passes run inside ``autocast()`` (``torch.autocast`` under ``--amp``); the inner maximisation (its
-input gradients and the TRADES target) and the losses stay in float32, so an attack never takes an
-unscaled fp16 gradient.
+passes run inside ``autocast()`` (``utils.precision.Precision.autocast`` under ``--amp``); the inner
+maximisation (its input gradients and the TRADES target) and the losses stay in float32, so an attack
+never takes an unscaled fp16 gradient.
 """
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ class Objective(Protocol):
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside torch.compile's and DistributedDataParallel's wrappers."""
+    model = getattr(model, "_orig_mod", model)
     return model.module if hasattr(model, "module") else model
 
 

@@ -32,8 +32,11 @@ MODEL_FLAGS = ("dataset", "arch_frame", "arch_sound", "arch_classifier", "img_po
                "sound_dim", "stft_frame", "stft_hop", "cls_num", "num_frames", "stride_frames", "frameRate", "imgSize",
                "audLen", "audRate", "num_epoch", "train_mode", "lambda_cos", "train_eps", "train_attack_steps",
                "trades_beta")
-# Flags that change the weights training produces, beyond the model flags: a resumed run must keep them.
-TRAINING_FLAGS = MODEL_FLAGS + ("seed", "max_samples", "freeze_bn")
+# Flags that change the weights training produces, beyond the model flags: a resumed run must keep them. The
+# precision does (--amp, --amp_dtype); how fast the same arithmetic runs does not (--cudnn_benchmark,
+# --channels_last, --compile, --deterministic). A configuration saved before a flag existed is not compared on it:
+# runs of earlier versions trained --amp in float16, so resume one with --amp_dtype float16 to keep its precision.
+TRAINING_FLAGS = MODEL_FLAGS + ("seed", "max_samples", "freeze_bn", "amp", "amp_dtype")
 # Where a run's data lives: taken from the saved configuration with --run unless the user gives a data root.
 DATA_PATH_FLAGS = ("list_train", "list_val", "list_test", "audio_path", "frame_path")
 OPTIMISATION_FLAGS = ("lr_frame", "lr_sound", "lr_classifier", "lr_steps", "beta1", "weight_decay", "optimizer",

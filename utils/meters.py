@@ -1,27 +1,9 @@
-"""Running averages and accuracy counts for training and evaluation."""
+"""Accuracy counts for evaluation."""
 from __future__ import annotations
 
 import torch
 
 from utils.distributed import DistInfo, all_reduce_sum
-
-
-class AverageMeter:
-    """Weighted running average of a scalar (loss, accuracy, time per batch)."""
-
-    def __init__(self) -> None:
-        self.sum = 0.0
-        self.count = 0
-        self.last = 0.0
-
-    def update(self, value: float, n: int = 1) -> None:
-        self.last = value
-        self.sum += value * n
-        self.count += n
-
-    @property
-    def avg(self) -> float:
-        return self.sum / max(self.count, 1)
 
 
 class ConfusionCounter:

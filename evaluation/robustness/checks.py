@@ -35,6 +35,7 @@ from evaluation.robustness.records import Records
 from evaluation.stats import wilson_interval
 from models.av_model import ModelOutput
 from utils.distributed import DistInfo, all_reduce_sum
+from utils.precision import autocast_off
 
 RANDOMNESS_TOL = 1e-5  # relative change of the logits between two passes that counts as randomness
 BLACK_BOX_TOLERANCE = 0.002  # share of samples (AutoAttack's check_square_sr uses 0.2 %)
@@ -53,7 +54,7 @@ class GradientProbe:
 
     def update(self, frames: Tensor, audio: Tensor, labels: Tensor, out: ModelOutput) -> None:
         device = frames.device.type
-        with torch.autocast(device_type=device, enabled=False):
+        with autocast_off(device):
             with torch.no_grad():
                 again = self.model(frames, audio).logits.float()
             logits = out.logits.float()
