@@ -80,4 +80,7 @@ def transform_audio(wave: np.ndarray, train: bool, rng: np.random.Generator | No
         if rng is None:
             raise ValueError("train transforms need a random generator")
         wave = wave * rng.uniform(0.5, 1.5)
-    return torch.from_numpy(np.clip(wave, -1.0, 1.0).astype(np.float32)).unsqueeze(0)
+        np.clip(wave, -1.0, 1.0, out=wave)  # a new array already: clipped where it is
+    else:
+        wave = np.clip(wave, -1.0, 1.0)
+    return torch.from_numpy(wave.astype(np.float32, copy=False)).unsqueeze(0)
