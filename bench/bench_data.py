@@ -339,6 +339,31 @@ def bench_preprocess(args: argparse.Namespace) -> float:
     return len(videos) / elapsed
 
 
+def report_target(args: argparse.Namespace, name: str, root: Path, results: dict, load_start: float) -> None:
+    """The 256-px target: the decoders side by side, new against old, whether 400/s is met, else a profile."""
+    workers, cores = max(args.workers), os.cpu_count()
+    print(f"JPEG decoders on the {TARGET_FRAMES} frames, CPU ms per frame (to an image the resize takes), "
+          "largest difference from Pillow's pixels:")
+    decoders = decoder_times(root)
+    for decoder, (ms, worst) in decoders.items():
+        print(f"  {decoder:<30}{ms:>7.3f} ms  {worst} levels")
+    print(f"  fastest: {min(decoders, key=lambda d: decoders[d][0])}")
+
+    rate = {path: results[name, workers, path][0] for path in PATHS}
+    met = rate["new"] >= TARGET_RATE
+    print(f"target: {TARGET_FRAMES} with {workers} workers, new {rate['new']:.0f} samples/s against old "
+          f"{rate['old']:.0f} ({rate['new'] / rate['old']:.2f}x): {TARGET_RATE}/s "
+          f"{'met' if met else 'NOT met'}")
+    if 0 in args.workers:
+        old_ms, new_ms = results[name, 0, "old"][1], results[name, 0, "new"][1]
+        print(f"  CPU per sample in one process: old {old_ms:.2f} ms, new {new_ms:.2f} ms ({old_ms / new_ms:.2f}x "
+              f"less): {cores} idle cores would give at most {cores * 1000 / new_ms:.0f} samples/s")
+    print(f"  load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} now, on {cores} cores "
+          "(a load above the loader's own processes: other jobs shared the cores)")
+    if not met:
+        profile_new_path(root, args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="data/synthetic", help="the embedded data, preprocessed (train.csv)")
@@ -349,6 +374,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=10, help="timed batches per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (the median is shown)")
+    parser.add_argument("--sizes", nargs="+", default=[f"{w}x{h}" for w, h in GENERATED_SIZES],
+                        choices=[f"{w}x{h}" for w, h in GENERATED_SIZES], help="generated frame sizes to time")
     parser.add_argument("--num_videos", type=int, default=40)
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in a loader worker (DataLoader sets it there), also for the 0-worker runs
@@ -366,35 +393,18 @@ def main() -> None:
         else:
             print(f"embedded data: no train.csv under {args.root} (scripts/demo.sh makes it; or pass --root)")
         for width, height in GENERATED_SIZES:
+            if f"{width}x{height}" not in args.sizes:
+                continue
             root = Path(tmp) / f"{width}x{height}"
             kilobytes = generate_root(root, width, height)
             roots.append((f"{width}x{height} ({kilobytes:.0f} kB)", root))
         results = bench_loaders(args, roots)
-        (name, target_root), = [(n, r) for n, r in roots if n.startswith(TARGET_FRAMES)]
-        large = [n for n, _ in roots if n.startswith("1280x720")][0]
-
-        print(f"JPEG decoders on the {TARGET_FRAMES} frames, CPU ms per frame (to an image the resize takes), "
-              "largest difference from Pillow's pixels:")
-        decoders = decoder_times(target_root)
-        for decoder, (ms, worst) in decoders.items():
-            print(f"  {decoder:<30}{ms:>7.3f} ms  {worst} levels")
-        print(f"  fastest: {min(decoders, key=lambda d: decoders[d][0])}")
-
-        rate = {path: results[name, workers, path][0] for path in PATHS}
-        print(f"target: 1280x720 with {workers} workers, new/full "
-              f"{results[large, workers, 'new'][0] / results[large, workers, 'full'][0]:.2f}x (>= 2x)")
-        met = rate["new"] >= TARGET_RATE
-        print(f"target: {TARGET_FRAMES} with {workers} workers, new {rate['new']:.0f} samples/s against old "
-              f"{rate['old']:.0f} ({rate['new'] / rate['old']:.2f}x): {TARGET_RATE}/s "
-              f"{'met' if met else 'NOT met'}")
-        if 0 in args.workers:
-            old_ms, new_ms = results[name, 0, "old"][1], results[name, 0, "new"][1]
-            print(f"  CPU per sample in one process: old {old_ms:.2f} ms, new {new_ms:.2f} ms ({old_ms / new_ms:.2f}x "
-                  f"less): {cores} idle cores would give at most {cores * 1000 / new_ms:.0f} samples/s")
-        print(f"  load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} now, on {cores} cores "
-              "(above the workers' own: other processes took the cores)")
-        if not met:
-            profile_new_path(target_root, args)
+        for large in [n for n, _ in roots if n.startswith("1280x720")]:
+            print(f"target: 1280x720 with {workers} workers, new/full "
+                  f"{results[large, workers, 'new'][0] / results[large, workers, 'full'][0]:.2f}x (>= 2x)")
+        for name, root in roots:
+            if name.startswith(TARGET_FRAMES):
+                report_target(args, name, root, results, load_start)
     if Path(args.videos).is_dir() and find_videos(args.videos):
         print(f"preprocessing: {bench_preprocess(args):.1f} videos/s ({args.num_videos} videos, {workers} workers, "
               "8 fps + 11025 Hz)")
