@@ -17,6 +17,7 @@ from dataset.wav_header import wav_truncation
 # Extra source samples read on each side of a window that gets resampled, so the polyphase
 # filter sees real signal rather than an edge.
 _RESAMPLE_PAD = 64
+_PCM16_SCALE = np.float32(2.0 ** -15)
 
 
 def _open_error(path: str, err: OSError) -> DataError:
@@ -71,7 +72,10 @@ def _read_circular(sound: sf.SoundFile, start: int, count: int) -> np.ndarray:
     total = sound.frames
     inside = 0 <= start and start + count <= total
     sound.seek(start if inside else 0)
-    data = sound.read(count if inside else total, dtype="float32")
+    if sound.subtype == "PCM_16":  # what preprocessing writes: libsndfile's float is the level times 2^-15, exactly
+        data = sound.read(count if inside else total, dtype="int16") * _PCM16_SCALE
+    else:
+        data = sound.read(count if inside else total, dtype="float32")
     if data.shape[0] != (count if inside else total):
         raise DataError(f"audio {sound.name}: read {data.shape[0]} samples where {count if inside else total} "
                         "were expected (file shorter than its header says)")
