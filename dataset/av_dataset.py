@@ -31,9 +31,9 @@ class AVDataset(Dataset):
     memory: :meth:`set_epoch` reaches loader workers that were started before it (persistent workers) as well
     as new ones; call it once per epoch, before iterating.
 
-    A frame stored at least twice as large as the resize target (shorter side) is decoded at a reduced JPEG
-    scale (:func:`dataset.media.decode_frame`) and only its crop window is resampled; smaller frames are decoded
-    and transformed exactly as before.
+    Frames are decoded by Pillow (libjpeg-turbo); one stored at least twice as large as the resize target
+    (shorter side) is decoded at a reduced JPEG scale (:func:`dataset.media.decode_frame`). Only the crop window
+    is resampled (:func:`dataset.transforms.cut_window`), and only the audio window is read from the wav.
 
     A bad row raises DataError naming the CSV line and the file when the item is loaded — a missing or
     undecodable frame, a wav that cannot be read or is shorter than its header says, a frame count above
@@ -123,7 +123,7 @@ class AVDataset(Dataset):
                 visual = {"frames": self._decode_clip(paths, row, rng)}
             # a count above the frames on disk would shift the centre frame and the audio window silently
             self._check_exists(os.path.join(frame_dir, frame_name(row.num_frames)), row)
-            wave = load_audio_window(wav, frame_time(center, self.frame_rate), self.aud_len, self.aud_rate)
+            wave = self._read_audio(wav, frame_time(center, self.frame_rate))
             audio = transform_audio(wave, self.train, rng)
         except DataError as err:
             raise DataError(f"{row.where}: {err}") from None
@@ -134,6 +134,10 @@ class AVDataset(Dataset):
     def _check_exists(path: str, row: IndexRow) -> None:
         if not os.path.exists(path):
             raise DataError(f"frame {path}: file not found (the index says {row.num_frames} frames)")
+
+    def _read_audio(self, path: str, center_time: float) -> np.ndarray:
+        """The sample's mono waveform window, before the audio transform."""
+        return load_audio_window(path, center_time, self.aud_len, self.aud_rate)
 
     def _decode_clip(self, paths: list[str], row: IndexRow, rng: np.random.Generator | None) -> torch.Tensor:
         """The clip's frames decoded and cut: uint8 [3, T, H, W]."""

@@ -10,6 +10,11 @@ libjpeg decodes on both sides, and the resize repeats PIL's two passes with 8-bi
 where PIL uses 22-bit fixed-point coefficients. nvJPEG on a GPU is a different decoder (IDCT and chroma
 upsampling), not measured here. Frames that the CPU path decodes at reduced scale (stored at least twice the
 resize target) are decoded in full here, so they differ as reduced decoding does (tests/test_fast_loading.py).
+
+``torchvision.io.decode_jpeg`` is deprecated since torchvision 0.29 (a DeprecationWarning; it still works, and
+older stacks have no successor); its successor is TorchCodec's ``decode_jpeg`` (from 0.16: batched nvJPEG with
+``device='cuda'``), not adopted here: TorchCodec's wheels follow one torch release each, and no GPU was at hand
+to check it.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from dataset.wav_header import wav_truncation
 # Extra source samples read on each side of a window that gets resampled, so the polyphase
 # filter sees real signal rather than an edge.
 _RESAMPLE_PAD = 64
+_PCM16_SCALE = np.float32(2.0 ** -15)
 
 
 def _open_error(path: str, err: OSError) -> DataError:
@@ -42,7 +43,8 @@ def decode_frame(path: str, shorter: int | None = None) -> tuple[Image.Image, tu
                 draft = img.draft("RGB", resized_size(full_size, shorter))  # None: not a JPEG
                 if draft is not None and img.size != full_size:
                     reduced_box = draft[1]
-            return img.convert("RGB"), full_size, reduced_box
+            img.load()
+            return img if img.mode == "RGB" else img.convert("RGB"), full_size, reduced_box
     except OSError as err:
         raise _open_error(path, err) from None
 
@@ -64,17 +66,20 @@ def read_jpeg(path: str) -> tuple[bytes, tuple[int, int]]:
     return data, size
 
 
-def _read_circular(path: str, start: int, count: int, total: int) -> np.ndarray:
-    """Samples ``start .. start+count`` of the file, indices taken modulo its length (tiling short clips)."""
-    if 0 <= start and start + count <= total:
-        data, _ = sf.read(path, start=start, frames=count, dtype="float32", always_2d=True)
+def _read_circular(sound: sf.SoundFile, start: int, count: int) -> np.ndarray:
+    """Frames ``start .. start+count`` of the open file, indices taken modulo its length (tiling short clips):
+    [count] for a mono file, [count, channels] otherwise. Only the window is read when it lies inside the file."""
+    total = sound.frames
+    inside = 0 <= start and start + count <= total
+    sound.seek(start if inside else 0)
+    if sound.subtype == "PCM_16":  # what preprocessing writes: libsndfile's float is the level times 2^-15, exactly
+        data = sound.read(count if inside else total, dtype="int16") * _PCM16_SCALE
     else:
-        whole, _ = sf.read(path, dtype="float32", always_2d=True)
-        data = whole[np.arange(start, start + count) % whole.shape[0]]
-    if data.shape[0] != count:
-        raise DataError(f"audio {path}: read {data.shape[0]} samples where {count} were expected "
-                        "(file shorter than its header says)")
-    return data
+        data = sound.read(count if inside else total, dtype="float32")
+    if data.shape[0] != (count if inside else total):
+        raise DataError(f"audio {sound.name}: read {data.shape[0]} samples where {count if inside else total} "
+                        "were expected (file shorter than its header says)")
+    return data if inside else data[np.arange(start, start + count) % total]
 
 
 def load_audio_window(path: str, center_time: float, length: int, rate: int) -> np.ndarray:
@@ -82,35 +87,41 @@ def load_audio_window(path: str, center_time: float, length: int, rate: int) -> 
 
     Stereo is averaged to mono, other sample rates are resampled (polyphase), and a window that runs
     past either end of the clip wraps around, so audio shorter than the window is tiled. A wav holding
-    fewer frames than its header declares (cut short) raises DataError rather than being tiled.
+    fewer frames than its header declares (cut short) raises DataError rather than being tiled. The file is
+    opened once and only the window is read (the whole file only when the window wraps around).
     """
     try:
-        info = sf.info(path)
+        sound = sf.SoundFile(path)
     except Exception as err:  # soundfile raises RuntimeError / LibsndfileError / FileNotFoundError
         raise DataError(f"audio {path}: cannot open ({err})") from None
-    if info.frames <= 0:
-        raise DataError(f"audio {path}: no samples")
-    truncation = wav_truncation(path)
-    if truncation is not None:
-        raise DataError(f"audio {path}: {truncation}")
-    src_rate = info.samplerate
-    ratio = Fraction(rate, src_rate)
-    try:
-        if ratio == 1:
-            start = round(center_time * rate) - length // 2
-            data = _read_circular(path, start, length, info.frames)
-            mono = data.mean(axis=1)
-        else:
-            src_len = math.ceil(length / ratio) + 2 * _RESAMPLE_PAD
-            src_start = round(center_time * src_rate) - src_len // 2
-            data = _read_circular(path, src_start, src_len, info.frames)
-            res = resample_poly(data.mean(axis=1), ratio.numerator, ratio.denominator)
-            mid = len(res) // 2
-            mono = res[mid - length // 2: mid - length // 2 + length]
-    except DataError:
-        raise
-    except Exception as err:
-        raise DataError(f"audio {path}: cannot read ({err})") from None
+    with sound:
+        if sound.frames <= 0:
+            raise DataError(f"audio {path}: no samples")
+        truncation = wav_truncation(path)
+        if truncation is not None:
+            raise DataError(f"audio {path}: {truncation}")
+        src_rate = sound.samplerate
+        ratio = Fraction(rate, src_rate)
+        try:
+            if ratio == 1:
+                start = round(center_time * rate) - length // 2
+                mono = _mono(_read_circular(sound, start, length))
+            else:
+                src_len = math.ceil(length / ratio) + 2 * _RESAMPLE_PAD
+                src_start = round(center_time * src_rate) - src_len // 2
+                res = resample_poly(_mono(_read_circular(sound, src_start, src_len)), ratio.numerator,
+                                    ratio.denominator)
+                mid = len(res) // 2
+                mono = res[mid - length // 2: mid - length // 2 + length]
+        except DataError:
+            raise
+        except Exception as err:
+            raise DataError(f"audio {path}: cannot read ({err})") from None
     if not np.all(np.isfinite(mono)):
         raise DataError(f"audio {path}: contains NaN or infinite samples")
-    return mono.astype(np.float32)
+    return mono.astype(np.float32, copy=False)
+
+
+def _mono(data: np.ndarray) -> np.ndarray:
+    """Samples averaged over channels; a mono read is already 1-D."""
+    return data if data.ndim == 1 else data.mean(axis=1)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from dataset.av_dataset import AVDataset
 from dataset.index import DataError, read_index
 from dataset.layout import frame_time
+from dataset.media import load_audio_window
 from tests.sop_fixture import GRAY_STEP, RAMP_SLOPE, RAMP_START, make_root, ramp_time, write_clip, write_index
 
 CLASSES = ["cat_a", "cat_b", "cat_c"]
@@ -233,3 +234,19 @@ def test_skip_bad_drops_and_lists_bad_rows(root, capsys):
 def test_skip_bad_keeps_a_clean_index_whole(root, capsys):
     ds = make_dataset(root, csv="test.csv", skip_bad=True)
     assert len(ds) == 6 and "dropped" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])
+def test_the_audio_window_equals_the_same_samples_of_the_whole_file(tmp_path, channels, subtype):
+    """Only the window is read (one open, a seek); it holds exactly the samples of a whole-file read, also when
+    it wraps around either end of the clip."""
+    path = tmp_path / "a.wav"
+    wave = np.random.default_rng(channels).uniform(-0.9, 0.9, (3 * RATE, channels)).astype(np.float32)
+    sf.write(path, wave, RATE, subtype=subtype)
+    whole, _ = sf.read(path, dtype="float32", always_2d=True)
+    for center_time in (1.5, 0.05, 2.97):  # inside, past the start, past the end
+        start = round(center_time * RATE) - 4096 // 2
+        expected = whole[np.arange(start, start + 4096) % len(whole)].mean(axis=1)
+        window = load_audio_window(str(path), center_time, 4096, RATE)
+        assert window.dtype == np.float32 and np.array_equal(window, expected)
