@@ -126,11 +126,13 @@ class Square(Attack):
         balls = problem.region.balls
         x = {m: self._initial_point(m, ball, problem.streams) for m, ball in balls.items()}
         losses, fooled = problem.evaluate(x)
+        index, part = None, problem
         for iteration in range(self.queries):
-            index = (~fooled).nonzero().squeeze(1)
-            if index.numel() == 0:
-                break
-            part = problem.subset(index)
+            if index is None or bool(fooled[index].any()):  # the samples still standing changed: subset anew
+                index = (~fooled).nonzero().squeeze(1)
+                if index.numel() == 0:
+                    break
+                part = problem.subset(index)
             p = square_fraction(iteration, self.queries, self.p_init)
             candidate = {}
             for m, ball in part.region.balls.items():
