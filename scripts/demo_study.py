@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 import contextlib
 import io
+import resource
 import time
 from collections.abc import Callable, Iterator
 
@@ -92,7 +93,11 @@ class Study:
             main(argv)
 
     def step(self, title: str) -> None:
-        print(f"== {title}  [{time.perf_counter() - self.start:.0f} s into the study]", flush=True)
+        """Print the step's title with the wall-clock and CPU seconds (this process and its finished workers) the
+        study has taken so far."""
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = time.process_time() + children.ru_utime + children.ru_stime
+        print(f"== {title}  [{time.perf_counter() - self.start:.0f} s into the study, {cpu:.0f} s of CPU]", flush=True)
 
     def train(self, head: str) -> Path:
         recipe = SSL_RECIPE if head == "ssl" else RECIPE
