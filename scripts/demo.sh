@@ -3,14 +3,14 @@
 # generate videos -> preprocess (8 fps, 11025 Hz) -> index -> dataset statistics -> train audio-only,
 # visual-only, audio-visual (concat), class-trained localization (loc) and label-free localization (ssl)
 # models -> attack audio, visual, concat (PGD and a reduced-budget audio-visual AutoAttack, per-sample
-# records, gradient-masking checks; the paper's budgets), the corruption suite on them, the (eps_v, eps_a)
-# map of concat -> sound-source localization of loc and ssl against the generated boxes next to the centre
+# records, gradient-masking checks; the paper's budgets), the corruption suite on them -> sound-source localization of loc and ssl against the generated boxes next to the centre
 # prior, clean and attacked -> defend concat (dissimilarity constraint with the memory banks, attacked through
 # the sparse coding) next to the adversarial-training baseline, both under PGD and AutoAttack -> summary table
 # with 95 % intervals and findings with McNemar tests.
 # Rerunning skips what is done (finished videos, finished training runs, finished evaluations).
 # DEMO_DIR (default data/) holds the data, DEMO_CKPT (default ckpt/demo) the runs; DEMO_SEED seeds all;
-# DEMO_FULL=1 runs AutoAttack at its standard budget and the corruptions at all five severities.
+# DEMO_FULL=1 runs AutoAttack at its standard budget, the corruptions at all five severities, and the
+# (eps_v, eps_a) map of concat.
 source "$(dirname "${BASH_SOURCE[0]}")/_bootstrap.sh"
 ensure_venv requirements.txt
 cd "$REPO_ROOT"
@@ -42,8 +42,7 @@ echo "== 4/9 dataset statistics"
 
 # Steps 5-8 run in one Python process (scripts/demo_study.py, which prints the command line of each step): the
 # CPU-sized models of the README's CPU recipe, PGD and the reduced-budget AutoAttack on every model (the defended
-# ones too), the corruption suite, the (eps_v, eps_a) map, localization under attack, and the defenses with the
-# memory banks. DEMO_FULL=1: AutoAttack's standard budget and all five corruption severities.
+# ones too), the corruption suite, localization under attack, and the defenses with the memory banks.
 CKPT="${DEMO_CKPT:-ckpt/demo}"
 full=()
 [ "${DEMO_FULL:-0}" = 1 ] && full=(--full)
@@ -54,5 +53,5 @@ mapfile -t evaluations < "$CKPT/demo_evaluations.txt"
 echo "== 9/9 summary (accuracy % [95 % Wilson interval], test split; adversarial examples: <run>/evals/*/visualization/)"
 "$PYTHON" scripts/summarize.py "${evaluations[@]}" --markdown "$CKPT/summary.md" \
     --csv "$CKPT/summary.csv" --json "$CKPT/summary.json" --findings
-echo "the (eps_v, eps_a) map of concat: ${evaluations[2]}/eps_map.png; corruption figures:" \
-    "<run>/evals/corruptions_*/corruption.png; every evaluation of a run: <run>/evals/index.json"
+echo "corruption figures: <run>/evals/corruptions_*/corruption.png; the (eps_v, eps_a) map of concat (DEMO_FULL=1):" \
+    "${evaluations[2]}/eps_map.png; every evaluation of a run: <run>/evals/index.json"
