@@ -459,9 +459,10 @@ def attack_setup(args: argparse.Namespace) -> tuple[DefendedModel, list[dict]]:
     return defended, batches
 
 
-def attack_run(defended: DefendedModel, batches: list[dict], args: argparse.Namespace,
-               warm: bool) -> dict[str, Any]:
-    """PGD through the banks (implicit gradients) by the evaluation engine, with the banks' warm start on or off."""
+def attack_run(defended: DefendedModel, batches: list[dict], args: argparse.Namespace, warm: bool,
+               tol: float) -> dict[str, Any]:
+    """PGD through the banks (implicit gradients) by the evaluation engine, with the banks' warm start on or off
+    and FISTA's tolerance ``tol``."""
     from evaluation.robustness.engine import AttackEngine, Variant
     from evaluation.robustness.protocol import Budget
     from evaluation.robustness.records import RecordKey
@@ -474,7 +475,7 @@ def attack_run(defended: DefendedModel, batches: list[dict], args: argparse.Name
         square_queries=5000, square_p_init=0.8)
     banks = [defended.bank_v, defended.bank_a]
     for bank in banks:
-        bank.warm_start = warm
+        bank.warm_start, bank.tol = warm, tol
         bank.stats = CodingStats()
     budget = Budget(*args.attack_eps)
     engine = AttackEngine(defended, engine_args, DistInfo(), [budget], ["pgd"], [Variant("ce", "ce", "implicit")])
@@ -499,28 +500,36 @@ def bench_attack(args: argparse.Namespace) -> None:
           f"samples; banks of {args.attack_bank} features of random inputs; {args.attack_samples} samples "
           f"(labels: the defended model's clean predictions), batch {args.attack_batch}; FISTA tol "
           f"{args.fista_tol:g}, at most {args.fista_max_iter} iterations; {torch.get_num_threads()} thread(s)")
-    runs = {name: attack_run(defended, batches, args, warm) for name, warm in (("cold", False), ("warm", True))}
-    print(f"    {'start':6s} {'attack':>9s} {'evaluation':>11s} {'clean acc':>10s} {'robust acc':>11s} "
+    tol = args.fista_tol
+    configs = {"cold": (False, tol), "warm": (True, tol), "cold/10": (False, tol / 10)}
+    runs = {name: attack_run(defended, batches, args, *config) for name, config in configs.items()}
+    for bank in (defended.bank_v, defended.bank_a):
+        bank.warm_start, bank.tol = True, tol
+    print(f"    {'run':7s} {'attack':>9s} {'evaluation':>11s} {'clean acc':>10s} {'robust acc':>11s} "
           f"{'codings':>8s} {'FISTA it':>9s} {'warm':>6s} {'FISTA it':>9s} {'reused':>7s} {'dense bwd':>10s}")
-    print(f"    {'':6s} {'':>9s} {'':>11s} {'':>10s} {'':>11s} {'':>8s} {'/ coding':>9s} {'':>6s} {'/ warm':>9s}")
+    print(f"    {'':7s} {'':>9s} {'':>11s} {'':>10s} {'':>11s} {'':>8s} {'/ coding':>9s} {'':>6s} {'/ warm':>9s}")
     for name, r in runs.items():
         n = len(r["correct"])
-        print(f"    {name:6s} {r['attack_s']:8.2f}s {r['total_s']:10.2f}s {100 * sum(r['clean']) / n:9.1f}% "
+        print(f"    {name:7s} {r['attack_s']:8.2f}s {r['total_s']:10.2f}s {100 * sum(r['clean']) / n:9.1f}% "
               f"{100 * float((r['correct'] == 1).sum()) / n:10.1f}% {r['rows']:8d} "
               f"{r['iterations'] / max(r['rows'], 1):9.1f} {r['warm_rows']:6d} "
-              f"{r['warm_iterations'] / max(r['warm_rows'], 1):9.1f} {r['reused_rows']:7d} {r['dense_backward']:10d}")
-    print("    codings: every feature coded in the evaluation (clean pass, the checks' passes, attack steps, the "
-          "verdict pass after the attack, which codes from zero in both runs); warm: started from the sample's code "
-          "of the previous attack step; reused: the feature had just been coded (the first step, from the clean "
-          "input; the unattacked modality)")
+              f"{r['warm_iterations'] / max(r['warm_rows'], 1):9.1f} {r['reused_rows']:7d} "
+              f"{r['dense_backward']:10d}")
+    print(f"    cold: FISTA from zero at every pass (--bank_warm_start off); warm: the default; cold/10: cold at a tenth "
+          f"of the tolerance ({tol / 10:g}), the solver-tolerance reference. codings: every feature coded in the "
+          "evaluation (clean pass, the checks' passes, attack steps, the verdict pass after the attack, which codes "
+          "from zero in every run); warm: started from the sample's code of the previous attack step; reused: the "
+          "feature had just been coded (the first step, from the clean input; the unattacked modality)")
     cold, warm = runs["cold"], runs["warm"]
-    agree = int((cold["correct"] == warm["correct"]).sum())
     step_cold = cold["iterations"] / max(cold["rows"], 1)
     step_warm = warm["warm_iterations"] / max(warm["warm_rows"], 1)
     print(f"    warm vs cold: attack time {warm['attack_s']:.2f}s vs {cold['attack_s']:.2f}s "
           f"({cold['attack_s'] / warm['attack_s']:.1f}x faster); FISTA iterations per attack step and sample "
-          f"{step_cold:.1f} -> {step_warm:.1f}; per-sample outcome (robust or fooled) agrees on {agree} of "
-          f"{len(cold['correct'])} samples")
+          f"{step_cold:.1f} -> {step_warm:.1f}")
+    n = len(cold["correct"])
+    for a, b in (("warm", "cold"), ("cold/10", "cold"), ("warm", "cold/10")):
+        agree = int((runs[a]["correct"] == runs[b]["correct"]).sum())
+        print(f"    per-sample outcome (robust or fooled), {a} vs {b}: agrees on {agree} of {n} samples")
 
 
 def main() -> None:

@@ -89,15 +89,16 @@ def fista_codes(D: Tensor, F: Tensor, lam: float = 0.1, L: float | None = None, 
     FISTA starts there afresh (momentum factor ``t = 1``), so the first iteration is a plain proximal-gradient
     step from ``init``. The lasso solution does not depend on the start (unique for ``λ > 0`` in general
     position): a warm start changes the iteration count, and the code only within the tolerance.
-    Stopping, per sample: a sample's code is frozen once ``‖α_k − α_{k−1}‖₂ / ‖α_k‖₂ < tol`` (its relative L2
-    change; a code that stays zero counts as 0, zero is then its optimum) and the others go on, up to
-    ``max_iter`` iterations. From a start ``α_0``, the first change ``α_1 − α_0`` is the proximal-gradient
-    residual at ``α_0`` (zero exactly when ``α_0`` solves the lasso), so a warm start stops at once only when it
-    is itself a solution to the tolerance, not when it merely lies near the previous code. Each sample's iterates
-    depend only on that sample (FISTA's momentum factor depends only on the iteration count), so a code is the
-    same alone and in any batch (up to the rounding of batched products). Relative, so the rule does not depend
-    on the scale of the features (the released absolute rule fires after a few iterations on raw features,
-    whose codes are small numbers).
+    Stopping, per sample: a sample's code ``α_k = prox(y_{k−1} − ∇(y_{k−1})/L)`` is frozen once both its change
+    ``‖α_k − α_{k−1}‖₂`` and its proximal-gradient residual ``‖α_k − y_{k−1}‖₂`` (``y`` the momentum point the
+    step was taken from) are below ``tol·‖α_k‖₂`` (a code that stays zero counts as 0, zero is then its optimum);
+    the others go on, up to ``max_iter`` iterations. The residual is zero exactly when ``y_{k−1}`` solves the
+    lasso, so the rule does not fire where momentum merely turns (consecutive iterates close, the momentum point
+    not), and a warm start's first step (``y_0 = α_0``) measures the residual at the start itself: a start that
+    merely lies near a solution does not pass for one. Each sample's iterates depend only on that sample (FISTA's
+    momentum factor depends only on the iteration count), so a code is the same alone and in any batch (up to the
+    rounding of batched products). Relative, so the rule does not depend on the scale of the features (the
+    released absolute rule fires after a few iterations on raw features, whose codes are small numbers).
     ``tol = 0`` runs every sample for ``max_iter`` iterations.
     ``differentiable``: keep the autograd graph through the unrolled iterations (``unrolled`` gradients: memory
     grows with the iteration count); otherwise run under ``no_grad``.
@@ -122,13 +123,14 @@ def fista_codes(D: Tensor, F: Tensor, lam: float = 0.1, L: float | None = None, 
             grad = y @ gram - DtF if gram is not None else (y @ D.T - F_run) @ D
             x_new = soft_threshold(y - grad / L, lam / L)
             delta = x_new - x
+            residual = (x_new - y).detach() if tol > 0 else None
             t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
             y = x_new + ((t - 1) / t_next) * delta
             x, t = x_new, t_next
-            if tol <= 0:
+            if residual is None:
                 continue
-            change = delta.detach().norm(dim=1) / x_new.detach().norm(dim=1).clamp_min(1e-30)
-            converged = change < tol
+            change = torch.maximum(delta.detach().norm(dim=1), residual.norm(dim=1))
+            converged = change < tol * x_new.detach().norm(dim=1).clamp_min(1e-30)
             if not bool(converged.any()):
                 continue
             done = rows[converged]
