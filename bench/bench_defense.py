@@ -1,9 +1,9 @@
 """Memory-bank defense cost: (a) batched FISTA against the released solver, (b) the defense's added time per
 test sample relative to the model's forward pass, (c) white-box gradients through the sparse coding: implicit
-differentiation of the lasso against backpropagation through the unrolled iterations. Prints figures, not
-pass/fail.
+differentiation of the lasso against backpropagation through the unrolled iterations, (d) an attack through the
+banks with the sparse coding started from zero at every step against warm-started. Prints figures, not pass/fail.
 
-    python bench/bench_defense.py [--parts a b c] [--dim 512 --bank_size 1024 --batch 64 --step 1e-6]
+    python bench/bench_defense.py [--parts a b c d] [--dim 512 --bank_size 1024 --batch 64 --step 1e-6]
                                   [--feat_scale 0.6 --grad_iters 1000]
                                   [--arch_frame resnet18 --img 224 --audio_len 65535 --model_batch 16]
 
@@ -34,6 +34,16 @@ computation held at its high point as the OS counts it (where that is unavailabl
 (``fixed_mmap_threshold``), so freed tensors go back to the OS and the figure is the memory the computation
 holds; "default heap": glibc's default allocator, whose heap fragmentation inflates the unrolled graph's
 figure several times and varies from run to run (what a CPU user sees). Times come from the default run.
+
+(d) PGD (``--attack_steps``, step eps/8, no random start, CE with implicit gradients through the coding) by the
+evaluation engine (``AttackEngine``, as ``main_defense.py --mode eval --use_banks`` runs it) on a small model with
+random weights (BatchNorm calibrated as in (b)) whose banks hold the features of ``--attack_bank`` random inputs,
+and labels that are the defended model's clean predictions, three times: FISTA from zero at every pass (``cold``,
+``--bank_warm_start off``), warm-started (``warm``, the default), and cold at a tenth of the tolerance
+(``cold/10``): how far the outcomes move with the solver's tolerance alone. Per run: the attack time (the engine's,
+without the verdict pass), the whole evaluation, robust accuracy, FISTA iterations per coding and per warm-started
+coding (an attack step), and per sample whether the outcomes agree. The verdict pass after each attack codes from
+zero in every run (``defenses.protocol.without_state``), so the runs differ only in the inputs the attack finds.
 
 One thread by default: on a machine shared with other jobs more threads make the figures noise.
 """
@@ -105,7 +115,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--attack_samples", type=int, default=32, help="(d) test samples")
     p.add_argument("--attack_batch", type=int, default=16, help="(d) evaluation batch")
     p.add_argument("--attack_steps", type=int, default=10, help="(d) PGD steps (step eps/8, no random start)")
-    p.add_argument("--attack_eps", type=float, nargs=2, default=[0.006, 0.006], metavar=("EV", "EA"),
+    p.add_argument("--attack_eps", type=float, nargs=2, default=[0.002, 0.002], metavar=("EV", "EA"),
                    help="(d) PGD budget, visual (ImageNet-normalised) and audio")
     p.add_argument("--parts", nargs="+", choices=["a", "b", "c", "d"], default=["a", "b", "c", "d"],
                    help="sections to run")
@@ -515,8 +525,8 @@ def bench_attack(args: argparse.Namespace) -> None:
               f"{r['iterations'] / max(r['rows'], 1):9.1f} {r['warm_rows']:6d} "
               f"{r['warm_iterations'] / max(r['warm_rows'], 1):9.1f} {r['reused_rows']:7d} "
               f"{r['dense_backward']:10d}")
-    print(f"    cold: FISTA from zero at every pass (--bank_warm_start off); warm: the default; cold/10: cold at a tenth "
-          f"of the tolerance ({tol / 10:g}), the solver-tolerance reference. codings: every feature coded in the "
+    print("    cold: FISTA from zero at every pass (--bank_warm_start off); warm: the default; cold/10: cold at a "
+          f"tenth of the tolerance ({tol / 10:g}), the solver-tolerance reference. codings: every feature coded in the "
           "evaluation (clean pass, the checks' passes, attack steps, the verdict pass after the attack, which codes "
           "from zero in every run); warm: started from the sample's code of the previous attack step; reused: the "
           "feature had just been coded (the first step, from the clean input; the unattacked modality)")

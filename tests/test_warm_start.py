@@ -118,6 +118,13 @@ def test_the_cache_seeds_each_sample_with_its_own_code_in_any_order_or_batch() -
         assert torch.allclose(shuffled, reference[order], atol=1e-6)
     halves = [attacked_codes(bank, F[part], moved[part], [ids[i] for i in part]) for part in ([0, 1, 2], [3, 4, 5])]
     assert torch.allclose(torch.cat(halves), reference, atol=1e-6)
+    # an attack on some of the batch's samples, in another order (as a cascade runs on the samples left standing)
+    some = [3, 0, 5]
+    with bank.cache.scope(ids):
+        bank.code(F)
+        with bank.cache.scope([ids[i] for i in some]):
+            bank.code(moved[some])
+            assert torch.allclose(bank.code(moved[some] + 0.01), reference[some], atol=1e-6)
 
 
 def test_passes_that_are_not_identified_are_coded_from_zero() -> None:
@@ -166,14 +173,14 @@ class LinearEncoder(torch.nn.Module):
         return (feat, None) if self.visual else feat
 
 
-def small_defended(warm: bool, tol: float = 1e-3) -> tuple[DefendedModel, list[dict]]:
+def small_defended(warm: bool, tol: float = 1e-3, max_iter: int = 20000) -> tuple[DefendedModel, list[dict]]:
     """Linear encoders + the concat head with banks of random directions (a unique, sparse lasso solution), and
     a batch labelled with the defended model's clean predictions."""
     gen = torch.Generator().manual_seed(3)
     torch.manual_seed(3)
     head = FUSION_HEADS.get("concat")(dim_v=20, dim_a=20, num_classes=4)
     model = AVModel(LinearEncoder(48, 20, True), LinearEncoder(64, 20, False), head).eval()
-    banks = [MemoryBank(torch.randn(20, 40, generator=gen) * 0.2, lam=0.05, mix=0.8, tol=tol, max_iter=20000,
+    banks = [MemoryBank(torch.randn(20, 40, generator=gen) * 0.2, lam=0.05, mix=0.8, tol=tol, max_iter=max_iter,
                         warm_start=warm) for _ in range(2)]
     defended = DefendedModel(model, *banks).eval()
     frames, audio = torch.rand(8, 3, 1, 4, 4, generator=gen), torch.rand(8, 1, 64, generator=gen) * 2 - 1
@@ -212,6 +219,28 @@ def test_an_attack_through_the_banks_has_the_same_outcomes_warm_or_cold_at_any_b
     warm_rows, warm_iterations, cold_mean = stats[True, 8][0], stats[True, 8][1], stats[False, 8][2]
     assert stats[False, 8][0] == 0 and warm_rows > 0
     assert warm_iterations / warm_rows < cold_mean / 3  # the warm path ran, and cheaply
+
+
+@pytest.mark.filterwarnings("ignore::defenses.sparse_coding.DenseCodeWarning")
+def test_the_verdict_on_an_adversarial_input_codes_from_zero() -> None:
+    """With one-iteration banks a warm-started code differs from a cold one: the recorded loss must be the cold
+    model's on the adversarial input, not that of a coding seeded by the attack's last step."""
+    budget = Budget(0.05, 0.05)
+    defended, batches = small_defended(True, max_iter=1)
+    engine = AttackEngine(defended, engine_args(), DistInfo(), [budget], ["pgd"], [Variant("ce", "ce", "implicit")],
+                          num_vis=8)
+    run = engine.run(batches)
+    recorded = torch.from_numpy(run.records.column(RecordKey("pgd", budget.key, "ce"), "loss"))
+    adv = [next(iter(sample["adv"].values())) for sample in run.vis]
+    frames, audio = torch.stack([a["frames"] for a in adv]), torch.stack([a["audio"] for a in adv])
+    labels = batches[0]["label"]
+    with torch.no_grad():
+        cold = torch.nn.functional.cross_entropy(defended(frames, audio).logits, labels, reduction="none")
+        with defended.sample_scope(batches[0]["index"]):  # seeded by the clean codes: not what was recorded
+            defended(batches[0]["frames"], batches[0]["audio"])
+            seeded = torch.nn.functional.cross_entropy(defended(frames, audio).logits, labels, reduction="none")
+    assert torch.allclose(recorded.float(), cold, atol=1e-5)
+    assert not torch.allclose(seeded, cold, atol=1e-3)
 
 
 def test_the_flag_turns_the_warm_start_off(tmp_path) -> None:
