@@ -444,6 +444,7 @@ def attack_setup(args: argparse.Namespace) -> tuple[DefendedModel, list[dict]]:
     """(d): a small model with random weights (BatchNorm calibrated), banks of the features of ``attack_bank``
     random inputs, and test batches labelled with the defended model's clean predictions."""
     gen = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the model's initial weights
     model = build_model(args.attack_frame, "anet", "concat", cls_num=11, frame_dim=args.attack_dim,
                         sound_dim=args.attack_dim)
 
