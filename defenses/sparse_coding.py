@@ -6,7 +6,8 @@ Every solver finds, for each row ``f`` of ``F [B, d]``, a code ``α`` (a row of 
 
 ``fista`` is the solver to use: the whole batch at once, step ``1/L`` with ``L`` the largest eigenvalue of
 DᵀD (estimated once per bank by power iteration), Nesterov momentum (Beck & Teboulle, 2009), and a per-sample
-stopping rule, so a sample's code does not depend on the batch it is coded in.
+stopping rule, so a sample's code does not depend on the batch it is coded in. It may start from given codes (a
+warm start: ``init``); ``fista_codes`` also returns each sample's iteration count.
 ``ista_released`` reproduces the released code's algorithm for fidelity and benchmarks: an eigen-decomposition
 of DᵀD on every call, plain ISTA with the paper's fixed step, and the released batch-wide stopping rule.
 
@@ -94,8 +95,10 @@ def fista_codes(D: Tensor, F: Tensor, lam: float = 0.1, L: float | None = None, 
     step was taken from) are below ``tol·‖α_k‖₂`` (a code that stays zero counts as 0, zero is then its optimum);
     the others go on, up to ``max_iter`` iterations. The residual is zero exactly when ``y_{k−1}`` solves the
     lasso, so the rule does not fire where momentum merely turns (consecutive iterates close, the momentum point
-    not), and a warm start's first step (``y_0 = α_0``) measures the residual at the start itself: a start that
-    merely lies near a solution does not pass for one. Each sample's iterates depend only on that sample (FISTA's
+    not), and a warm start's first step (``y_0 = α_0``) measures the residual at the start itself: a start
+    passes only when it is itself a fixed point of the step to the tolerance, not for lying near the previous code.
+    On an ill-conditioned bank a small relative residual does not bound the distance to the solution (for a cold
+    start either), so warm- and cold-started codes can differ by more than ``tol``. Each sample's iterates depend only on that sample (FISTA's
     momentum factor depends only on the iteration count), so a code is the same alone and in any batch (up to the
     rounding of batched products). Relative, so the rule does not depend on the scale of the features (the
     released absolute rule fires after a few iterations on raw features, whose codes are small numbers).
