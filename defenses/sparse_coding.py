@@ -100,8 +100,9 @@ def fista_codes(D: Tensor, F: Tensor, lam: float = 0.1, L: float | None = None, 
     On an ill-conditioned bank a small relative residual does not bound the distance to the solution (for a cold
     start either), so warm- and cold-started codes can differ by more than ``tol``. Each sample's iterates depend
     only on that sample (FISTA's momentum factor depends only on the iteration count), so a code is the same alone
-    and in any batch (up to the rounding of batched products). Relative, so the rule does not depend on the scale of the features (the
-    released absolute rule fires after a few iterations on raw features, whose codes are small numbers).
+    and in any batch (up to the rounding of batched products). Relative, so the rule does not depend on the scale
+    of the features (the released absolute rule fires after a few iterations on raw features, whose codes are
+    small numbers).
     ``tol = 0`` runs every sample for ``max_iter`` iterations.
     ``differentiable``: keep the autograd graph through the unrolled iterations (``unrolled`` gradients: memory
     grows with the iteration count); otherwise run under ``no_grad``.
