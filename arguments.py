@@ -313,6 +313,10 @@ class ArgParser:
                        help="stop sparse coding when the code changes by less (8e-4 as released)")
         g.add_argument("--coding_max_iter", type=_positive_int, default=2000,
                        help="sparse-coding iteration cap (2000 as released)")
+        g.add_argument("--bank_warm_start", choices=["on", "off"], default="on",
+                       help="during attacks, start each sample's sparse coding from its code at the previous attack "
+                            "step (the clean code at the first): the same lasso solution in a few iterations; "
+                            "'off' codes from zero at every step (--solver fista, not with --coding_grad unrolled)")
         g.add_argument("--coding_grad", choices=["implicit", "unrolled"], default="implicit",
                        help="white-box gradient through the sparse coding: implicit differentiation of the lasso "
                             "solution (memory independent of the iterations) or backprop through the unrolled solver")

@@ -126,7 +126,8 @@ def defended_model(args: argparse.Namespace, info: DistInfo) -> tuple[AVModel, i
     try:
         defended = defend_with_banks(model, paths, lam=args.lasso_lambda, mix=args.bank_mix, solver=args.solver,
                                      steps={"visual": args.alpha_v, "audio": args.alpha_a}, tol=args.coding_tol,
-                                     max_iter=args.coding_max_iter, device=info.device)
+                                     max_iter=args.coding_max_iter, warm_start=args.bank_warm_start == "on",
+                                     device=info.device)
     except BankError as err:
         if "ISTA step" in str(err):
             raise BankError(f"{err} (lower --alpha_v / --alpha_a or use --solver fista)") from None

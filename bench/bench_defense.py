@@ -1,9 +1,9 @@
 """Memory-bank defense cost: (a) batched FISTA against the released solver, (b) the defense's added time per
 test sample relative to the model's forward pass, (c) white-box gradients through the sparse coding: implicit
-differentiation of the lasso against backpropagation through the unrolled iterations. Prints figures, not
-pass/fail.
+differentiation of the lasso against backpropagation through the unrolled iterations, (d) an attack through the
+banks with the sparse coding started from zero at every step against warm-started. Prints figures, not pass/fail.
 
-    python bench/bench_defense.py [--parts a b c] [--dim 512 --bank_size 1024 --batch 64 --step 1e-6]
+    python bench/bench_defense.py [--parts a b c d] [--dim 512 --bank_size 1024 --batch 64 --step 1e-6]
                                   [--feat_scale 0.6 --grad_iters 1000]
                                   [--arch_frame resnet18 --img 224 --audio_len 65535 --model_batch 16]
 
@@ -35,6 +35,16 @@ computation held at its high point as the OS counts it (where that is unavailabl
 holds; "default heap": glibc's default allocator, whose heap fragmentation inflates the unrolled graph's
 figure several times and varies from run to run (what a CPU user sees). Times come from the default run.
 
+(d) PGD (``--attack_steps``, step eps/8, no random start, CE with implicit gradients through the coding) by the
+evaluation engine (``AttackEngine``, as ``main_defense.py --mode eval --use_banks`` runs it) on a small model with
+random weights (BatchNorm calibrated as in (b)) whose banks hold the features of ``--attack_bank`` random inputs,
+and labels that are the defended model's clean predictions, three times: FISTA from zero at every pass (``cold``,
+``--bank_warm_start off``), warm-started (``warm``, the default), and cold at a tenth of the tolerance
+(``cold/10``): how far the outcomes move with the solver's tolerance alone. Per run: the attack time (the engine's,
+without the verdict pass), the whole evaluation, robust accuracy, FISTA iterations per coding and per warm-started
+coding (an attack step), and per sample whether the outcomes agree. The verdict pass after each attack codes from
+zero in every run (``defenses.protocol.without_state``), so the runs differ only in the inputs the attack finds.
+
 One thread by default: on a machine shared with other jobs more threads make the figures noise.
 """
 from __future__ import annotations
@@ -61,6 +71,7 @@ from torch import Tensor, nn
 
 from defenses.memory_bank import DefendedModel, MemoryBank
 from defenses.sparse_coding import (
+    CodingStats,
     DenseCodeWarning,
     fista,
     implicit_lasso,
@@ -96,7 +107,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model_batch", type=int, default=16)
     p.add_argument("--mix", type=float, default=0.5, help="bank mix a")
     p.add_argument("--grad_iters", type=int, default=1000, help="FISTA iterations in (c), both gradient variants")
-    p.add_argument("--parts", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"], help="sections to run")
+    p.add_argument("--attack_frame", default="smallcnn", help="(d) visual encoder")
+    p.add_argument("--attack_dim", type=int, default=64, help="(d) feature size of both encoders")
+    p.add_argument("--attack_img", type=int, default=64, help="(d) frame size")
+    p.add_argument("--attack_audio_len", type=int, default=8192, help="(d) waveform samples")
+    p.add_argument("--attack_bank", type=int, default=256, help="(d) bank columns (features of as many inputs)")
+    p.add_argument("--attack_samples", type=int, default=32, help="(d) test samples")
+    p.add_argument("--attack_batch", type=int, default=16, help="(d) evaluation batch")
+    p.add_argument("--attack_steps", type=int, default=10, help="(d) PGD steps (step eps/8, no random start)")
+    p.add_argument("--attack_eps", type=float, nargs=2, default=[0.002, 0.002], metavar=("EV", "EA"),
+                   help="(d) PGD budget, visual (ImageNet-normalised) and audio")
+    p.add_argument("--parts", nargs="+", choices=["a", "b", "c", "d"], default=["a", "b", "c", "d"],
+                   help="sections to run")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads, 0 for torch's default")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
@@ -418,6 +440,109 @@ def bench_gradients(args: argparse.Namespace) -> None:
           "stopped early the unrolled one is the exact gradient of what was computed)")
 
 
+def attack_setup(args: argparse.Namespace) -> tuple[DefendedModel, list[dict]]:
+    """(d): a small model with random weights (BatchNorm calibrated), banks of the features of ``attack_bank``
+    random inputs, and test batches labelled with the defended model's clean predictions."""
+    gen = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the model's initial weights
+    model = build_model(args.attack_frame, "anet", "concat", cls_num=11, frame_dim=args.attack_dim,
+                        sound_dim=args.attack_dim)
+
+    def random_inputs(n: int) -> tuple[Tensor, Tensor]:
+        return (torch.rand(n, 3, 1, args.attack_img, args.attack_img, generator=gen),
+                torch.rand(n, 1, args.attack_audio_len, generator=gen) * 2 - 1)
+
+    bank_frames, bank_audio = random_inputs(args.attack_bank)
+    calibrate_batchnorm(model, bank_frames, bank_audio)
+    with torch.no_grad():
+        out = model(bank_frames, bank_audio)
+    defended = DefendedModel(model, MemoryBank(out.feat_v.T, args.lam, args.mix, tol=args.fista_tol,
+                                               max_iter=args.fista_max_iter),
+                             MemoryBank(out.feat_a.T, args.lam, args.mix, tol=args.fista_tol,
+                                        max_iter=args.fista_max_iter)).eval()
+    frames, audio = random_inputs(args.attack_samples)
+    with torch.no_grad():
+        labels = defended(frames, audio).logits.argmax(dim=1)
+    n, b = args.attack_samples, args.attack_batch
+    batches = [{"frames": frames[i:i + b], "audio": audio[i:i + b], "label": labels[i:i + b],
+                "index": torch.arange(i, min(i + b, n)), "info": [f"s/{j}" for j in range(i, min(i + b, n))]}
+               for i in range(0, n, b)]
+    return defended, batches
+
+
+def attack_run(defended: DefendedModel, batches: list[dict], args: argparse.Namespace, warm: bool,
+               tol: float) -> dict[str, Any]:
+    """PGD through the banks (implicit gradients) by the evaluation engine, with the banks' warm start on or off
+    and FISTA's tolerance ``tol``."""
+    from evaluation.robustness.engine import AttackEngine, Variant
+    from evaluation.robustness.protocol import Budget
+    from evaluation.robustness.records import RecordKey
+    from utils.distributed import DistInfo
+
+    engine_args = argparse.Namespace(
+        attack_type=["pgd"], attack_steps=args.attack_steps, attack_alpha=None, attack_loss="ce", random_start=False,
+        restarts=1, eot_iter=1, seed=args.seed, eps_units="normalized", norm="linf", joint_eps=None,
+        audio_eps_db=None, temporal=["frame"], max_shift=None, shift_steps=9, apgd_steps=100, apgd_targets=9,
+        square_queries=5000, square_p_init=0.8)
+    banks = [defended.bank_v, defended.bank_a]
+    for bank in banks:
+        bank.warm_start, bank.tol = warm, tol
+        bank.stats = CodingStats()
+    budget = Budget(*args.attack_eps)
+    engine = AttackEngine(defended, engine_args, DistInfo(), [budget], ["pgd"], [Variant("ce", "ce", "implicit")])
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DenseCodeWarning)  # counted below
+        run = engine.run(batches)
+    total_s = time.perf_counter() - start
+    key = RecordKey("pgd", budget.key, "ce")
+    stats = {field: sum(getattr(b.stats, field) for b in banks)
+             for field in ("rows", "iterations", "warm_rows", "warm_iterations", "reused_rows", "dense_backward")}
+    return {"correct": run.records.column(key), "clean": run.records.clean_correct, "attack_s": run.seconds[key],
+            "total_s": total_s, **stats}
+
+
+def bench_attack(args: argparse.Namespace) -> None:
+    defended, batches = attack_setup(args)
+    eps_v, eps_a = args.attack_eps
+    print(f"(d) PGD-{args.attack_steps} through the banks (CE, implicit gradients; eps V {eps_v:g} normalised, A "
+          f"{eps_a:g}; step eps/8, no random start) by the evaluation engine: {args.attack_frame} + anet + concat, "
+          f"{args.attack_dim}-d features, random weights, {args.attack_img} px, {args.attack_audio_len} audio "
+          f"samples; banks of {args.attack_bank} features of random inputs; {args.attack_samples} samples "
+          f"(labels: the defended model's clean predictions), batch {args.attack_batch}; FISTA tol "
+          f"{args.fista_tol:g}, at most {args.fista_max_iter} iterations; {torch.get_num_threads()} thread(s)")
+    tol = args.fista_tol
+    configs = {"cold": (False, tol), "warm": (True, tol), "cold/10": (False, tol / 10)}
+    runs = {name: attack_run(defended, batches, args, *config) for name, config in configs.items()}
+    for bank in (defended.bank_v, defended.bank_a):
+        bank.warm_start, bank.tol = True, tol
+    print(f"    {'run':7s} {'attack':>9s} {'evaluation':>11s} {'clean acc':>10s} {'robust acc':>11s} "
+          f"{'codings':>8s} {'FISTA it':>9s} {'warm':>6s} {'FISTA it':>9s} {'reused':>7s} {'dense bwd':>10s}")
+    print(f"    {'':7s} {'':>9s} {'':>11s} {'':>10s} {'':>11s} {'':>8s} {'/ coding':>9s} {'':>6s} {'/ warm':>9s}")
+    for name, r in runs.items():
+        n = len(r["correct"])
+        print(f"    {name:7s} {r['attack_s']:8.2f}s {r['total_s']:10.2f}s {100 * sum(r['clean']) / n:9.1f}% "
+              f"{100 * float((r['correct'] == 1).sum()) / n:10.1f}% {r['rows']:8d} "
+              f"{r['iterations'] / max(r['rows'], 1):9.1f} {r['warm_rows']:6d} "
+              f"{r['warm_iterations'] / max(r['warm_rows'], 1):9.1f} {r['reused_rows']:7d} "
+              f"{r['dense_backward']:10d}")
+    print("    cold: FISTA from zero at every pass (--bank_warm_start off); warm: the default; cold/10: cold at a "
+          f"tenth of the tolerance ({tol / 10:g}), the solver-tolerance reference. codings: every feature coded in the "
+          "evaluation (clean pass, the checks' passes, attack steps, the verdict pass after the attack, which codes "
+          "from zero in every run); warm: started from the sample's code of the previous attack step; reused: the "
+          "feature had just been coded (the first step, from the clean input; the unattacked modality)")
+    cold, warm = runs["cold"], runs["warm"]
+    step_cold = cold["iterations"] / max(cold["rows"], 1)
+    step_warm = warm["warm_iterations"] / max(warm["warm_rows"], 1)
+    print(f"    warm vs cold: attack time {warm['attack_s']:.2f}s vs {cold['attack_s']:.2f}s "
+          f"({cold['attack_s'] / warm['attack_s']:.1f}x faster); FISTA iterations per attack step and sample "
+          f"{step_cold:.1f} -> {step_warm:.1f}")
+    n = len(cold["correct"])
+    for a, b in (("warm", "cold"), ("cold/10", "cold"), ("warm", "cold/10")):
+        agree = int((runs[a]["correct"] == runs[b]["correct"]).sum())
+        print(f"    per-sample outcome (robust or fooled), {a} vs {b}: agrees on {agree} of {n} samples")
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -430,6 +555,8 @@ def main() -> None:
         bench_model(args)
     if "c" in args.parts:
         bench_gradients(args)
+    if "d" in args.parts:
+        bench_attack(args)
 
 
 if __name__ == "__main__":

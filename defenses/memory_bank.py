@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from dataset.loaders import to_device
 from defenses.protocol import AdaptiveAttack
-from defenses.sparse_coding import CodingStats, fista, implicit_lasso, ista_released, lipschitz_constant
+from defenses.sparse_coding import CodingStats, fista_codes, implicit_lasso, ista_released, lipschitz_constant
+from defenses.warm_start import CodeCache
 from models.av_model import AVModel
 from utils.fileio import CheckpointError, atomic_path, non_finite_entries
 from utils.precision import autocast_off
@@ -190,11 +191,15 @@ class MemoryBank(nn.Module):
     with the iterations); ``bpda`` purifies forward and passes gradients through as the identity.
     The coding runs in float32 whatever the input's dtype, with autocast disabled around it; the output has the
     input's dtype.
+    ``warm_start`` (FISTA, outside ``unrolled`` gradients): inside a scope of ``cache``
+    (``defenses.warm_start``), each sample's coding starts from its own previous code; otherwise from zero.
+    Unrolled gradients always start from zero: differentiating a few iterations from a fixed start would not be
+    the gradient of the solution.
     """
 
     def __init__(self, D: Tensor, lam: float = 0.1, mix: float = 0.5, solver: str = "fista",
                  step: float | None = None, tol: float = 8e-4, max_iter: int = 2000,
-                 mode: str = "implicit") -> None:
+                 mode: str = "implicit", warm_start: bool = True) -> None:
         super().__init__()
         if D.dim() != 2:
             raise ValueError(f"a bank is a [feature_dim, size] matrix, got {tuple(D.shape)}")
@@ -218,6 +223,8 @@ class MemoryBank(nn.Module):
         self.tol = tol
         self.max_iter = max_iter
         self.mode = mode
+        self.warm_start = warm_start
+        self.cache = CodeCache()
         self.stats = CodingStats()
 
     @property
@@ -235,11 +242,34 @@ class MemoryBank(nn.Module):
         return self.D.shape[0]
 
     def code(self, f: Tensor, differentiable: bool = False) -> Tensor:
-        """Lasso codes ``α [B, N]`` of ``f [B, d]`` (float32; ``differentiable``: the unrolled graph)."""
+        """Lasso codes ``α [B, N]`` of ``f [B, d]`` (float32; ``differentiable``: the unrolled graph), warm-started
+        per sample inside a scope of ``cache`` (see the class docstring)."""
         D = self.D.float()  # the bank stays float32 even if the module was cast
-        if self.solver == "fista":
-            return fista(D, f, self.lam, self.L, self.max_iter, self.tol, differentiable, gram=self.gram.float())
-        return ista_released(D, f, self.lam, self.step, self.tol, self.max_iter, differentiable)
+        if self.solver != "fista":
+            return ista_released(D, f, self.lam, self.step, self.tol, self.max_iter, differentiable)
+        seeds = self.cache.seeds(f, D.shape[1]) if self.warm_start and not differentiable else None
+        if seeds is None:
+            result = fista_codes(D, f, self.lam, self.L, self.max_iter, self.tol, differentiable, self.gram.float())
+            self._count(result.iterations, 0, 0)
+            return result.codes
+        codes = seeds.init.clone()
+        todo = ~seeds.repeated
+        iterations = torch.zeros(0, dtype=torch.long)
+        if bool(todo.any()):
+            result = fista_codes(D, f[todo], self.lam, self.L, self.max_iter, self.tol, gram=self.gram.float(),
+                                 init=seeds.init[todo])
+            codes[todo], iterations = result.codes, result.iterations
+        self.cache.store(seeds, f, codes)
+        warm = seeds.known[todo].cpu()
+        self._count(iterations, int(warm.sum()), int(seeds.repeated.sum()))
+        self.stats.warm_iterations += int(iterations[warm].sum()) if iterations.numel() else 0
+        return codes
+
+    def _count(self, iterations: Tensor, warm_rows: int, reused_rows: int) -> None:
+        self.stats.rows += iterations.numel() + reused_rows
+        self.stats.iterations += int(iterations.sum())
+        self.stats.warm_rows += warm_rows
+        self.stats.reused_rows += reused_rows
 
     def forward(self, f: Tensor) -> Tensor:
         if f.dim() != 2 or f.shape[1] != self.feature_dim:
@@ -267,7 +297,7 @@ class MemoryBank(nn.Module):
     def extra_repr(self) -> str:
         return (f"feature_dim={self.D.shape[0]}, size={self.D.shape[1]}, lam={self.lam}, mix={self.mix}, "
                 f"solver={self.solver}, step={self.step}, tol={self.tol}, max_iter={self.max_iter}, "
-                f"mode={self.mode}, L={self.L:.4g}")
+                f"mode={self.mode}, warm_start={self.warm_start}, L={self.L:.4g}")
 
 
 def bank_adaptive_attacks(names: Sequence[str], gradient: str, has_banks: bool) -> list[AdaptiveAttack]:
@@ -280,10 +310,11 @@ def bank_adaptive_attacks(names: Sequence[str], gradient: str, has_banks: bool) 
 
 
 def defend_with_banks(model: AVModel, paths: dict[str, str | os.PathLike], *, lam: float, mix: float, solver: str,
-                      steps: dict[str, float | None], tol: float, max_iter: int,
+                      steps: dict[str, float | None], tol: float, max_iter: int, warm_start: bool = True,
                       device: torch.device | str = "cpu") -> DefendedModel:
     """``model`` with a memory bank per modality it encodes, each loaded from ``paths[modality]``; ``steps`` are
-    the ISTA steps per modality. A bank that does not fit raises ``BankError`` naming its file."""
+    the ISTA steps per modality; ``warm_start``: see ``MemoryBank``. A bank that does not fit raises
+    ``BankError`` naming its file."""
     banks = {}
     for modality, net in (("visual", model.net_frame), ("audio", model.net_sound)):
         if net is None:
@@ -291,7 +322,8 @@ def defend_with_banks(model: AVModel, paths: dict[str, str | os.PathLike], *, la
         path = paths[modality]
         D = load_bank(path, net.out_dim).to(device)
         try:
-            banks[modality] = MemoryBank(D, lam, mix, solver, steps[modality], tol, max_iter)
+            banks[modality] = MemoryBank(D, lam, mix, solver, steps[modality], tol, max_iter,
+                                         warm_start=warm_start)
         except ValueError as err:  # e.g. an ISTA step too large for this bank's spectrum
             raise BankError(f"{path}: {err}") from None
     return DefendedModel(model, banks.get("visual"), banks.get("audio")).to(device)
@@ -363,6 +395,15 @@ class DefendedModel(AVModel):
     def adaptive_attacks(self, names: Sequence[str], gradient: str) -> list[AdaptiveAttack]:
         """``bank_adaptive_attacks`` for this model's banks."""
         return bank_adaptive_attacks(names, gradient, bool(self._banks()))
+
+    @contextmanager
+    def sample_scope(self, sample_ids: Tensor | Sequence[int]) -> Iterator[None]:
+        """Forward passes of ``len(sample_ids)`` rows inside the block are these samples in this order: each
+        bank's coding of a sample starts from that sample's last code in the block (``defenses.warm_start``)."""
+        with ExitStack() as stack:
+            for bank in self._banks():
+                stack.enter_context(bank.cache.scope(sample_ids))
+            yield
 
     def diagnostics(self) -> dict[str, int]:
         """``dense_backward``: backward passes whose implicit gradient met codes that are not lasso solutions."""

@@ -4,6 +4,7 @@ A defended model states the ways gradients may cross its defense (``purification
 pass runs an optimisation (``runs_optimisation``: a "dynamic" defense that needs adaptive attacks), how to attack
 it adaptively (``adaptive_attacks``), and what its defense met on the way (``diagnostics``, e.g. dense codes). The
 engine asks for a purification mode for the duration of an attack (``purifying``) instead of setting attributes.
+A defense that keeps per-sample state between forward passes (warm starts) may also offer ``sample_scope``.
 """
 from __future__ import annotations
 
@@ -50,6 +51,23 @@ def purifying(model: Any, mode: str | None) -> AbstractContextManager[None]:
     if mode not in model.purification_modes:
         raise ValueError(f"purification mode must be one of {model.purification_modes}, got '{mode}'")
     return model.purifying(mode)
+
+
+def sample_scope(model: Any, sample_ids: Any) -> AbstractContextManager[None]:
+    """``model.sample_scope(sample_ids)`` for a defense that keeps per-sample state between forward passes (the
+    memory banks' warm starts: passes of ``len(sample_ids)`` rows inside are these samples, in order); nothing to
+    do for any other model or without ids."""
+    scope = getattr(model, "sample_scope", None)
+    if sample_ids is None or not callable(scope):
+        return nullcontext()
+    return scope(sample_ids)
+
+
+def without_state(model: Any) -> AbstractContextManager[None]:
+    """Forward passes inside the block use no per-sample state, whatever scope they are in (a scope of no samples):
+    e.g. the pass that decides whether an adversarial input fools the model, which must not depend on the attack's
+    history."""
+    return sample_scope(model, ())
 
 
 def diagnostics(model: Any) -> dict[str, int]:

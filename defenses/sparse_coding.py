@@ -6,7 +6,8 @@ Every solver finds, for each row ``f`` of ``F [B, d]``, a code ``α`` (a row of 
 
 ``fista`` is the solver to use: the whole batch at once, step ``1/L`` with ``L`` the largest eigenvalue of
 DᵀD (estimated once per bank by power iteration), Nesterov momentum (Beck & Teboulle, 2009), and a per-sample
-stopping rule, so a sample's code does not depend on the batch it is coded in.
+stopping rule, so a sample's code does not depend on the batch it is coded in. It may start from given codes (a
+warm start: ``init``); ``fista_codes`` also returns each sample's iteration count.
 ``ista_released`` reproduces the released code's algorithm for fidelity and benchmarks: an eigen-decomposition
 of DᵀD on every call, plain ISTA with the paper's fixed step, and the released batch-wide stopping rule.
 
@@ -62,58 +63,92 @@ def lipschitz_constant(D: Tensor, iters: int = 100) -> float:
     return float(v @ (M @ v))
 
 
+@dataclass
+class LassoCodes:
+    """What ``fista_codes`` returns: the ``codes [B, N]`` and the ``iterations [B]`` each sample ran."""
+
+    codes: Tensor
+    iterations: Tensor
+
+
 def fista(D: Tensor, F: Tensor, lam: float = 0.1, L: float | None = None, max_iter: int = 2000,
-          tol: float = 1e-3, differentiable: bool = False, gram: Tensor | None = None) -> Tensor:
-    """Lasso codes ``A [B, N]`` of ``F [B, d]`` over ``D [d, N]`` by batched FISTA, starting from zero.
+          tol: float = 1e-3, differentiable: bool = False, gram: Tensor | None = None,
+          init: Tensor | None = None) -> Tensor:
+    """Lasso codes ``A [B, N]`` of ``F [B, d]`` over ``D [d, N]`` by batched FISTA (``fista_codes``)."""
+    return fista_codes(D, F, lam, L, max_iter, tol, differentiable, gram, init).codes
+
+
+def fista_codes(D: Tensor, F: Tensor, lam: float = 0.1, L: float | None = None, max_iter: int = 2000,
+                tol: float = 1e-3, differentiable: bool = False, gram: Tensor | None = None,
+                init: Tensor | None = None) -> LassoCodes:
+    """Lasso codes of ``F [B, d]`` over ``D [d, N]`` by batched FISTA, and each sample's iteration count.
 
     ``L``: Lipschitz constant (``lipschitz_constant(D)`` when None); an underestimate can diverge.
     ``gram``: a precomputed ``DᵀD [N, N]``; then each iteration is one ``[B, N] × [N, N]`` product instead
     of two products with ``D``.
-    Stopping, per sample: a sample's code is frozen once ``‖α_k − α_{k−1}‖₂ / ‖α_k‖₂ < tol`` (its relative L2
-    change; a code that stays zero counts as 0, zero is then its optimum) and the others go on, up to
-    ``max_iter`` iterations. Each sample's iterates depend only on that sample (FISTA's momentum factor
-    depends only on the iteration count), so a code is the same alone and in any batch (up to the rounding of
-    batched products). Relative, so the rule does not depend on the scale of the features (the released
-    absolute rule fires after a few iterations on raw features, whose codes are small numbers). ``tol = 0``
-    runs every sample for ``max_iter`` iterations.
+    ``init``: the start ``[B, N]`` (a warm start, e.g. the code of a nearby feature; detached), zero when None.
+    FISTA starts there afresh (momentum factor ``t = 1``), so the first iteration is a plain proximal-gradient
+    step from ``init``. The lasso solution does not depend on the start (unique for ``λ > 0`` in general
+    position): a warm start changes the iteration count, and the code only within the tolerance.
+    Stopping, per sample: a sample's code ``α_k = prox(y_{k−1} − ∇(y_{k−1})/L)`` is frozen once both its change
+    ``‖α_k − α_{k−1}‖₂`` and its proximal-gradient residual ``‖α_k − y_{k−1}‖₂`` (``y`` the momentum point the
+    step was taken from) are below ``tol·‖α_k‖₂`` (a code that stays zero counts as 0, zero is then its optimum);
+    the others go on, up to ``max_iter`` iterations. The residual is zero exactly when ``y_{k−1}`` solves the
+    lasso, so the rule does not fire where momentum merely turns (consecutive iterates close, the momentum point
+    not), and a warm start's first step (``y_0 = α_0``) measures the residual at the start itself: a start
+    passes only when it is itself a fixed point of the step to the tolerance, not for lying near the previous code.
+    On an ill-conditioned bank a small relative residual does not bound the distance to the solution (for a cold
+    start either), so warm- and cold-started codes can differ by more than ``tol``. Each sample's iterates depend
+    only on that sample (FISTA's momentum factor depends only on the iteration count), so a code is the same alone
+    and in any batch (up to the rounding of batched products). Relative, so the rule does not depend on the scale
+    of the features (the released absolute rule fires after a few iterations on raw features, whose codes are
+    small numbers).
+    ``tol = 0`` runs every sample for ``max_iter`` iterations.
     ``differentiable``: keep the autograd graph through the unrolled iterations (``unrolled`` gradients: memory
     grows with the iteration count); otherwise run under ``no_grad``.
     """
+    B, N = F.shape[0], D.shape[1]
+    if init is not None and tuple(init.shape) != (B, N):
+        raise ValueError(f"a warm start must be one code per feature, shape {(B, N)}; got {tuple(init.shape)}")
     if L is None:
         L = lipschitz_constant(D)
     if L <= 0:
-        return F.new_zeros(F.shape[0], D.shape[1])
+        return LassoCodes(F.new_zeros(B, N), torch.zeros(B, dtype=torch.long))
     with torch.set_grad_enabled(differentiable):
-        rows = torch.arange(F.shape[0], device=F.device)  # the samples still iterating
+        rows = torch.arange(B, device=F.device)  # the samples still iterating
         F_run, DtF = F, F @ D
-        x = F.new_zeros(F.shape[0], D.shape[1])
+        x = F.new_zeros(B, N) if init is None else init.detach().to(F.dtype).clone()
         y = x
         t = 1.0
         frozen_rows: list[Tensor] = []
         frozen_codes: list[Tensor] = []
-        for _ in range(max_iter):
+        iterations = torch.full((B,), max_iter, dtype=torch.long)
+        for k in range(1, max_iter + 1):
             grad = y @ gram - DtF if gram is not None else (y @ D.T - F_run) @ D
             x_new = soft_threshold(y - grad / L, lam / L)
             delta = x_new - x
+            residual = (x_new - y).detach() if tol > 0 else None
             t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
             y = x_new + ((t - 1) / t_next) * delta
             x, t = x_new, t_next
-            if tol <= 0:
+            if residual is None:
                 continue
-            change = delta.detach().norm(dim=1) / x_new.detach().norm(dim=1).clamp_min(1e-30)
-            converged = change < tol
+            change = torch.maximum(delta.detach().norm(dim=1), residual.norm(dim=1))
+            converged = change < tol * x_new.detach().norm(dim=1).clamp_min(1e-30)
             if not bool(converged.any()):
                 continue
-            frozen_rows.append(rows[converged])
+            done = rows[converged]
+            iterations[done.cpu()] = k
+            frozen_rows.append(done)
             frozen_codes.append(x[converged])
             running = ~converged
             rows, x, y, F_run, DtF = rows[running], x[running], y[running], F_run[running], DtF[running]
             if rows.numel() == 0:
                 break
         if not frozen_rows:
-            return x
+            return LassoCodes(x, iterations)
         order = torch.cat([*frozen_rows, rows]).argsort()
-        return torch.cat([*frozen_codes, x])[order]
+        return LassoCodes(torch.cat([*frozen_codes, x])[order], iterations)
 
 
 class DenseCodeWarning(UserWarning):
@@ -123,9 +158,17 @@ class DenseCodeWarning(UserWarning):
 @dataclass
 class CodingStats:
     """What a bank's coding met: ``dense_backward``, the backward passes whose implicit gradient fell back to the
-    pseudo-inverse at codes that are not unique lasso solutions (the robustness checks read it)."""
+    pseudo-inverse at codes that are not unique lasso solutions (the robustness checks read it); ``rows``, the
+    features coded, ``iterations``, the FISTA iterations they took in all, ``warm_rows``, those started from their
+    sample's previous code, ``warm_iterations``, the iterations of those, and ``reused_rows``, those whose feature
+    had just been coded (no iteration)."""
 
     dense_backward: int = 0
+    rows: int = 0
+    iterations: int = 0
+    warm_rows: int = 0
+    warm_iterations: int = 0
+    reused_rows: int = 0
 
 
 def _is_well_conditioned(chol: Tensor, info: Tensor) -> bool:

@@ -43,7 +43,7 @@ ATTACK_FLAGS = ("attack_type", *THREAT_FLAGS, "epsilons", "eps_grid", "eps_grid_
                 "apgd_targets", "attack_alpha", "attack_loss", "random_start", "restarts", "square_queries",
                 "square_p_init", "eot_iter", "sanity_eps")
 DEFENSE_FLAGS = ("use_banks", "weights_Dv", "weights_Da", "bank_mix", "solver", "lasso_lambda", "alpha_v", "alpha_a",
-                 "coding_tol", "coding_max_iter", "coding_grad", "defense_attacks")
+                 "coding_tol", "coding_max_iter", "coding_grad", "bank_warm_start", "defense_attacks")
 LOCALIZATION_FLAGS = ("boxes", "loc_attack", "checkpoint", "ciou_mode")
 KIND_FLAGS = {"attack": ATTACK_FLAGS, "corruptions": ("corruptions", "corruption_severities"),
               "defense": ATTACK_FLAGS + DEFENSE_FLAGS, "localization": ATTACK_FLAGS + LOCALIZATION_FLAGS}
@@ -112,8 +112,10 @@ def default_name(kind: str, args: argparse.Namespace) -> str:
         parts = [kind, names, "sev" + "".join(str(s) for s in args.corruption_severities)]
     elif kind == "defense":
         variants = "+".join(args.defense_attacks)
-        banks = "banks" + ("" if args.coding_grad == "implicit" else f"-{args.coding_grad}") if args.use_banks \
-            else "nobanks"
+        banks = "nobanks"
+        if args.use_banks:
+            banks = "banks" + ("" if args.coding_grad == "implicit" else f"-{args.coding_grad}")
+            banks += "-cold" if getattr(args, "bank_warm_start", "on") == "off" else ""
         parts = [kind, banks, variants, attack_part(args)]
     elif kind == "localization":
         parts = [kind]

@@ -19,6 +19,13 @@ A *variant* is one configuration of the white-box attack: its loss (``ce``, the 
 ``ce+cos``, a localization objective ...) and, for a defended model, how gradients cross the sparse coding
 (``purification``). The robust accuracy of a set of attacks is the share of samples correct under all of
 them (per sample), so a defense's worst case over its variants is computed per sample too.
+
+A defense that keeps per-sample state between forward passes (the memory banks' warm-started coding) gets the
+batch's sample ids (``defenses.protocol.sample_scope``): the batch's scope holds the state of the clean pass, and
+every attack runs in a scope of its own, which starts from that state and ends with the attack, so an attack's
+result does not depend on the attacks run before it. The passes that decide whether an input fools the model
+(after each attack, the shift search, the pages' inputs) use no state (``without_state``): the verdict is the
+model's own, as without warm starts, and an attack's history can only change which inputs it finds.
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ from attacks import ATTACKS, CASCADES, LossFn, attack_settings, build_attack, ca
 from attacks.registry import Component
 from attacks.threat import MODALITIES, ThreatModel, ThreatSettings
 from dataset.loaders import to_device
-from defenses.protocol import purifying
+from defenses.protocol import purifying, sample_scope, without_state
 from evaluation.robustness.checks import SANITY_ATTACK, SANITY_STEPS, GradientProbe
 from evaluation.robustness.protocol import Budget, attack_plan
 from evaluation.robustness.records import RecordKey, Records, perturbation_sizes
@@ -211,13 +218,13 @@ class AttackEngine:
         """``attacker`` on ``ctx`` with gradients through the defense as ``variant`` asks; timed under ``key``."""
         start = time.perf_counter()
         clean_logits = ctx.clean_out.logits if variant.purification is None else None  # the same forward pass
-        with purifying(self.model, variant.purification):
+        with sample_scope(self.model, ctx.sample_ids), purifying(self.model, variant.purification):
             adv_frames, adv_audio = attacker(ctx.frames, ctx.audio, ctx.labels, sample_ids=ctx.sample_ids,
                                              clean_logits=clean_logits)
         if self.info.device.type == "cuda":
             torch.cuda.synchronize(self.info.device)
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
-        with torch.no_grad():
+        with torch.no_grad(), without_state(self.model):
             out = self.model(adv_frames, adv_audio)
         return adv_frames, adv_audio, out
 
@@ -284,7 +291,7 @@ class AttackEngine:
             if not ok.any():
                 continue
             candidate = torch.where(ok.view(-1, 1, 1), windows[:, k], ctx.audio)  # invalid rows: never taken
-            with torch.no_grad():
+            with torch.no_grad(), without_state(self.model):
                 out = self.model(ctx.frames, candidate)
             fooled = out.logits.argmax(dim=1) != ctx.labels
             loss = F.cross_entropy(out.logits.float(), ctx.labels, reduction="none")
@@ -292,7 +299,7 @@ class AttackEngine:
             best_audio[better] = candidate[better]
             best_seconds[better.cpu()] = shift
             best_fooled, best_loss = best_fooled | (better & fooled), torch.where(better, loss, best_loss)
-        with torch.no_grad():
+        with torch.no_grad(), without_state(self.model):
             best_out = self.model(ctx.frames, best_audio)  # every output field (features too) of the choice
         self.seconds[SHIFT_SEARCH] = self.seconds.get(SHIFT_SEARCH, 0.0) + time.perf_counter() - start
         return ShiftSearch(best_audio, best_seconds, best_out, (~valid).sum(dim=1).cpu())
@@ -366,7 +373,7 @@ class AttackEngine:
                 final[0][idx], final[1][idx] = adv_frames.detach(), adv_audio.detach()
             standing[idx] = out.logits.argmax(dim=1) == sub.labels
         if final is not None:
-            with torch.no_grad():
+            with torch.no_grad(), without_state(self.model):
                 vis_adv.setdefault((cascade, budget, None), (final[0], final[1], self.model(final[0], final[1])))
 
     def _sanity(self, records: Records, ctx: BatchContext) -> None:
@@ -391,39 +398,44 @@ class AttackEngine:
         probe = GradientProbe(self.model)
         vis: list[dict] = []
         for batch in tqdm(loader, desc="attacks", disable=not self.info.is_main, dynamic_ncols=True):
-            frames, audio, labels = to_device(batch, self.info.device)
-            with torch.no_grad():
-                out = self.model(frames, audio)
-            clean_correct = out.logits.argmax(dim=1) == labels
-            records.add_samples(batch["info"], batch["index"], labels.cpu(), clean_correct.cpu())
-            cos = feature_cosine(out)
-            if cos is not None:
-                records.add_extra("cos_clean", cos.cpu())
-            records.add_extra("clean_loss", F.cross_entropy(out.logits.float(), labels, reduction="none").cpu())
-            with purifying(self.model, self.variants[0].purification):
-                probe.update(frames, audio, labels, out)
-            ctx = BatchContext(frames, audio, labels, out, sample_ids=batch["index"].cpu())
-            if self.observer is not None:
-                for name, values in self.observer.on_clean(ctx, batch).items():
-                    records.add_extra(name, values)
-            vis_adv = {} if self.info.is_main and len(vis) < self.num_vis else None  # adversarial inputs to show
-            search = None
-            if any(is_shift_attack(attack) for attack, _ in self.plan):
-                search = self._shift_search(ctx, batch)
-                records.add_extra("shift_missing", search.missing)
-            for attack, budget in self.plan:
-                if attack in CASCADES:
-                    self._cascade(records, attack, budget, ctx, clean_correct, vis_adv)
-                elif is_shift_attack(attack):
-                    self._shift(records, attack, budget, ctx, search, vis_adv)
-                else:
-                    self._single(records, attack, budget, ctx, vis_adv)
-            if self.sanity_eps > 0:
-                self._sanity(records, ctx)
-            if vis_adv is not None:
-                vis += self._vis_samples(batch, ctx, vis_adv, len(vis))
+            with sample_scope(self.model, batch["index"]):  # a defense's per-sample state lives for the batch
+                self._run_batch(batch, records, probe, vis)
         records.gather(self.info)
         return EvaluationRun(records, self._mean_seconds(), probe.summary(self.info), vis, dict(self.unchanged))
+
+    def _run_batch(self, batch: dict, records: Records, probe: GradientProbe, vis: list[dict]) -> None:
+        """Clean pass, every attack of the plan and the sanity run on one batch."""
+        frames, audio, labels = to_device(batch, self.info.device)
+        with torch.no_grad():
+            out = self.model(frames, audio)
+        clean_correct = out.logits.argmax(dim=1) == labels
+        records.add_samples(batch["info"], batch["index"], labels.cpu(), clean_correct.cpu())
+        cos = feature_cosine(out)
+        if cos is not None:
+            records.add_extra("cos_clean", cos.cpu())
+        records.add_extra("clean_loss", F.cross_entropy(out.logits.float(), labels, reduction="none").cpu())
+        with purifying(self.model, self.variants[0].purification):
+            probe.update(frames, audio, labels, out)
+        ctx = BatchContext(frames, audio, labels, out, sample_ids=batch["index"].cpu())
+        if self.observer is not None:
+            for name, values in self.observer.on_clean(ctx, batch).items():
+                records.add_extra(name, values)
+        vis_adv = {} if self.info.is_main and len(vis) < self.num_vis else None  # adversarial inputs to show
+        search = None
+        if any(is_shift_attack(attack) for attack, _ in self.plan):
+            search = self._shift_search(ctx, batch)
+            records.add_extra("shift_missing", search.missing)
+        for attack, budget in self.plan:
+            if attack in CASCADES:
+                self._cascade(records, attack, budget, ctx, clean_correct, vis_adv)
+            elif is_shift_attack(attack):
+                self._shift(records, attack, budget, ctx, search, vis_adv)
+            else:
+                self._single(records, attack, budget, ctx, vis_adv)
+        if self.sanity_eps > 0:
+            self._sanity(records, ctx)
+        if vis_adv is not None:
+            vis.extend(self._vis_samples(batch, ctx, vis_adv, len(vis)))
 
     def _mean_seconds(self) -> dict[RecordKey | str, float]:
         """Seconds per key, averaged over the ranks in one collective: a rank where a cascade component found no
