@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
 import torch
@@ -180,8 +181,20 @@ class Problem:
         """``x`` moved into the region, in place."""
         return self.region.project_(x)
 
+    def rows(self) -> AbstractContextManager:
+        """Names this problem's samples to a model that keeps per-sample state between passes (a defense's warm
+        starts: ``model.sample_rows(ids)``), so that a pass on a subset of the batch is identified too."""
+        sample_rows = getattr(self.model, "sample_rows", None)
+        if self.sample_ids is None or not callable(sample_rows):
+            return nullcontext()
+        return sample_rows(self.sample_ids)
+
     def forward(self, x: Inputs) -> ModelOutput:
         """One forward pass on the attacked inputs ``x`` and the fixed ones."""
+        with self.rows():
+            return self._forward(x)
+
+    def _forward(self, x: Inputs) -> ModelOutput:
         if not self.separate:
             inputs = {**self.fixed, **x}
             raw = self.model(inputs["visual"], inputs["audio"])

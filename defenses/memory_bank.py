@@ -405,6 +405,16 @@ class DefendedModel(AVModel):
                 stack.enter_context(bank.cache.scope(sample_ids))
             yield
 
+    @contextmanager
+    def sample_rows(self, sample_ids: Tensor | Sequence[int]) -> Iterator[None]:
+        """Forward passes of ``len(sample_ids)`` rows inside the block are these samples in this order, within the
+        current ``sample_scope`` (an attack's subset of its samples): their codes start from, and update, that
+        scope's (``CodeCache.rows``)."""
+        with ExitStack() as stack:
+            for bank in self._banks():
+                stack.enter_context(bank.cache.rows(sample_ids))
+            yield
+
     def diagnostics(self) -> dict[str, int]:
         """``dense_backward``: backward passes whose implicit gradient met codes that are not lasso solutions."""
         return {"dense_backward": sum(bank.stats.dense_backward for bank in self._banks())}

@@ -13,6 +13,8 @@ Inside a scope of ``n`` samples a forward pass of ``n`` rows is taken to hold th
 other pass (a subset an attack runs on, rows it repeats) is not identified and is coded from zero, as is a row
 whose id appears twice in the scope. A code is only ever read for the id it was stored under, so one sample's
 code never seeds another's, and the codes (hence the results) do not depend on the batch a sample is in.
+``rows(ids)`` names the rows of the passes inside it without opening a scope of its own (an attack's subset of
+the samples, e.g. those APGD has not fooled yet): they read and write the innermost scope's codes.
 A row whose feature is exactly the one last coded for its sample gets that code back without iterating (the same
 input gives the same output, e.g. a repeated clean pass). Scopes nest: an inner scope reads its own codes, then
 those of the scopes around it, and writes only its own, which end with it. Outside every scope nothing is kept.
@@ -63,6 +65,24 @@ class CodeCache:
         for i in ids:
             counts[i] = counts.get(i, 0) + 1
         self._scopes.append(_Scope(ids, [counts[i] == 1 for i in ids]))
+        try:
+            yield
+        finally:
+            self._scopes.pop()
+
+    @contextmanager
+    def rows(self, sample_ids: Tensor | Sequence[int]) -> Iterator[None]:
+        """Forward passes of ``len(sample_ids)`` rows inside the block are these samples, in this order, reading and
+        writing the codes of the innermost scope (e.g. the samples an attack still runs on, a subset of its scope's);
+        nothing to do outside every scope."""
+        if not self._scopes:
+            yield
+            return
+        ids = [int(i) for i in (sample_ids.tolist() if isinstance(sample_ids, Tensor) else sample_ids)]
+        counts: dict[int, int] = {}
+        for i in ids:
+            counts[i] = counts.get(i, 0) + 1
+        self._scopes.append(_Scope(ids, [counts[i] == 1 for i in ids], self._scopes[-1].entries))
         try:
             yield
         finally:

@@ -12,6 +12,7 @@ import main_defense
 from defenses.memory_bank import DefendedModel, MemoryBank, defend_with_banks, save_bank
 from defenses.protocol import sample_scope, without_state
 from defenses.sparse_coding import fista, fista_codes, implicit_lasso, lipschitz_constant
+from defenses.warm_start import CodeCache
 from evaluation.robustness.engine import AttackEngine, Variant
 from evaluation.robustness.protocol import Budget
 from evaluation.robustness.records import RecordKey
@@ -258,3 +259,22 @@ def test_the_flag_turns_the_warm_start_off(tmp_path) -> None:
         warnings.simplefilter("error")
         with sample_scope(torch.nn.Identity(), [0, 1]):  # any other model: nothing to do
             pass
+
+
+def test_rows_name_a_subset_of_the_scope_and_share_its_codes() -> None:
+    """A pass on a subset of the scope's samples (an attack's standing samples) reads and writes the scope's codes
+    under the subset's ids; outside every scope ``rows`` keeps nothing."""
+    cache = CodeCache()
+    F = torch.randn(4, 3)
+    with cache.rows([2, 0]):
+        assert cache.seeds(F[:2], 5) is None
+    with cache.scope([10, 11, 12, 13]):
+        seeds = cache.seeds(F, 5)
+        cache.store(seeds, F, torch.arange(20.0).view(4, 5))
+        with cache.rows([13, 11]):
+            sub = cache.seeds(F[[3, 1]], 5)
+            assert torch.equal(sub.init, torch.arange(20.0).view(4, 5)[[3, 1]]) and bool(sub.repeated.all())
+            cache.store(sub, F[[3, 1]] + 1, torch.full((2, 5), -1.0))
+        after = cache.seeds(F, 5)
+        assert torch.equal(after.init[[1, 3]], torch.full((2, 5), -1.0))  # the subset's codes stayed in the scope
+        assert torch.equal(after.init[[0, 2]], torch.arange(20.0).view(4, 5)[[0, 2]])
