@@ -55,18 +55,26 @@ DEMO_RUN = DEMO_MODEL + ["--arch_classifier", "concat", "--batch_size_per_gpu", 
 DEMO_VISUAL_RUN = DEMO_MODEL + ["--arch_classifier", "visual"]
 
 
+def load_trained_run(run_flags: list[str], part: str) -> tuple[argparse.Namespace, Path, nn.Module] | None:
+    """The flags, folder and best model of the trained run ``run_flags`` select, or None (said) when there is none."""
+    args = main_attack.parse_args(run_flags)
+    run_dir = run_dir_of(args)
+    if not (run_dir / "classifier_best.pth").is_file():
+        print(f"({part}) skipped: no trained run in {run_dir} (bash scripts/demo.sh trains the default one)")
+        return None
+    return args, run_dir, load_best(args, DistInfo())[0]
+
+
 def bench_protocol(run_flags: list[str], with_standard: bool) -> None:
     """(c) On a trained run's test split, end to end, side by side: the paper's protocol (FGSM, PGD, MIM x A, V,
     A+V) against the audio-visual AutoAttack cascades (``aa-fast``: APGD-CE, APGD-T, Square; ``autoattack``: the
     standard ensemble with FAB-T; each component on the samples still standing), at the run flags' AutoAttack
     settings (``--apgd_steps`` ... in ``--protocol_run``), then the standard ones."""
-    args = main_attack.parse_args(run_flags)
-    run_dir = run_dir_of(args)
-    if not (run_dir / "classifier_best.pth").is_file():
-        print(f"(c) skipped: no trained run in {run_dir} (bash scripts/demo.sh trains the default one)")
+    trained = load_trained_run(run_flags, "c")
+    if trained is None:
         return
+    args, run_dir, model = trained
     info = DistInfo()
-    model, _ = load_best(args, info)
     loader = build_loader(build_dataset(args, "test"), args, info, train=False)
     standard = argparse.Namespace(**{**vars(args), "apgd_steps": 100, "apgd_targets": 9, "square_queries": 5000})
     reduced = f"apgd_steps {args.apgd_steps}, {args.apgd_targets} targets, {args.square_queries} queries"
@@ -282,13 +290,11 @@ def bench_autoattack(run_flags: list[str], clips: int, eps: float, rounds: int, 
     """(e) Our standard AutoAttack, as a user runs it (the evaluation engine: clean pass, gradient probe, records),
     against torchattacks' standard AutoAttack, on ``clips`` test clips of a trained visual-only run in one batch,
     at torchattacks' settings; ``rounds`` timed runs each, in alternating order, averaged (the runs take minutes)."""
-    args = main_attack.parse_args(run_flags)
-    run_dir = run_dir_of(args)
-    if not (run_dir / "classifier_best.pth").is_file():
-        print(f"(e) skipped: no trained run in {run_dir} (bash scripts/demo.sh trains the default one)")
+    trained = load_trained_run(run_flags, "e")
+    if trained is None:
         return
+    args, run_dir, model = trained
     info = DistInfo()
-    model, _ = load_best(args, info)
     if model.uses_audio or args.num_frames != 1:
         print("(e) skipped: torchattacks attacks images, so (e) needs a visual-only run of one frame per clip")
         return
