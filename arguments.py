@@ -193,6 +193,15 @@ class ArgParser:
                        help="--weights_frame simclr: epochs of SimCLR pretraining of the frame encoder")
         g.add_argument("--pretrain_lr", type=_positive_float, default=1e-3,
                        help="--weights_frame simclr: AdamW learning rate of that pretraining")
+        g.add_argument("--ssl_uniformity", type=_non_negative_float, default=0.0,
+                       help="self-supervised heads: weight of a uniformity term (Wang & Isola 2020) on the batch's "
+                            "unit audio embeddings, against the collapse of the audio embedding (0: off)")
+        g.add_argument("--ssl_vicreg", type=_non_negative_float, default=0.0,
+                       help="self-supervised heads: weight of VICReg's variance + covariance terms on the batch's "
+                            "unit audio embeddings (x sqrt(dim)), against that collapse (0: off)")
+        g.add_argument("--ssl_warmup_epochs", type=_non_negative_int, default=0,
+                       help="self-supervised heads: epochs of clip-level audio-visual correspondence (the audio "
+                            "against the frame's mean embedding) before the head's own objective")
         g.add_argument("--on_collapse", choices=["warn", "stop", "off"], default="warn",
                        help="self-supervised heads: after each epoch from the second, when the embeddings all point "
                             "one way and audio-to-frame retrieval is at chance, print the figures (warn) or also "
