@@ -116,6 +116,10 @@ class ArgParser:
         g.add_argument("--map_activation", choices=["softmax", "sigmoid"], default=None,
                        help="loc head's localization map: softmax over locations (sums to 1; the default) or "
                             "a sigmoid per location (each in [0, 1])")
+        g.add_argument("--frame_padding", choices=["zeros", "reflect"], default=None,
+                       help="border of the smallcnn / poolcnn frame encoders' convolutions (default zeros); reflect "
+                            "leaves no mark on the frame's edge locations, which a self-supervised localizer "
+                            "otherwise locks onto; part of the run id")
         g.add_argument("--ssl_temperature", type=_positive_float, default=None,
                        help="self-supervised heads (ssl*): contrastive temperature (default: the head's published "
                             "one, 0.03 for ssl / ssl_avc / ssl_fnac / ssl_slavc, 0.07 for ssl_lvs); part of the run id")
@@ -434,7 +438,8 @@ def run_id(args: argparse.Namespace) -> str:
     if getattr(args, "ssl_temperature", None) is not None:
         parts.append(f"t{args.ssl_temperature:g}")
     if args.arch_classifier != "audio":
-        parts.append(f"{args.arch_frame}{args.frame_dim or ''}-{args.img_pool}")
+        padding = "-reflect" if getattr(args, "frame_padding", None) == "reflect" else ""
+        parts.append(f"{args.arch_frame}{args.frame_dim or ''}{padding}-{args.img_pool}")
     if args.arch_classifier != "visual":
         parts.append(f"{args.arch_sound}{args.sound_dim or ''}")
     parts.append(f"frames{args.num_frames}stride{args.stride_frames}")

@@ -111,7 +111,7 @@ def model_flags(root: Path, ckpt: Path, head: str, seed: int, args: argparse.Nam
              "--batch_size_per_gpu", "32", "--workers", "0", "--num_epoch", str(args.epochs),
              "--lr_steps", str(args.epochs * 2), "--lr_frame", lr, "--lr_sound", lr, "--lr_classifier", lr,
              "--optimizer", args.optimizer, "--weight_decay", str(args.weight_decay), "--seed", str(seed),
-             "--id", f"seed{seed}", "--device", "cpu"]
+             "--id", f"seed{seed}", "--device", "cpu", "--frame_padding", args.frame_padding]
     if args.optimizer == "adamw":
         flags += ["--lr_schedule", "cosine", "--warmup_epochs", "1"]
     return flags
@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="shapes-centred: probability that an object sits near the centre")
     parser.add_argument("--arch_frame", choices=["smallcnn", "poolcnn"], default="smallcnn",
                         help="frame encoder (32-d): smallcnn (31 px receptive field) or poolcnn (77 px)")
+    parser.add_argument("--frame_padding", choices=["zeros", "reflect"], default="zeros",
+                        help="border of the frame encoder's convolutions, for every head (--frame_padding)")
     parser.add_argument("--arch_sound", choices=["anet", "mel"], default="anet",
                         help="audio encoder (32-d): anet (raw waveform, the paper's) or mel (log-mel spectrogram)")
     parser.add_argument("--epochs", type=int, default=15)
