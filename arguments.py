@@ -206,6 +206,9 @@ class ArgParser:
         g.add_argument("--ssl_warmup_epochs", type=_non_negative_int, default=0,
                        help="self-supervised heads: epochs of clip-level audio-visual correspondence (the audio "
                             "against the frame's mean embedding) before the head's own objective")
+        g.add_argument("--ssl_pitch_shift", type=float, default=1.0,
+                       help="self-supervised heads: resample each training clip's audio by a random factor in "
+                            "[1/F, F] (pitch and tempo), so that a clip's own pitch cannot identify it (1: off)")
         g.add_argument("--on_collapse", choices=["warn", "stop", "off"], default="warn",
                        help="self-supervised heads: after each epoch from the second, when the embeddings all point "
                             "one way and audio-to-frame retrieval is at chance, print the figures (warn) or also "

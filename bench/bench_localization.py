@@ -134,7 +134,9 @@ def train_and_localize(root: Path, boxes: Path, head: str, seed: int,
         if args.frame_init == "simclr" else []
     if getattr(FUSION_HEADS.get(head), "self_supervised", False):
         init += ["--ssl_uniformity", str(args.ssl_uniformity), "--ssl_vicreg", str(args.ssl_vicreg),
-                 "--ssl_warmup_epochs", str(args.ssl_warmup_epochs)]
+                 "--ssl_warmup_epochs", str(args.ssl_warmup_epochs), "--ssl_pitch_shift", str(args.ssl_pitch_shift)]
+        if args.ssl_temperature is not None:
+            flags += ["--ssl_temperature", str(args.ssl_temperature)]
     start = time.time()
     main_attack.main(["--mode", "train", "--overwrite", *flags, *init])  # a rerun measures again from scratch
     evaluation = [*flags, "--boxes", str(boxes), "--attack_type", "none", "--num_vis", "0", "--checkpoint", "latest"]
@@ -217,6 +219,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="self-supervised heads: --ssl_uniformity of their training (audio uniformity weight)")
     parser.add_argument("--ssl_vicreg", type=float, default=0.0,
                         help="self-supervised heads: --ssl_vicreg of their training (audio variance-covariance weight)")
+    parser.add_argument("--ssl_pitch_shift", type=float, default=1.0,
+                        help="self-supervised heads: --ssl_pitch_shift of their training (audio resampling factor)")
+    parser.add_argument("--ssl_temperature", type=float, default=None,
+                        help="self-supervised heads: their contrastive temperature (default: the head's published one)")
     parser.add_argument("--ssl_warmup_epochs", type=int, default=0,
                         help="self-supervised heads: --ssl_warmup_epochs of their training (clip-level warm-up)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated datasets")

@@ -3,6 +3,8 @@ FNAC's false-negative terms, SLAVC's momentum targets), each on a hand-made case
 detector on collapsed and healthy embeddings; the SimCLR pretraining of the frame encoder."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,7 @@ from training.ssl_losses import (
     hard_negative_nce,
     localization_correspondence_nce,
     multiple_instance_nce,
+    pitch_shift,
     uniformity_loss,
     variance_covariance_loss,
 )
@@ -333,3 +336,20 @@ def test_warmup_epochs_swap_the_objective_then_hand_over() -> None:
     assert objective.monitor.totals[0].item() == 12
     with pytest.raises(ValueError, match="unknown audio regulariser"):
         objective.configure({"barlow": 1.0})
+
+
+def test_pitch_shift_moves_each_clips_pitch_within_the_factor() -> None:
+    """A 400 Hz tone in every clip: after the shift each clip's tone lies within [400 / F, 400 F], the clips differ,
+    the length and the peak stay; factor 1 leaves the audio as it is (up to its random start)."""
+    rate, length = 11025, 4096
+    tone = torch.sin(2 * math.pi * 400 * torch.arange(length) / rate).expand(6, 1, length).clone()
+    torch.manual_seed(0)
+    shifted = pitch_shift(tone, 1.5)
+    assert shifted.shape == tone.shape and shifted.abs().max() <= 1.0
+    peaks = torch.fft.rfft(shifted[:, 0]).abs().argmax(dim=1).float() * rate / length
+    assert ((peaks > 400 / 1.5 - 5) & (peaks < 400 * 1.5 + 5)).all()
+    assert peaks.max() - peaks.min() > 50
+    same = torch.fft.rfft(pitch_shift(tone, 1.0)[:, 0]).abs().argmax(dim=1).float() * rate / length
+    assert torch.allclose(same, torch.full_like(same, 400.0), atol=rate / length)
+    with pytest.raises(ValueError, match="max_factor"):
+        pitch_shift(tone, 0.5)

@@ -209,7 +209,7 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
     if correspondence is not None:
         correspondence.configure({"uniformity": getattr(args, "ssl_uniformity", 0.0),
                                   "vicreg": getattr(args, "ssl_vicreg", 0.0)},
-                                 getattr(args, "ssl_warmup_epochs", 0))
+                                 getattr(args, "ssl_warmup_epochs", 0), getattr(args, "ssl_pitch_shift", 1.0))
     run_dir = run_dir_of(args)
     prepare_training(run_dir, args, changed_optimisation_flags(run_dir, args) if args.resume else "")
     meta = model_meta(args)
@@ -296,6 +296,7 @@ def check_ssl_options(model: nn.Module, args: argparse.Namespace) -> None:
     """Refuse the self-supervised training options for a head they do not apply to, and a warm-up that leaves no
     epoch for the head's own objective."""
     given = [f"--{flag}" for flag in ("ssl_uniformity", "ssl_vicreg", "ssl_warmup_epochs") if getattr(args, flag, 0)]
+    given += ["--ssl_pitch_shift"] if getattr(args, "ssl_pitch_shift", 1.0) != 1.0 else []
     if given and not is_self_supervised(model):
         raise ValueError(f"{', '.join(given)} apply to the self-supervised heads (ssl*), not --arch_classifier "
                          f"{args.arch_classifier}")

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from attacks import ThreatModel, build_attack
 from models import ModelOutput
 from training.collapse import CollapseMonitor
-from training.ssl_losses import AUDIO_REGULARISERS, SSL_OBJECTIVES, clip_warmup
+from training.ssl_losses import AUDIO_REGULARISERS, SSL_OBJECTIVES, clip_warmup, pitch_shift
 
 Autocast = Callable[[], AbstractContextManager]
 
@@ -94,16 +94,23 @@ class Correspondence:
 
     Training options against the collapse of the audio embedding (``configure``): ``audio_reg`` maps a regulariser
     of ``AUDIO_REGULARISERS`` to its weight (added on the batch's unit audio embeddings), and for the first
-    ``warmup_epochs`` epochs the clip-level correspondence (``clip_warmup``) replaces the head's objective; the
-    trainer sets ``epoch``."""
+    ``warmup_epochs`` epochs the clip-level correspondence (``clip_warmup``) replaces the head's objective; with
+    ``pitch_shift`` > 1 each training clip's audio is resampled by a random factor up to it
+    (``ssl_losses.pitch_shift``), so that its pitch, drawn per clip, cannot identify the clip; the trainer sets
+    ``epoch``."""
 
     def __init__(self) -> None:
         self.monitor = CollapseMonitor()
         self.audio_reg: dict[str, float] = {}
         self.warmup_epochs = 0
+        self.pitch_shift = 1.0
         self.epoch = 0
 
-    def configure(self, audio_reg: Mapping[str, float] | None = None, warmup_epochs: int = 0) -> None:
+    def configure(self, audio_reg: Mapping[str, float] | None = None, warmup_epochs: int = 0,
+                  pitch_shift: float = 1.0) -> None:
+        if pitch_shift < 1:
+            raise ValueError(f"the pitch-shift factor must be >= 1 (1: off), got {pitch_shift}")
+        self.pitch_shift = pitch_shift
         unknown = sorted(set(audio_reg or {}) - set(AUDIO_REGULARISERS))
         if unknown:
             raise ValueError(f"unknown audio regulariser(s) {unknown}; known: {sorted(AUDIO_REGULARISERS)}")
@@ -116,6 +123,8 @@ class Correspondence:
                  autocast: Autocast = full_precision) -> tuple[Tensor, ModelOutput]:
         head = _unwrap(model).net_classifier
         warming_up = self.epoch < self.warmup_epochs
+        if self.pitch_shift > 1 and head.training:
+            audio = pitch_shift(audio, self.pitch_shift)
         with autocast():
             out = model(frames, audio)
             probe = head.probe_logits(out.feat_v.detach(), out.feat_a.detach())

@@ -193,6 +193,25 @@ def variance_covariance_loss(emb: Tensor, eps: float = 1e-4) -> Tensor:
     return F.relu(1 - std).mean() + off_diagonal.pow(2).sum() / dim
 
 
+def pitch_shift(audio: Tensor, max_factor: float) -> Tensor:
+    """Each clip of ``audio [B, 1, L]`` resampled by its own factor r, log-uniform in [1 / max_factor, max_factor]
+    (r > 1 raises the pitch and speeds the clip up), read from a random start and wrapping around, length kept;
+    linear interpolation. Draws from torch's global generator."""
+    if max_factor < 1:
+        raise ValueError(f"max_factor must be >= 1, got {max_factor}")
+    batch, _, length = audio.shape
+    log_max = math.log(max_factor)
+    rate = torch.exp((torch.rand(batch, 1, device=audio.device) * 2 - 1) * log_max)
+    start = torch.rand(batch, 1, device=audio.device) * length
+    position = torch.remainder(torch.arange(length, device=audio.device) * rate + start, length)
+    low = position.floor().long()
+    high = torch.remainder(low + 1, length)
+    weight = (position - low).unsqueeze(1).to(audio.dtype)
+    wave_low = audio.gather(2, low.unsqueeze(1))
+    wave_high = audio.gather(2, high.unsqueeze(1))
+    return wave_low + weight * (wave_high - wave_low)
+
+
 AUDIO_REGULARISERS: dict[str, Callable[[Tensor], Tensor]] = {
     "uniformity": uniformity_loss, "vicreg": variance_covariance_loss}
 
