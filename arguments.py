@@ -116,6 +116,10 @@ class ArgParser:
         g.add_argument("--map_activation", choices=["softmax", "sigmoid"], default=None,
                        help="loc head's localization map: softmax over locations (sums to 1; the default) or "
                             "a sigmoid per location (each in [0, 1])")
+        g.add_argument("--frame_padding", choices=["zeros", "reflect"], default=None,
+                       help="border of the smallcnn / poolcnn frame encoders' convolutions (default zeros); reflect "
+                            "leaves no mark on the frame's edge locations, which a self-supervised localizer "
+                            "otherwise locks onto; part of the run id")
         g.add_argument("--ssl_temperature", type=_positive_float, default=None,
                        help="self-supervised heads (ssl*): contrastive temperature (default: the head's published "
                             "one, 0.03 for ssl / ssl_avc / ssl_fnac / ssl_slavc, 0.07 for ssl_lvs); part of the run id")
@@ -206,6 +210,18 @@ class ArgParser:
                        help="--weights_frame simclr: epochs of SimCLR pretraining of the frame encoder")
         g.add_argument("--pretrain_lr", type=_positive_float, default=1e-3,
                        help="--weights_frame simclr: AdamW learning rate of that pretraining")
+        g.add_argument("--ssl_uniformity", type=_non_negative_float, default=0.0,
+                       help="self-supervised heads: weight of a uniformity term (Wang & Isola 2020) on the batch's "
+                            "unit audio embeddings, against the collapse of the audio embedding (0: off)")
+        g.add_argument("--ssl_vicreg", type=_non_negative_float, default=0.0,
+                       help="self-supervised heads: weight of VICReg's variance + covariance terms on the batch's "
+                            "unit audio embeddings (x sqrt(dim)), against that collapse (0: off)")
+        g.add_argument("--ssl_warmup_epochs", type=_non_negative_int, default=0,
+                       help="self-supervised heads: epochs of clip-level audio-visual correspondence (the audio "
+                            "against the frame's mean embedding) before the head's own objective")
+        g.add_argument("--ssl_pitch_shift", type=float, default=1.0,
+                       help="self-supervised heads: resample each training clip's audio by a random factor in "
+                            "[1/F, F] (pitch and tempo), so that a clip's own pitch cannot identify it (1: off)")
         g.add_argument("--on_collapse", choices=["warn", "stop", "off"], default="warn",
                        help="self-supervised heads: after each epoch from the second, when the embeddings all point "
                             "one way and audio-to-frame retrieval is at chance, print the figures (warn) or also "
@@ -457,7 +473,8 @@ def run_id(args: argparse.Namespace) -> str:
     if getattr(args, "ssl_temperature", None) is not None:
         parts.append(f"t{args.ssl_temperature:g}")
     if args.arch_classifier != "audio":
-        parts.append(f"{args.arch_frame}{args.frame_dim or ''}-{args.img_pool}")
+        padding = "-reflect" if getattr(args, "frame_padding", None) == "reflect" else ""
+        parts.append(f"{args.arch_frame}{args.frame_dim or ''}{padding}-{args.img_pool}")
     if args.arch_classifier != "visual":
         parts.append(f"{args.arch_sound}{args.sound_dim or ''}")
     parts.append(f"frames{args.num_frames}stride{args.stride_frames}")

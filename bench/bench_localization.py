@@ -39,6 +39,7 @@ from dataset.layout import audio_relpath, frame_name, frames_relpath  # noqa: E4
 from evaluation.eval_dir import eval_folder_of  # noqa: E402
 from evaluation.localization.metrics import auc  # noqa: E402
 from evaluation.stats import format_fraction, mcnemar_exact  # noqa: E402
+from models.registry import FUSION_HEADS  # noqa: E402
 from training.engine import run_dir_of  # noqa: E402
 
 AUDIO_RATE = 11025
@@ -105,12 +106,12 @@ def build_dataset_root(root: Path, name: str, args: argparse.Namespace) -> Path:
 def model_flags(root: Path, ckpt: Path, head: str, seed: int, args: argparse.Namespace) -> list[str]:
     lr = str(args.lr)
     flags = ["--dataset", "synthetic", "--data_root", str(root), "--ckpt", str(ckpt), "--arch_classifier", head,
-             "--arch_frame", args.arch_frame, "--frame_dim", "32", "--arch_sound", "anet", "--sound_dim", "32",
+             "--arch_frame", args.arch_frame, "--frame_dim", "32", "--arch_sound", args.arch_sound, "--sound_dim", "32",
              "--imgSize", str(args.img_size), "--audLen", "8192", "--audRate", str(AUDIO_RATE),
              "--batch_size_per_gpu", "32", "--workers", "0", "--num_epoch", str(args.epochs),
              "--lr_steps", str(args.epochs * 2), "--lr_frame", lr, "--lr_sound", lr, "--lr_classifier", lr,
              "--optimizer", args.optimizer, "--weight_decay", str(args.weight_decay), "--seed", str(seed),
-             "--id", f"seed{seed}", "--device", "cpu"]
+             "--id", f"seed{seed}", "--device", "cpu", "--frame_padding", args.frame_padding]
     if args.optimizer == "adamw":
         flags += ["--lr_schedule", "cosine", "--warmup_epochs", "1"]
     return flags
@@ -131,6 +132,11 @@ def train_and_localize(root: Path, boxes: Path, head: str, seed: int,
     flags = model_flags(root, Path(args.out) / "ckpt" / root.name, head, seed, args)
     init = ["--weights_frame", "simclr", "--pretrain_epochs", str(args.pretrain_epochs)] \
         if args.frame_init == "simclr" else []
+    if getattr(FUSION_HEADS.get(head), "self_supervised", False):
+        init += ["--ssl_uniformity", str(args.ssl_uniformity), "--ssl_vicreg", str(args.ssl_vicreg),
+                 "--ssl_warmup_epochs", str(args.ssl_warmup_epochs), "--ssl_pitch_shift", str(args.ssl_pitch_shift)]
+        if args.ssl_temperature is not None:
+            flags += ["--ssl_temperature", str(args.ssl_temperature)]
     start = time.time()
     main_attack.main(["--mode", "train", "--overwrite", *flags, *init])  # a rerun measures again from scratch
     evaluation = [*flags, "--boxes", str(boxes), "--attack_type", "none", "--num_vis", "0", "--checkpoint", "latest"]
@@ -196,6 +202,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="shapes-centred: probability that an object sits near the centre")
     parser.add_argument("--arch_frame", choices=["smallcnn", "poolcnn"], default="smallcnn",
                         help="frame encoder (32-d): smallcnn (31 px receptive field) or poolcnn (77 px)")
+    parser.add_argument("--frame_padding", choices=["zeros", "reflect"], default="zeros",
+                        help="border of the frame encoder's convolutions, for every head (--frame_padding)")
+    parser.add_argument("--arch_sound", choices=["anet", "mel"], default="anet",
+                        help="audio encoder (32-d): anet (raw waveform, the paper's) or mel (log-mel spectrogram)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="adamw",
                         help="sgd (step schedule, no decay step inside the run) or adamw (cosine, 1 warm-up epoch)")
@@ -205,6 +215,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="frame encoder start: random, or SimCLR pretraining on the training frames "
                              "(--weights_frame simclr)")
     parser.add_argument("--pretrain_epochs", type=int, default=20, help="--frame_init simclr: its epochs")
+    parser.add_argument("--ssl_uniformity", type=float, default=0.0,
+                        help="self-supervised heads: --ssl_uniformity of their training (audio uniformity weight)")
+    parser.add_argument("--ssl_vicreg", type=float, default=0.0,
+                        help="self-supervised heads: --ssl_vicreg of their training (audio variance-covariance weight)")
+    parser.add_argument("--ssl_pitch_shift", type=float, default=1.0,
+                        help="self-supervised heads: --ssl_pitch_shift of their training (audio resampling factor)")
+    parser.add_argument("--ssl_temperature", type=float, default=None,
+                        help="self-supervised heads: their contrastive temperature (default: the head's published one)")
+    parser.add_argument("--ssl_warmup_epochs", type=int, default=0,
+                        help="self-supervised heads: --ssl_warmup_epochs of their training (clip-level warm-up)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated datasets")
     parser.add_argument("--train_seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="training seeds; the figures pool every seed's per-sample outcomes")

@@ -124,6 +124,7 @@ def build_model(
     stft_hop: int = 256,
     frame_dim: int | None = None,
     sound_dim: int | None = None,
+    frame_padding: str | None = None,
     **head_kwargs: Any,
 ) -> AVModel:
     """Build an ``AVModel`` from registry names; encoders the head does not use are not built.
@@ -132,7 +133,8 @@ def build_model(
     ValueError and a KeyError) listing the registered names.
 
     ``frame_dim`` / ``sound_dim`` set the output width of encoders that take ``dim`` (smallcnn,
-    anet, stft, mel); ``head_kwargs`` go to the fusion head (e.g. ``rank`` for bilinear). None
+    anet, stft, mel); ``frame_padding`` the border of the CNN frame encoders' convolutions (smallcnn, poolcnn:
+    zeros or reflect); ``head_kwargs`` go to the fusion head (e.g. ``rank`` for bilinear). None
     means the class default; a non-None option the chosen class does not take raises ValueError.
     """
     frame_cls = FRAME_NETS.get(arch_frame)
@@ -141,7 +143,7 @@ def build_model(
     net_frame = net_sound = None
     if "visual" in head_cls.modalities:
         net_frame = _construct(frame_cls, FRAME_NETS.kind, {"img_pool": img_pool},
-                               {"weights": weights_frame, "dim": frame_dim})
+                               {"weights": weights_frame, "dim": frame_dim, "padding": frame_padding})
     if "audio" in head_cls.modalities:
         net_sound = _construct(sound_cls, SOUND_NETS.kind,
                                {"audRate": audRate, "stft_frame": stft_frame, "stft_hop": stft_hop},

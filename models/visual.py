@@ -71,9 +71,18 @@ class FrameEncoder(nn.Module):
         return feat.mean(dim=1), fmap.mean(dim=1)
 
 
-def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+PADDINGS = ("zeros", "reflect")
+
+
+def _check_padding(padding: str) -> str:
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    return padding
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int, padding: str = "zeros") -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False, padding_mode=padding),
         nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
     )
@@ -136,13 +145,18 @@ def load_resnet18_state_dict(weights: str | os.PathLike) -> dict[str, Tensor]:
 
 @FRAME_NETS.register("smallcnn")
 class SmallCNNFrame(FrameEncoder):
-    """Four conv-BN-ReLU blocks of stride 2 (32-64-128-``dim`` channels): a fast CPU stand-in."""
+    """Four conv-BN-ReLU blocks of stride 2 (32-64-128-``dim`` channels): a fast CPU stand-in.
 
-    def __init__(self, img_pool: str = "max", dim: int = 128) -> None:
+    ``padding``: the convolutions' border, ``zeros`` or ``reflect``. Zero padding marks every border location in
+    every frame the same way, a feature that a self-supervised localizer can lock onto (its map then peaks on a
+    frame edge whatever the frame shows); reflection padding leaves no such mark."""
+
+    def __init__(self, img_pool: str = "max", dim: int = 128, padding: str = "zeros") -> None:
         super().__init__(img_pool)
         self.out_dim = dim
         widths = (3, 32, 64, 128, dim)
-        self.body = nn.Sequential(*(_conv_bn_relu(c_in, c_out, 2) for c_in, c_out in pairwise(widths)))
+        padding = _check_padding(padding)
+        self.body = nn.Sequential(*(_conv_bn_relu(c_in, c_out, 2, padding) for c_in, c_out in pairwise(widths)))
 
     def features(self, x: Tensor) -> Tensor:
         return self.body(x)
@@ -157,14 +171,15 @@ class PoolCNNFrame(FrameEncoder):
     at about 1.7x its multiply-adds and half those of the plain 4-block reference CNN at full resolution.
     """
 
-    def __init__(self, img_pool: str = "max", dim: int = 128) -> None:
+    def __init__(self, img_pool: str = "max", dim: int = 128, padding: str = "zeros") -> None:
         super().__init__(img_pool)
         self.out_dim = dim
-        blocks: list[nn.Module] = [_conv_bn_relu(3, 32, 2)]
+        padding = _check_padding(padding)
+        blocks: list[nn.Module] = [_conv_bn_relu(3, 32, 2, padding)]
         for i, (c_in, c_out) in enumerate(pairwise((32, 32, 64, 128, dim))):
             if i > 0:
                 blocks.append(nn.MaxPool2d(2))
-            blocks.append(_conv_bn_relu(c_in, c_out, 1))
+            blocks.append(_conv_bn_relu(c_in, c_out, 1, padding))
         self.body = nn.Sequential(*blocks)
 
     def features(self, x: Tensor) -> Tensor:

@@ -104,6 +104,26 @@ def test_imagenet_normalisation_happens_inside(arch: str) -> None:
     torch.testing.assert_close(feat, expected.amax(dim=(-2, -1)))
 
 
+@pytest.mark.parametrize("arch", ["poolcnn", "smallcnn"])
+def test_reflection_padding_leaves_no_mark_on_the_frame_edge(arch: str) -> None:
+    """A frame of one colour: with zero padding the edge locations' features differ from the centre's (the mark a
+    self-supervised map can lock onto), with reflection padding every location's feature is the same."""
+    frames = torch.full((1, 3, 1, 64, 64), 0.7)
+    torch.manual_seed(0)
+    zeros = FRAME_NETS.get(arch)(dim=16).eval()
+    torch.manual_seed(0)
+    reflect = FRAME_NETS.get(arch)(dim=16, padding="reflect").eval()
+    reflect.load_state_dict(zeros.state_dict())
+    for net, marked in ((zeros, True), (reflect, False)):
+        fmap = net(frames)[1][0]
+        spread = (fmap - fmap[:, fmap.shape[1] // 2, fmap.shape[2] // 2, None, None]).abs().amax().item()
+        assert (spread > 1e-3) == marked, (arch, marked, spread)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        FRAME_NETS.get(arch)(padding="circular")
+    with pytest.raises(ValueError, match="'padding'"):
+        build_model("resnet18", "anet", "visual", frame_padding="reflect")
+
+
 def test_frames_are_encoded_per_time_step_and_averaged() -> None:
     net = FRAME_NETS.get("smallcnn")(img_pool="avg", dim=16).eval()
     frames = torch.rand(B, 3, 3, IMG, IMG)

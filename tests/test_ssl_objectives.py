@@ -3,20 +3,28 @@ FNAC's false-negative terms, SLAVC's momentum targets), each on a hand-made case
 detector on collapsed and healthy embeddings; the SimCLR pretraining of the frame encoder."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from models import build_model
+from models import ModelOutput, build_model
 from training.collapse import CollapseMonitor, collapse_problem
 from training.frame_pretrain import SimCLR, _view_params, augment, nt_xent
-from training.objectives import CrossEntropy
+from training.objectives import Correspondence, CrossEntropy
 from training.ssl_losses import (
+    AUDIO_REGULARISERS,
+    SSL_OBJECTIVES,
     clip_correspondence_nce,
+    clip_warmup,
     false_negative_aware_terms,
     hard_negative_nce,
     localization_correspondence_nce,
     multiple_instance_nce,
+    pitch_shift,
+    uniformity_loss,
+    variance_covariance_loss,
 )
 from utils.distributed import DistInfo
 
@@ -232,3 +240,116 @@ def test_simclr_learns_to_tell_images_apart() -> None:
     with torch.no_grad():
         _, accuracy = twin_accuracy(1000)
     assert accuracy >= 0.6 and accuracy > untrained, (untrained, accuracy)
+
+
+def collapsed_audio(batch: int = 16, dim: int = 8) -> torch.Tensor:
+    """Unit audio embeddings all within a few degrees of one direction (spread about 0.99)."""
+    torch.manual_seed(0)
+    return F.normalize(torch.ones(dim) + 0.1 * torch.randn(batch, dim), dim=1)
+
+
+def spread(emb: torch.Tensor) -> float:
+    return F.normalize(emb, dim=1).mean(dim=0).norm().item()
+
+
+@pytest.mark.parametrize("regulariser", ["uniformity", "vicreg"])
+def test_audio_regulariser_pushes_collapsed_embeddings_apart(regulariser: str) -> None:
+    """Gradient descent on the regulariser alone, from nearly identical embeddings, spreads them out."""
+    emb = collapsed_audio().clone().requires_grad_(True)
+    assert spread(emb.detach()) > 0.95
+    optimizer = torch.optim.SGD([emb], lr=0.5)
+    start = AUDIO_REGULARISERS[regulariser](emb).item()
+    for _ in range(100):
+        optimizer.zero_grad()
+        AUDIO_REGULARISERS[regulariser](emb).backward()
+        optimizer.step()
+    assert AUDIO_REGULARISERS[regulariser](emb).item() < start
+    assert spread(emb.detach()) < 0.5
+
+
+def test_audio_regularisers_rank_collapsed_above_spread_embeddings() -> None:
+    torch.manual_seed(1)
+    spread_out = F.normalize(torch.randn(16, 8), dim=1)
+    for regulariser in (uniformity_loss, variance_covariance_loss):
+        assert regulariser(collapsed_audio()) > regulariser(spread_out) + 0.3
+    assert uniformity_loss(torch.ones(4, 8)).item() == pytest.approx(0.0, abs=1e-6)
+    assert variance_covariance_loss(torch.ones(4, 8)).item() == pytest.approx(1.0, abs=0.02)
+    with pytest.raises(ValueError, match="at least 2"):
+        uniformity_loss(torch.ones(1, 8))
+
+
+def test_clip_warmup_makes_the_audio_clip_specific() -> None:
+    """A tiny problem where the audio starts collapsed: every clip's audio feature is one shared vector plus a small
+    clip code, and clip i's frame shows that code over three of its nine locations among random clutter. Trained
+    with the clip-level warm-up objective alone (the head's projections), audio-to-frame retrieval rises from chance
+    (1/12) to every clip on the frame's mean embedding and to most clips on its best location."""
+    torch.manual_seed(0)
+    clips, dim, locations = 12, 16, 9
+    codes = F.normalize(torch.randn(clips, dim), dim=1)
+    feat_a = 5 * torch.ones(dim) + 0.5 * codes
+    fmap = 0.3 * torch.randn(clips, dim, locations)
+    fmap[:, :, :3] += codes[:, :, None]
+    fmap = fmap.reshape(clips, dim, 3, 3)
+    head = build_model("smallcnn", "anet", "ssl", cls_num=3, frame_dim=dim, sound_dim=dim).net_classifier
+    out = ModelOutput(logits=torch.zeros(clips, 3), feat_v=fmap.amax(dim=(2, 3)), feat_a=feat_a, fmap_v=fmap)
+    truth = torch.arange(clips)
+
+    def retrieval() -> tuple[float, float]:
+        with torch.no_grad():
+            sims = head.cross_similarity(out.feat_a, out.fmap_v)
+        return ((sims.mean(dim=2).argmax(dim=1) == truth).float().mean().item(),
+                (sims.amax(dim=2).argmax(dim=1) == truth).float().mean().item())
+
+    assert max(retrieval()) < 0.2 and spread(head.embed_audio(feat_a).detach()) > 0.9
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for _ in range(200):
+        optimizer.zero_grad()
+        clip_warmup(head, out)[0].backward()
+        optimizer.step()
+    pooled, best_location = retrieval()
+    assert pooled == 1.0 and best_location > 0.5
+
+
+def test_warmup_epochs_swap_the_objective_then_hand_over() -> None:
+    """During --ssl_warmup_epochs the loss is the clip-level term (plus the probe's cross-entropy), afterwards the
+    head's own; the collapse monitor sees both; a regulariser adds its weighted term."""
+    torch.manual_seed(0)
+    model = build_model("smallcnn", "anet", "ssl", cls_num=3, frame_dim=8, sound_dim=8).eval()
+    frames, audio, labels = torch.rand(4, 3, 1, 32, 32), torch.rand(4, 1, 4096) - 0.5, torch.tensor([0, 1, 2, 0])
+    objective = Correspondence()
+    objective.configure({"uniformity": 0.0}, warmup_epochs=2)
+    assert objective.audio_reg == {}
+    with torch.no_grad():
+        out = model(frames, audio)
+        head = model.net_classifier
+        probe = F.cross_entropy(head.probe_logits(out.feat_v, out.feat_a), labels)
+        clip_level = clip_warmup(head, out)[0] + probe
+        own = SSL_OBJECTIVES["ezvsl"](head, out)[0] + probe
+        uniform = uniformity_loss(head.embed_audio(out.feat_a))
+        objective.epoch = 1
+        assert objective(model, frames, audio, labels)[0].item() == pytest.approx(clip_level.item(), rel=1e-5)
+        objective.epoch = 2
+        assert objective(model, frames, audio, labels)[0].item() == pytest.approx(own.item(), rel=1e-5)
+        objective.configure({"uniformity": 0.5})
+        assert objective(model, frames, audio, labels)[0].item() == pytest.approx((own + 0.5 * uniform).item(),
+                                                                                   rel=1e-5)
+    assert objective.monitor.totals[0].item() == 12
+    with pytest.raises(ValueError, match="unknown audio regulariser"):
+        objective.configure({"barlow": 1.0})
+
+
+def test_pitch_shift_moves_each_clips_pitch_within_the_factor() -> None:
+    """A 400 Hz tone in every clip: after the shift each clip's tone lies within [400 / F, 400 F], the clips differ,
+    the length and the peak stay; factor 1 leaves the audio as it is (up to its random start)."""
+    rate, length = 11025, 4096
+    tone = torch.sin(2 * math.pi * 400 * torch.arange(length) / rate).expand(6, 1, length).clone()
+    torch.manual_seed(0)
+    shifted = pitch_shift(tone, 1.5)
+    assert shifted.shape == tone.shape and shifted.abs().max() <= 1.0
+    peaks = torch.fft.rfft(shifted[:, 0]).abs().argmax(dim=1).float() * rate / length
+    assert ((peaks > 400 / 1.5 - 5) & (peaks < 400 * 1.5 + 5)).all()
+    assert peaks.max() - peaks.min() > 50
+    same = torch.fft.rfft(pitch_shift(tone, 1.0)[:, 0]).abs().argmax(dim=1).float() * rate / length
+    assert torch.allclose(same, torch.full_like(same, 400.0), atol=rate / length)
+    with pytest.raises(ValueError, match="max_factor"):
+        pitch_shift(tone, 0.5)

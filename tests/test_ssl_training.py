@@ -56,3 +56,15 @@ def test_simclr_pretraining_runs_before_training(tmp_path: Path, capsys: pytest.
     assert {"spread_a", "spread_v", "retrieval", "retrieval_chance"} <= set(history[0])
     with pytest.raises(SystemExit, match="--weights_frame simclr"):
         main_attack.main(["--mode", "eval", *flags, "--weights_frame", "simclr"])
+
+
+def test_ssl_training_options_are_refused_where_they_do_not_apply(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_synthetic_root(root)
+    loc = model_flags(root, tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="--ssl_uniformity, --ssl_warmup_epochs, --ssl_pitch_shift apply to the "
+                                         "self-supervised heads"):
+        main_attack.main(["--mode", "train", *loc, "--ssl_uniformity", "1", "--ssl_warmup_epochs", "1",
+                          "--ssl_pitch_shift", "1.2"])
+    with pytest.raises(ValueError, match="--ssl_warmup_epochs 2 leaves no epoch"):
+        main_attack.main(["--mode", "train", *ssl_flags(root, tmp_path / "ckpt", epochs=2), "--ssl_warmup_epochs", "2"])

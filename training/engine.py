@@ -70,7 +70,8 @@ def create_model(args: argparse.Namespace, info: DistInfo, init_weights: bool = 
     weights_frame = args.weights_frame if init_weights and args.weights_frame == "imagenet" else None
     model = build_model(args.arch_frame, args.arch_sound, args.arch_classifier, args.cls_num, args.img_pool,
                         weights_frame, args.audRate, args.stft_frame, args.stft_hop, args.frame_dim, args.sound_dim,
-                        map_activation=args.map_activation, temperature=getattr(args, "ssl_temperature", None))
+                        frame_padding=getattr(args, "frame_padding", None), map_activation=args.map_activation,
+                        temperature=getattr(args, "ssl_temperature", None))
     meta = model_meta(args)
     for module, path in (("frame", args.weights_frame), ("sound", args.weights_sound),
                          ("classifier", args.weights_classifier)):
@@ -237,12 +238,18 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
     objective = objective or CrossEntropy()
     if isinstance(objective, CrossEntropy):
         objective.label_smoothing = getattr(args, "label_smoothing", 0.0)
+    correspondence = getattr(objective, "correspondence", None)
+    if correspondence is not None:
+        correspondence.configure({"uniformity": getattr(args, "ssl_uniformity", 0.0),
+                                  "vicreg": getattr(args, "ssl_vicreg", 0.0)},
+                                 getattr(args, "ssl_warmup_epochs", 0), getattr(args, "ssl_pitch_shift", 1.0))
     run_dir = run_dir_of(args)
     prepare_training(run_dir, args, changed_optimisation_flags(run_dir, args) if args.resume else "")
     meta = model_meta(args)
     train_loader = build_loader(build_dataset(args, "train"), args, info, train=True)
     val_loader = build_loader(build_dataset(args, "val"), args, info, train=False)
     model = create_model(args, info)
+    check_ssl_options(model, args)
     if getattr(args, "weights_frame", "") == "simclr" and not args.resume:
         if model.net_frame is None:
             raise ValueError(f"--weights_frame simclr: the {args.arch_classifier} head has no frame encoder")
@@ -286,6 +293,8 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
         torch.manual_seed(args.seed * 1000 + epoch)
         start = time.time()
         record = {"epoch": epoch, "lr_classifier": optimizer.param_groups[-1]["lr"]}
+        if correspondence is not None:
+            correspondence.epoch = epoch
         record.update(train_one_epoch(ddp_model, train_loader, optimizer, scaler, epoch, args, info, writer,
                                       objective))
         collapsed = collapse_check(model, objective, epoch, args, info, record)
@@ -317,6 +326,18 @@ def train(args: argparse.Namespace, info: DistInfo, objective: Objective | None 
     if writer is not None:
         writer.close()
         print(f"done: best val acc {best_acc:.2f}; checkpoints in {run_dir}")
+
+def check_ssl_options(model: nn.Module, args: argparse.Namespace) -> None:
+    """Refuse the self-supervised training options for a head they do not apply to, and a warm-up that leaves no
+    epoch for the head's own objective."""
+    given = [f"--{flag}" for flag in ("ssl_uniformity", "ssl_vicreg", "ssl_warmup_epochs") if getattr(args, flag, 0)]
+    given += ["--ssl_pitch_shift"] if getattr(args, "ssl_pitch_shift", 1.0) != 1.0 else []
+    if given and not is_self_supervised(model):
+        raise ValueError(f"{', '.join(given)} apply to the self-supervised heads (ssl*), not --arch_classifier "
+                         f"{args.arch_classifier}")
+    if getattr(args, "ssl_warmup_epochs", 0) >= args.num_epoch:
+        raise ValueError(f"--ssl_warmup_epochs {args.ssl_warmup_epochs} leaves no epoch of the head's objective "
+                         f"(--num_epoch {args.num_epoch})")
 
 def collapse_check(model: nn.Module, objective: Objective, epoch: int, args: argparse.Namespace, info: DistInfo,
                    record: dict) -> str | None:

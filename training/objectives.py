@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from attacks import ThreatModel, build_attack
 from models import ModelOutput
 from training.collapse import CollapseMonitor
-from training.ssl_losses import SSL_OBJECTIVES
+from training.ssl_losses import AUDIO_REGULARISERS, SSL_OBJECTIVES, clip_warmup, pitch_shift
 
 Autocast = Callable[[], AbstractContextManager]
 
@@ -92,18 +92,49 @@ def refuse_self_supervised(model: nn.Module, what: str) -> None:
 class Correspondence:
     """The self-supervised heads' objective: their contrastive loss (``SSL_OBJECTIVES[head.ssl_loss]``) on the
     batch, plus the linear probe's cross-entropy on detached embeddings, so labels train the probe only.
-    ``monitor`` collects each batch's collapse statistics (``training.collapse``)."""
+    ``monitor`` collects each batch's collapse statistics (``training.collapse``).
+
+    Training options against the collapse of the audio embedding (``configure``): ``audio_reg`` maps a regulariser
+    of ``AUDIO_REGULARISERS`` to its weight (added on the batch's unit audio embeddings), and for the first
+    ``warmup_epochs`` epochs the clip-level correspondence (``clip_warmup``) replaces the head's objective; with
+    ``pitch_shift`` > 1 each training clip's audio is resampled by a random factor up to it
+    (``ssl_losses.pitch_shift``), so that its pitch, drawn per clip, cannot identify the clip; the trainer sets
+    ``epoch``."""
 
     def __init__(self) -> None:
         self.monitor = CollapseMonitor()
+        self.audio_reg: dict[str, float] = {}
+        self.warmup_epochs = 0
+        self.pitch_shift = 1.0
+        self.epoch = 0
+
+    def configure(self, audio_reg: Mapping[str, float] | None = None, warmup_epochs: int = 0,
+                  pitch_shift: float = 1.0) -> None:
+        if pitch_shift < 1:
+            raise ValueError(f"the pitch-shift factor must be >= 1 (1: off), got {pitch_shift}")
+        self.pitch_shift = pitch_shift
+        unknown = sorted(set(audio_reg or {}) - set(AUDIO_REGULARISERS))
+        if unknown:
+            raise ValueError(f"unknown audio regulariser(s) {unknown}; known: {sorted(AUDIO_REGULARISERS)}")
+        if any(w < 0 for w in (audio_reg or {}).values()) or warmup_epochs < 0:
+            raise ValueError(f"regulariser weights and warm-up epochs must be >= 0, got {audio_reg}, {warmup_epochs}")
+        self.audio_reg = {name: w for name, w in (audio_reg or {}).items() if w > 0}
+        self.warmup_epochs = warmup_epochs
 
     def __call__(self, model: nn.Module, frames: Tensor, audio: Tensor, labels: Tensor,
                  autocast: Autocast = full_precision) -> tuple[Tensor, ModelOutput]:
         head = _unwrap(model).net_classifier
+        warming_up = self.epoch < self.warmup_epochs
+        if self.pitch_shift > 1 and head.training:
+            audio = pitch_shift(audio, self.pitch_shift)
         with autocast():
             out = model(frames, audio)
             probe = head.probe_logits(out.feat_v.detach(), out.feat_a.detach())
-            contrastive, sims = SSL_OBJECTIVES[head.ssl_loss](head, out)
+            contrastive, sims = (clip_warmup if warming_up else SSL_OBJECTIVES[head.ssl_loss])(head, out)
+            if self.audio_reg:
+                emb_a = head.embed_audio(out.feat_a)
+                contrastive = contrastive + sum(w * AUDIO_REGULARISERS[name](emb_a)
+                                                for name, w in self.audio_reg.items())
         with torch.no_grad():
             head.drop_v.eval()  # the spread of the embeddings the map uses
             self.monitor.update(sims, head.embed_audio(out.feat_a), head.embed_visual(out.fmap_v))

@@ -164,5 +164,66 @@ def _slavc(head: nn.Module, out: ModelOutput) -> tuple[Tensor, Tensor]:
     return image_side + audio_side, sims
 
 
+def uniformity_loss(emb: Tensor, t: float = 2.0) -> Tensor:
+    """Wang & Isola's (2020) uniformity of unit embeddings ``emb [B, E]``: log of the mean over distinct pairs of
+    exp(-t ||e_i - e_j||^2). Lowest when the embeddings spread over the sphere, 0 when they all coincide; its
+    gradient pushes close embeddings apart however collapsed they are."""
+    emb = F.normalize(emb.float(), dim=1)
+    batch = emb.shape[0]
+    if batch < 2:
+        raise ValueError(f"uniformity_loss needs at least 2 embeddings, got {batch}")
+    distances = torch.pdist(emb).pow(2)
+    return torch.logsumexp(-t * distances, dim=0) - math.log(distances.numel())
+
+
+def variance_covariance_loss(emb: Tensor, eps: float = 1e-4) -> Tensor:
+    """VICReg's (Bardes et al. 2022) variance and covariance terms on unit embeddings ``emb [B, E]`` scaled by
+    sqrt(E), so that embeddings spread uniformly over the sphere have a standard deviation near 1 per dimension:
+    mean over dimensions of max(0, 1 - std) (the batch's embeddings may not all point one way: sum of the variances
+    = E (1 - |mean unit embedding|^2)) plus the squared off-diagonal covariances summed and divided by E (the
+    dimensions may not carry one signal)."""
+    batch, dim = emb.shape
+    if batch < 2:
+        raise ValueError(f"variance_covariance_loss needs at least 2 embeddings, got {batch}")
+    emb = F.normalize(emb.float(), dim=1) * math.sqrt(dim)
+    centred = emb - emb.mean(dim=0)
+    std = torch.sqrt(centred.var(dim=0) + eps)
+    cov = centred.t() @ centred / (batch - 1)
+    off_diagonal = cov - torch.diag(cov.diagonal())
+    return F.relu(1 - std).mean() + off_diagonal.pow(2).sum() / dim
+
+
+def pitch_shift(audio: Tensor, max_factor: float) -> Tensor:
+    """Each clip of ``audio [B, 1, L]`` resampled by its own factor r, log-uniform in [1 / max_factor, max_factor]
+    (r > 1 raises the pitch and speeds the clip up), read from a random start and wrapping around, length kept;
+    linear interpolation. Draws from torch's global generator."""
+    if max_factor < 1:
+        raise ValueError(f"max_factor must be >= 1, got {max_factor}")
+    batch, _, length = audio.shape
+    log_max = math.log(max_factor)
+    rate = torch.exp((torch.rand(batch, 1, device=audio.device) * 2 - 1) * log_max)
+    start = torch.rand(batch, 1, device=audio.device) * length
+    position = torch.remainder(torch.arange(length, device=audio.device) * rate + start, length)
+    low = position.floor().long()
+    high = torch.remainder(low + 1, length)
+    weight = (position - low).unsqueeze(1).to(audio.dtype)
+    wave_low = audio.gather(2, low.unsqueeze(1))
+    wave_high = audio.gather(2, high.unsqueeze(1))
+    return wave_low + weight * (wave_high - wave_low)
+
+
+AUDIO_REGULARISERS: dict[str, Callable[[Tensor], Tensor]] = {
+    "uniformity": uniformity_loss, "vicreg": variance_covariance_loss}
+
+
+def clip_warmup(head: nn.Module, out: ModelOutput) -> tuple[Tensor, Tensor]:
+    """The warm-up objective of ``--ssl_warmup_epochs``: clip-level audio-visual correspondence only (InfoNCE
+    between the audio and the frame's mean location embedding, at the head's temperature), which reaches every
+    location and every clip's audio, so the audio can become clip-specific before the map objective."""
+    emb_a, emb_v = head.embed_audio(out.feat_a), head.embed_visual(out.fmap_v)
+    sims = torch.einsum("ie,jen->ijn", emb_a, emb_v)
+    return clip_correspondence_nce(emb_a, emb_v, head.temperature), sims.detach()
+
+
 SSL_OBJECTIVES: dict[str, Callable[[nn.Module, ModelOutput], tuple[Tensor, Tensor]]] = {
     "ezvsl": _ezvsl, "ezvsl+avc": _ezvsl_avc, "lvs": _lvs, "fnac": _fnac, "slavc": _slavc}
