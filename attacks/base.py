@@ -81,6 +81,12 @@ def as_model_output(out: Any) -> ModelOutput:
     return ModelOutput(logits, None, None, None)
 
 
+def perturbed_modalities(threat: ThreatModel, model: nn.Module) -> list[str]:
+    """The modalities an attack under ``threat`` perturbs on ``model``: a budget > 0 and a model that uses it (a
+    model without ``uses_<modality>`` is taken to use both)."""
+    return [m for m in MODALITIES if threat.attacks(m) and getattr(model, f"uses_{m}", True)]
+
+
 class Problem:
     """One attack call: the model, objective and labels, the feasible region of the attacked modalities
     (a ``Region``, or a ``{modality: ball}`` dict for independent balls), the inputs that stay as they are
@@ -385,7 +391,7 @@ class Attack:
 
     def perturbs(self, modality: str) -> bool:
         """Whether this attack perturbs ``modality`` (a budget > 0 and a model that uses it)."""
-        return self.threat.attacks(modality) and getattr(self.model, f"uses_{modality}", True)
+        return modality in perturbed_modalities(self.threat, self.model)
 
     def __call__(self, frames: Tensor | None, audio: Tensor | None, labels: Tensor,
                  sample_ids: Tensor | None = None,
@@ -398,7 +404,7 @@ class Attack:
         has them (an evaluation's clean pass), which spares the attacks that start from them (APGD-T's and FAB-T's
         target classes) a forward pass; ignored with ``eot_iter > 1``."""
         inputs = {"visual": frames, "audio": audio}
-        attacked = [m for m in MODALITIES if self.perturbs(m)]
+        attacked = perturbed_modalities(self.threat, self.model)
         for m in attacked:
             if inputs[m] is None:
                 raise ValueError(f"the {m} budget is > 0 but the {m} input is None")

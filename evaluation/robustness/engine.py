@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from attacks import ATTACKS, CASCADES, LossFn, attack_settings, build_attack, canonical, describe, joint_split
+from attacks.base import perturbed_modalities
 from attacks.registry import Component
 from attacks.threat import MODALITIES, ThreatModel, ThreatSettings
 from dataset.loaders import to_device
@@ -158,7 +159,7 @@ class AttackEngine:
         """Why no attack under ``budget`` can change the model's output (every modality it perturbs is one the
         model does not use), or None when an attack can."""
         perturbed = [m for m in MODALITIES if budget.attacks(m)]
-        if not perturbed or any(getattr(self.model, f"uses_{m}", True) for m in perturbed):
+        if not perturbed or perturbed_modalities(budget, self.model):
             return None
         return (f"not attacked: the model does not use the {' or '.join(perturbed)} input this budget perturbs, so "
                 f"every sample keeps its clean output")
