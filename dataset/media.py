@@ -8,7 +8,6 @@ from fractions import Fraction
 import numpy as np
 import soundfile as sf
 from PIL import Image
-from scipy.signal import resample_poly
 
 from dataset.geometry import resized_size
 from dataset.index import DataError
@@ -107,6 +106,8 @@ def load_audio_window(path: str, center_time: float, length: int, rate: int) -> 
                 start = round(center_time * rate) - length // 2
                 mono = _mono(_read_circular(sound, start, length))
             else:
+                from scipy.signal import resample_poly  # imported here: scipy.signal takes ~1 s to import
+
                 src_len = math.ceil(length / ratio) + 2 * _RESAMPLE_PAD
                 src_start = round(center_time * src_rate) - src_len // 2
                 res = resample_poly(_mono(_read_circular(sound, src_start, src_len)), ratio.numerator,

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import resample_poly
 from torch.utils.data import DataLoader, Dataset
 
 from dataset.av_dataset import AVDataset
@@ -67,6 +66,8 @@ def shifted_windows(path: str, center_time: float, shifts: Sequence[float], leng
         if ratio == 1:
             span, offset = _read_mono(path, first, last - first), first
         else:
+            from scipy.signal import resample_poly  # imported here: scipy.signal takes ~1 s to import
+
             span = resample_poly(_read_mono(path, 0, info.frames), ratio.numerator, ratio.denominator)
             offset = 0
     except DataError:

@@ -15,7 +15,6 @@ from statistics import NormalDist
 from typing import NamedTuple
 
 import numpy as np
-from scipy.stats import binom
 
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_ALPHA = 0.05
@@ -93,6 +92,8 @@ def mcnemar_exact(correct_a: object, correct_b: object) -> McNemarResult:
     if discordant == 0:
         p_value = 1.0
     else:
+        from scipy.stats import binom  # imported here: scipy.stats takes ~1 s to import
+
         p_value = min(1.0, 2.0 * float(binom.cdf(min(only_a, only_b), discordant, 0.5)))
     return McNemarResult(b=only_a, c=only_b, n=int(a.size), p_value=p_value)
 

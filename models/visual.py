@@ -10,7 +10,6 @@ from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import ResNet18_Weights, resnet18
 
 from models.registry import FRAME_NETS
 from utils.fileio import non_finite_entries
@@ -101,6 +100,8 @@ class ResNet18Frame(FrameEncoder):
 
     def __init__(self, img_pool: str = "max", weights: str | os.PathLike | None = None) -> None:
         super().__init__(img_pool)
+        from torchvision.models import resnet18  # imported here: torchvision's models take ~1.5 s to import
+
         trunk = resnet18(weights=None)
         for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             self.add_module(name, getattr(trunk, name))
@@ -121,6 +122,8 @@ class ResNet18Frame(FrameEncoder):
 def load_resnet18_state_dict(weights: str | os.PathLike) -> dict[str, Tensor]:
     """State dict for ``weights='imagenet'`` (hub download/cache) or a checkpoint path."""
     if weights == "imagenet":
+        from torchvision.models import ResNet18_Weights
+
         spec = ResNet18_Weights.IMAGENET1K_V1
         cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
         try:
