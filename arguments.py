@@ -156,6 +156,11 @@ class ArgParser:
             g.add_argument("--eval_name", default=None, metavar="NAME",
                            help="name of the evaluation folder RUN/evals/NAME (default: derived from the kind, "
                                 "attacks, budgets and settings)")
+            g.add_argument("--eval_samples", type=_positive_int, default=None, metavar="N",
+                           help="evaluate a class-stratified subset of N test clips (the first of each class in "
+                                "CSV order, as --max_samples picks them) without changing the run: part of the "
+                                "evaluation's folder and flags, so evaluations on different subsets are kept "
+                                "apart; summaries compare models on the clips they share")
         g.add_argument("--num_gpus", type=_positive_int, default=1,
                        help="processes of the run, one per GPU; must equal the launch's (torchrun "
                             "--nproc_per_node; 1 for plain python); the scripts set it from NUM_GPUS")
@@ -380,6 +385,9 @@ class ArgParser:
             settle_run_folder(args)
         if getattr(args, "eval_name", None) is not None:
             _check_eval_name(args, self.parser)
+        if getattr(args, "eval_samples", None) is not None and args.mode in ("train", "build_bank"):
+            self.parser.error(f"--eval_samples picks the test clips of an evaluation; --mode {args.mode} evaluates "
+                              f"none (--max_samples subsets every split of a run)")
         return args
 
 

@@ -38,7 +38,7 @@ RECORD = "eval.json"
 KINDS = ("attack", "corruptions", "defense", "localization")
 MAX_NAME = 120
 
-DATA_FLAGS = ("list_test", "audio_path", "frame_path", "max_samples", "skip_bad", "seed", "categories")
+DATA_FLAGS = ("list_test", "audio_path", "frame_path", "max_samples", "eval_samples", "skip_bad", "seed", "categories")
 ATTACK_FLAGS = ("attack_type", *THREAT_FLAGS, "epsilons", "eps_grid", "eps_grid_modality", "attack_steps", "apgd_steps",
                 "apgd_targets", "attack_alpha", "attack_loss", "random_start", "restarts", "square_queries",
                 "square_p_init", "eot_iter", "sanity_eps")
@@ -131,6 +131,8 @@ def default_name(kind: str, args: argparse.Namespace) -> str:
         parts.append(f"test-{Path(args.list_test).parent.name}-{Path(args.list_test).stem}")
     if getattr(args, "max_samples", None):
         parts.append(f"n{args.max_samples}")
+    if getattr(args, "eval_samples", None):
+        parts.append(f"e{args.eval_samples}")
     name = "_".join(parts)
     if len(name) > MAX_NAME:
         name = name[: MAX_NAME - 9] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import main_attack
@@ -79,6 +80,20 @@ def test_two_threat_models_keep_two_folders_listed_in_the_index(trained, capsys)
     assert "already holds another attack evaluation" in message and "--attack_type pgd (saved: fgsm)" in message
     main_attack.main(named + ["--attack_type", "pgd", "--overwrite"])
     assert json.loads((run / "evals" / "mine" / "attack_results.json").read_text())["attacks"][0]["attack"] == "pgd"
+
+
+def test_eval_samples_evaluates_a_stratified_subset_of_the_same_run_into_its_own_folder(trained):
+    _, _, run = trained
+    argv = ["--mode", "eval", "--run", str(run), "--attack_type", "fgsm", "--eval_samples", "3"] + QUICK
+    args = main_attack.parse_args(argv)
+    assert Path(args.ckpt) / args.id == run
+    main_attack.main(argv)
+    folder = run / "evals" / default_name("attack", args)
+    assert folder.name.endswith("_e3") and folder != run / "evals" / default_name(
+        "attack", main_attack.parse_args(argv[:-len(QUICK) - 2] + QUICK))
+    with np.load(folder / "per_sample.npz") as records:
+        assert sorted(records["labels"].tolist()) == [0, 1, 2]
+    assert json.loads((folder / "eval.json").read_text())["flags"]["eval_samples"] == 3
 
 
 def test_run_folder_gives_the_training_flags_and_refuses_other_shapes(trained, capsys):
@@ -177,6 +192,7 @@ def test_chance_level_training_warns_once_after_three_epochs():
     (["--arch_frame", "resnet18", "--frame_dim", "64"], "--frame_dim 64 does not apply to --arch_frame resnet18"),
     (["--attack_alpha", "0.001", "--audio_eps_db", "-30"], "--attack_alpha with --audio_eps_db"),
     (["--mode", "train", "--eval_name", "x"], "--eval_name names an evaluation folder"),
+    (["--mode", "train", "--eval_samples", "60"], "--eval_samples picks the test clips of an evaluation"),
 ])
 def test_bad_flags_end_in_one_line_and_a_hint(argv, expected):
     proc = subprocess.run([sys.executable, str(REPO / "main_attack.py"), "--dataset", "MUSIC", *argv],
