@@ -9,8 +9,9 @@
 # with 95 % intervals and findings with McNemar tests.
 # Rerunning skips what is done (finished videos, finished training runs, finished evaluations).
 # DEMO_DIR (default data/) holds the data, DEMO_CKPT (default ckpt/demo) the runs; DEMO_SEED seeds all;
-# DEMO_FULL=1 runs AutoAttack at its standard budget, the corruptions at all five severities, and the
-# (eps_v, eps_a) map of concat.
+# The evaluations use a class-stratified subset of the test clips (DEMO_EVAL_SAMPLES, default in
+# scripts/demo_study.py); DEMO_FULL=1 evaluates every test clip and runs AutoAttack at its standard budget, the
+# corruptions at all five severities, and the (eps_v, eps_a) map of concat.
 source "$(dirname "${BASH_SOURCE[0]}")/_bootstrap.sh"
 ensure_venv requirements.txt
 cd "$REPO_ROOT"
@@ -46,6 +47,7 @@ echo "== 4/9 dataset statistics"
 CKPT="${DEMO_CKPT:-ckpt/demo}"
 full=()
 [ "${DEMO_FULL:-0}" = 1 ] && full=(--full)
+[ -n "${DEMO_EVAL_SAMPLES:-}" ] && full+=(--eval_samples "$DEMO_EVAL_SAMPLES")
 "$PYTHON" scripts/demo_study.py --root "$ROOT" --boxes "$SOURCE/boxes.json" --ckpt "$CKPT" --seed "$DEMO_SEED" \
     --evals_out "$CKPT/demo_evaluations.txt" "${full[@]}"
 mapfile -t evaluations < "$CKPT/demo_evaluations.txt"
