@@ -46,6 +46,9 @@ DEFENDED_BUDGETS = ["--epsilons", "0,0.012", "0.006,0.006"]  # V at 0.012 normal
 # The default demo evaluates (attacks, corruptions, localization) a class-stratified subset of the 300 test clips:
 # AutoAttack's cost is in the clips that stay robust, and every attack is kept at its budget. DEMO_FULL: all 300.
 EVAL_SAMPLES = 60
+# A PGD-10 sweep to twice the budgets (the (eps_v, eps_a) map's points 0 and 0.024) on every model: a second budget of
+# each kind, so that the gradient-masking checks can follow accuracy along eps and give a complete verdict.
+SWEEP = ["--eps_grid2d", "0.024"]
 
 
 def attack_flags(full: bool) -> list[str]:
@@ -151,11 +154,11 @@ def main() -> None:
 
     clips = f"{samples} class-stratified test clips" if samples else "every test clip"
     study.step(f"6/9 attacking audio, visual, concat on {clips} (PGD and AutoAttack; A eps_a=0.012, V eps_v=0.012, "
-               "A+V 0.006 each) and the corruption suite"
+               "A+V 0.006 each; PGD-10 also at twice the budgets, for the checks) and the corruption suite"
                + (", and the (eps_v, eps_a) map of concat under PGD" if args.full else ""))
     evals: list[Path] = []
     for head in ("audio", "visual", "concat"):
-        eps_map = ["--eps_grid2d", "0.012", "0.024"] if head == "concat" and args.full else []
+        eps_map = ["--eps_grid2d", "0.012", "0.024"] if head == "concat" and args.full else SWEEP
         argv = ["--mode", "eval", "--arch_classifier", head, *model_flags, *attacks, "--corruptions",
                 "--corruption_severities", *severities, *eps_map]
         study.call("main_attack.py", main_attack.main, argv, details=False)
@@ -179,8 +182,8 @@ def main() -> None:
                     *(["--eval_samples", str(samples)] if samples else [])])
 
     study.step("8/9 defending concat: dissimilarity constraint with the memory banks, and PGD adversarial "
-               "training; both attacked with PGD and AutoAttack under A and A+V (adaptive CE + cos, and BPDA "
-               "through the banks)")
+               "training; both attacked with PGD and AutoAttack under A and A+V, PGD also at twice the budgets "
+               "(adaptive CE + cos, and BPDA through the banks)")
     base = runs["concat"]
     defense_flags = ["--arch_classifier", "concat", *model_flags, "--num_epoch", "5", "--lr_steps", "4",
                      "--lr_frame", "0.001", "--lr_sound", "0.001", "--lr_classifier", "0.001",
@@ -198,7 +201,7 @@ def main() -> None:
         if banks:
             study.call("main_defense.py", main_defense.main, ["--mode", "build_bank", *defense_flags, *mode])
             bank_flags, variants = ["--use_banks"], ["ce+cos", "bpda"]  # BPDA differs only through the banks
-        eval_argv = ["--mode", "eval", *defense_flags, *mode, *bank_flags, *attacks, *DEFENDED_BUDGETS,
+        eval_argv = ["--mode", "eval", *defense_flags, *mode, *bank_flags, *attacks, *DEFENDED_BUDGETS, *SWEEP,
                      "--defense_attacks", *variants]
         study.call("main_defense.py", main_defense.main, eval_argv, details=False)
         evals.append(eval_folder_of(run_dir_of(main_defense.parse_args(eval_argv)), "defense",
