@@ -160,10 +160,9 @@ def main() -> None:
     for head in ("audio", "visual", "concat"):
         eps_map = ["--eps_grid2d", "0.012", "0.024"] if head == "concat" and args.full else SWEEP
         argv = ["--mode", "eval", "--arch_classifier", head, *model_flags, *attacks, "--corruptions",
-                "--corruption_severities", *severities, *eps_map]
-        study.call("main_attack.py", main_attack.main, argv, details=False)
-        parsed = main_attack.parse_args(argv)
-        evals.append(eval_folder_of(runs[head], "attack", parsed))
+                "--corruption_severities", *severities]
+        study.call("main_attack.py", main_attack.main, [*argv, *eps_map], details=False)
+        evals.append(eval_folder_of(runs[head], "attack", main_attack.parse_args([*argv, *eps_map])))
         corruptions = eval_folder_of(runs[head], "corruptions", main_attack.parse_args([*argv, "--attack_type",
                                                                                         "none"]))
         table = (corruptions / "corruption_table.md").read_text().splitlines()[2:]
