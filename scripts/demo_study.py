@@ -58,6 +58,16 @@ def attack_flags(full: bool) -> list[str]:
             "--batch_size_per_gpu", "60"]
 
 
+def attack_argvs(head: str, model_flags: list[str], attacks: list[str], severities: list[str],
+                 full: bool) -> tuple[list[str], list[str]]:
+    """The evaluation of ``head`` (attacks with the checks' sweep, or DEMO_FULL's map on concat, and the corruption
+    suite), and the same flags without attacks, which select the folder its corruptions go to."""
+    eps_map = ["--eps_grid2d", "0.012", "0.024"] if head == "concat" and full else SWEEP
+    argv = ["--mode", "eval", "--arch_classifier", head, *model_flags, *attacks, "--corruptions",
+            "--corruption_severities", *severities]
+    return [*argv, *eps_map], [*argv, "--attack_type", "none"]
+
+
 class DropIndented(io.TextIOBase):
     """A stdout that leaves out the lines that start with two spaces (the per-class and per-component detail
     of an evaluation's printout, which its folder keeps)."""
@@ -158,13 +168,10 @@ def main() -> None:
                + (", and the (eps_v, eps_a) map of concat under PGD" if args.full else ""))
     evals: list[Path] = []
     for head in ("audio", "visual", "concat"):
-        eps_map = ["--eps_grid2d", "0.012", "0.024"] if head == "concat" and args.full else SWEEP
-        argv = ["--mode", "eval", "--arch_classifier", head, *model_flags, *attacks, "--corruptions",
-                "--corruption_severities", *severities]
-        study.call("main_attack.py", main_attack.main, [*argv, *eps_map], details=False)
-        evals.append(eval_folder_of(runs[head], "attack", main_attack.parse_args([*argv, *eps_map])))
-        corruptions = eval_folder_of(runs[head], "corruptions", main_attack.parse_args([*argv, "--attack_type",
-                                                                                        "none"]))
+        argv, corruption_argv = attack_argvs(head, model_flags, attacks, severities, args.full)
+        study.call("main_attack.py", main_attack.main, argv, details=False)
+        evals.append(eval_folder_of(runs[head], "attack", main_attack.parse_args(argv)))
+        corruptions = eval_folder_of(runs[head], "corruptions", main_attack.parse_args(corruption_argv))
         table = (corruptions / "corruption_table.md").read_text().splitlines()[2:]
         end = next((i for i, line in enumerate(table) if line.startswith("Measured strength")), len(table))
         print(f"-- corruptions of {head} (accuracy % [95 % interval]; severity 0 = clean):")

@@ -31,3 +31,19 @@ def test_the_demo_attacks_every_model_with_autoattack_and_full_keeps_the_standar
         assert flags[flags.index("--attack_type") + 1:flags.index("--attack_type") + 3] == ["pgd", "autoattack"]
     assert full[full.index("--apgd_steps") + 1] == "100" and full[full.index("--square_queries") + 1] == "5000"
     assert reduced[reduced.index("--apgd_steps") + 1] == "10"
+
+
+def test_each_evaluation_parses_and_its_corruptions_folder_is_found_without_the_sweep(tmp_path) -> None:
+    import main_attack
+    from evaluation.eval_dir import eval_folder_of
+
+    driver = load_driver()
+    (tmp_path / "categories.txt").write_text("".join(f"c{i}\n" for i in range(6)))
+    model = ["--dataset", "synthetic", "--data_root", str(tmp_path), "--ckpt", str(tmp_path / "ckpt")]
+    for full in (False, True):
+        for head in ("audio", "visual", "concat"):
+            argv, corruption_argv = driver.attack_argvs(head, model, driver.attack_flags(full), ["1"], full)
+            attack, corruptions = main_attack.parse_args(argv), main_attack.parse_args(corruption_argv)
+            assert attack.eps_grid2d and not corruptions.eps_grid2d and not corruptions.attack_type
+            assert eval_folder_of(tmp_path, "corruptions", attack) == eval_folder_of(tmp_path, "corruptions",
+                                                                                    corruptions)
