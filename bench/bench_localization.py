@@ -106,9 +106,10 @@ def build_dataset_root(root: Path, name: str, args: argparse.Namespace) -> Path:
 def model_flags(root: Path, ckpt: Path, head: str, seed: int, args: argparse.Namespace) -> list[str]:
     lr = str(args.lr)
     flags = ["--dataset", "synthetic", "--data_root", str(root), "--ckpt", str(ckpt), "--arch_classifier", head,
-             "--arch_frame", args.arch_frame, "--frame_dim", "32", "--arch_sound", args.arch_sound, "--sound_dim", "32",
-             "--imgSize", str(args.img_size), "--audLen", "8192", "--audRate", str(AUDIO_RATE),
-             "--batch_size_per_gpu", "32", "--workers", "0", "--num_epoch", str(args.epochs),
+             "--arch_frame", args.arch_frame, "--frame_dim", str(args.dim), "--arch_sound", args.arch_sound,
+             "--sound_dim", str(args.dim), "--imgSize", str(args.img_size), "--audLen", "8192",
+             "--audRate", str(AUDIO_RATE), "--batch_size_per_gpu", str(args.batch_size), "--workers", "0",
+             "--num_epoch", str(args.epochs),
              "--lr_steps", str(args.epochs * 2), "--lr_frame", lr, "--lr_sound", lr, "--lr_classifier", lr,
              "--optimizer", args.optimizer, "--weight_decay", str(args.weight_decay), "--seed", str(seed),
              "--id", f"seed{seed}", "--device", "cpu", "--frame_padding", args.frame_padding]
@@ -203,11 +204,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes_centre_bias", type=float, default=0.5,
                         help="shapes-centred: probability that an object sits near the centre")
     parser.add_argument("--arch_frame", choices=["smallcnn", "poolcnn"], default="smallcnn",
-                        help="frame encoder (32-d): smallcnn (31 px receptive field) or poolcnn (77 px)")
+                        help="frame encoder: smallcnn (31 px receptive field) or poolcnn (77 px)")
+    parser.add_argument("--dim", type=int, default=32, help="feature width of both encoders (--frame_dim, --sound_dim)")
+    parser.add_argument("--batch_size", type=int, default=32, help="training batch (--batch_size_per_gpu)")
     parser.add_argument("--frame_padding", choices=["zeros", "reflect"], default="zeros",
                         help="border of the frame encoder's convolutions, for every head (--frame_padding)")
     parser.add_argument("--arch_sound", choices=["anet", "mel"], default="anet",
-                        help="audio encoder (32-d): anet (raw waveform, the paper's) or mel (log-mel spectrogram)")
+                        help="audio encoder: anet (raw waveform, the paper's) or mel (log-mel spectrogram)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="adamw",
                         help="sgd (step schedule, no decay step inside the run) or adamw (cosine, 1 warm-up epoch)")
