@@ -47,6 +47,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def _eps_pair(text: str) -> tuple[float, float]:
     parts = text.split(",")
     if len(parts) != 2:
@@ -123,6 +130,10 @@ class ArgParser:
         g.add_argument("--ssl_temperature", type=_positive_float, default=None,
                        help="self-supervised heads (ssl*): contrastive temperature (default: the head's published "
                             "one, 0.03 for ssl / ssl_avc / ssl_fnac / ssl_slavc, 0.07 for ssl_lvs); part of the run id")
+        g.add_argument("--ssl_momentum", type=_unit_interval, default=None,
+                       help="momentum-target heads (ssl_slavc, ssl_slavc_enc): EMA momentum m of the targets, "
+                            "target = m target + (1 - m) online per step (default SLAVC's 0.999, set for about 22k "
+                            "steps; a run of a few hundred steps needs less); part of the run id")
         g.add_argument("--frame_dim", type=_positive_int, default=None,
                        help="visual feature width of encoders that take one (smallcnn)")
         g.add_argument("--sound_dim", type=_positive_int, default=None,
@@ -393,7 +404,7 @@ class ArgParser:
 
 def _check_architecture(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Width flags apply to the encoders that take a width."""
-    from models import FRAME_NETS, SOUND_NETS
+    from models import FRAME_NETS, FUSION_HEADS, SOUND_NETS
 
     for flag, arch, registry in (("frame_dim", "arch_frame", FRAME_NETS), ("sound_dim", "arch_sound", SOUND_NETS)):
         cls = registry.get(getattr(args, arch))
@@ -401,6 +412,13 @@ def _check_architecture(args: argparse.Namespace, parser: argparse.ArgumentParse
             takes = [n for n in registry.names() if "dim" in inspect.signature(registry.get(n).__init__).parameters]
             parser.error(f"--{flag} {getattr(args, flag)} does not apply to --{arch} {getattr(args, arch)} (its width "
                          f"is fixed); it sets the width of {', '.join(takes)}")
+    head = FUSION_HEADS.get(args.arch_classifier)
+    for flag, param in (("ssl_temperature", "temperature"), ("ssl_momentum", "momentum")):
+        if getattr(args, flag, None) is not None and param not in inspect.signature(head.__init__).parameters:
+            takes = [n for n in FUSION_HEADS.names()
+                     if param in inspect.signature(FUSION_HEADS.get(n).__init__).parameters]
+            parser.error(f"--{flag} {getattr(args, flag)} does not apply to --arch_classifier "
+                         f"{args.arch_classifier}; it applies to {', '.join(takes)}")
 
 
 def _check_precision_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -480,6 +498,8 @@ def run_id(args: argparse.Namespace) -> str:
         parts.append("sigmoid")
     if getattr(args, "ssl_temperature", None) is not None:
         parts.append(f"t{args.ssl_temperature:g}")
+    if getattr(args, "ssl_momentum", None) is not None:
+        parts.append(f"m{args.ssl_momentum:g}")
     if args.arch_classifier != "audio":
         padding = "-reflect" if getattr(args, "frame_padding", None) == "reflect" else ""
         parts.append(f"{args.arch_frame}{args.frame_dim or ''}{padding}-{args.img_pool}")

@@ -106,9 +106,10 @@ def build_dataset_root(root: Path, name: str, args: argparse.Namespace) -> Path:
 def model_flags(root: Path, ckpt: Path, head: str, seed: int, args: argparse.Namespace) -> list[str]:
     lr = str(args.lr)
     flags = ["--dataset", "synthetic", "--data_root", str(root), "--ckpt", str(ckpt), "--arch_classifier", head,
-             "--arch_frame", args.arch_frame, "--frame_dim", "32", "--arch_sound", args.arch_sound, "--sound_dim", "32",
-             "--imgSize", str(args.img_size), "--audLen", "8192", "--audRate", str(AUDIO_RATE),
-             "--batch_size_per_gpu", "32", "--workers", "0", "--num_epoch", str(args.epochs),
+             "--arch_frame", args.arch_frame, "--frame_dim", str(args.dim), "--arch_sound", args.arch_sound,
+             "--sound_dim", str(args.dim), "--imgSize", str(args.img_size), "--audLen", "8192",
+             "--audRate", str(AUDIO_RATE), "--batch_size_per_gpu", str(args.batch_size), "--workers", "0",
+             "--num_epoch", str(args.epochs),
              "--lr_steps", str(args.epochs * 2), "--lr_frame", lr, "--lr_sound", lr, "--lr_classifier", lr,
              "--optimizer", args.optimizer, "--weight_decay", str(args.weight_decay), "--seed", str(seed),
              "--id", f"seed{seed}", "--device", "cpu", "--frame_padding", args.frame_padding]
@@ -137,6 +138,8 @@ def train_and_localize(root: Path, boxes: Path, head: str, seed: int,
                  "--ssl_warmup_epochs", str(args.ssl_warmup_epochs), "--ssl_pitch_shift", str(args.ssl_pitch_shift)]
         if args.ssl_temperature is not None:
             flags += ["--ssl_temperature", str(args.ssl_temperature)]
+        if args.ssl_momentum is not None:
+            flags += ["--ssl_momentum", str(args.ssl_momentum)]
     start = time.time()
     main_attack.main(["--mode", "train", "--overwrite", *flags, *init])  # a rerun measures again from scratch
     evaluation = [*flags, "--boxes", str(boxes), "--attack_type", "none", "--num_vis", "0", "--checkpoint", "latest"]
@@ -201,11 +204,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes_centre_bias", type=float, default=0.5,
                         help="shapes-centred: probability that an object sits near the centre")
     parser.add_argument("--arch_frame", choices=["smallcnn", "poolcnn"], default="smallcnn",
-                        help="frame encoder (32-d): smallcnn (31 px receptive field) or poolcnn (77 px)")
+                        help="frame encoder: smallcnn (31 px receptive field) or poolcnn (77 px)")
+    parser.add_argument("--dim", type=int, default=32, help="feature width of both encoders (--frame_dim, --sound_dim)")
+    parser.add_argument("--batch_size", type=int, default=32, help="training batch (--batch_size_per_gpu)")
     parser.add_argument("--frame_padding", choices=["zeros", "reflect"], default="zeros",
                         help="border of the frame encoder's convolutions, for every head (--frame_padding)")
     parser.add_argument("--arch_sound", choices=["anet", "mel"], default="anet",
-                        help="audio encoder (32-d): anet (raw waveform, the paper's) or mel (log-mel spectrogram)")
+                        help="audio encoder: anet (raw waveform, the paper's) or mel (log-mel spectrogram)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="adamw",
                         help="sgd (step schedule, no decay step inside the run) or adamw (cosine, 1 warm-up epoch)")
@@ -223,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="self-supervised heads: --ssl_pitch_shift of their training (audio resampling factor)")
     parser.add_argument("--ssl_temperature", type=float, default=None,
                         help="self-supervised heads: their contrastive temperature (default: the head's published one)")
+    parser.add_argument("--ssl_momentum", type=float, default=None,
+                        help="momentum-target heads (ssl_slavc, ssl_slavc_enc): --ssl_momentum of their model")
     parser.add_argument("--ssl_warmup_epochs", type=int, default=0,
                         help="self-supervised heads: --ssl_warmup_epochs of their training (clip-level warm-up)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated datasets")

@@ -152,4 +152,6 @@ def build_model(
     dim_a = net_sound.out_dim if net_sound is not None else 0
     head_context = {"dim_v": dim_v, "dim_a": dim_a, "num_classes": cls_num}
     head = _construct(head_cls, FUSION_HEADS.kind, head_context, head_kwargs)
+    if getattr(head, "momentum_encoders", False):
+        head.attach_encoders(net_frame, net_sound)
     return AVModel(net_frame, net_sound, head)

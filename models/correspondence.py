@@ -15,7 +15,9 @@ negatives):
 * ``ssl_fnac``: FNAC (Sun et al., CVPR 2023): EZ-VSL plus false-negative-aware terms that pull the cross-modal
   score matrix towards the within-modality similarities (dropout on the visual features, as FNAC and SLAVC);
 * ``ssl_slavc``: SLAVC (Mo & Morgado, NeurIPS 2022): two projections per modality (localization and
-  correspondence), dropout on the visual features and momentum (EMA) target projections for the other modality.
+  correspondence), dropout on the visual features and momentum (EMA) target projections for the other modality;
+* ``ssl_slavc_enc``: SLAVC as published: the momentum targets come from EMA copies of the frame and sound encoders
+  too, run on the batch's own inputs.
 
 They differ in that objective (a head attribute, ``ssl_loss``) and their temperature, so they are registered
 names: each gets its own run folder and checkpoint check.
@@ -164,6 +166,7 @@ class MomentumCorrespondenceHead(CorrespondenceHead):
 
     ssl_loss: ClassVar[str] = "slavc"
     default_dropout_v: ClassVar[float] = 0.9
+    momentum_encoders: ClassVar[bool] = False
     ONLINE: ClassVar[tuple[str, ...]] = ("proj_v", "proj_a", "proj_v2", "proj_a2")
 
     def __init__(self, dim_v: int, dim_a: int, num_classes: int, embed_dim: int = 128,
@@ -179,11 +182,15 @@ class MomentumCorrespondenceHead(CorrespondenceHead):
         for param in self.target.parameters():
             param.requires_grad_(False)
 
+    def online_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(online, target)`` module pairs the EMA step moves."""
+        return [(getattr(self, name), self.target[name]) for name in self.ONLINE]
+
     @torch.no_grad()
     def update_targets(self) -> None:
-        """One EMA step of every target projection towards its online one."""
-        for name in self.ONLINE:
-            for target, online in zip(self.target[name].parameters(), getattr(self, name).parameters()):
+        """One EMA step of every target towards its online module: target = m target + (1 - m) online."""
+        for online_net, target_net in self.online_pairs():
+            for target, online in zip(target_net.parameters(), online_net.parameters()):
                 target.mul_(self.momentum).add_(online.detach(), alpha=1 - self.momentum)
 
     def embeddings(self, feat_a: Tensor, fmap_v: Tensor, target: bool = False) -> tuple[Tensor, ...]:
@@ -205,3 +212,49 @@ class MomentumCorrespondenceHead(CorrespondenceHead):
         a1, a2 = F.normalize(self.proj_a(feat_a), dim=1), F.normalize(self.proj_a2(feat_a), dim=1)
         sim = 0.5 * (torch.einsum("be,ben->bn", a1, v1) + torch.einsum("be,ben->bn", a2, v2))
         return sim.reshape(b, h, w)
+
+
+@FUSION_HEADS.register("ssl_slavc_enc")
+class MomentumEncoderHead(MomentumCorrespondenceHead):
+    """SLAVC with its momentum encoders: the targets of the other modality come from EMA copies of the frame and
+    sound encoders (``target["frame"]``, ``target["sound"]``, given by ``attach_encoders``, which ``build_model``
+    calls) followed by the target projections, run on the batch's own frames and audio, as in SLAVC's released
+    code (its momentum 0.999 over about 22k steps; ``--ssl_momentum`` sets it for shorter runs). The copies get no
+    gradient; the first EMA step of a training copies the online encoders exactly (``synced``), so weights loaded
+    or pretrained after construction start the targets. The map uses the online weights."""
+
+    momentum_encoders: ClassVar[bool] = True
+
+    def __init__(self, dim_v: int, dim_a: int, num_classes: int, embed_dim: int = 128,
+                 temperature: float | None = None, dropout_v: float | None = None,
+                 momentum: float = 0.999) -> None:
+        super().__init__(dim_v, dim_a, num_classes, embed_dim, temperature, dropout_v, momentum)
+        self.register_buffer("synced", torch.zeros((), dtype=torch.bool))
+        self.encoders: tuple[nn.Module, nn.Module] | None = None  # the online ones, not registered here
+
+    def attach_encoders(self, net_frame: nn.Module, net_sound: nn.Module) -> None:
+        """Keep frozen copies of the model's encoders as momentum targets (and a reference to the online ones)."""
+        self.target["frame"] = copy.deepcopy(net_frame).requires_grad_(False)
+        self.target["sound"] = copy.deepcopy(net_sound).requires_grad_(False)
+        self.encoders = (net_frame, net_sound)  # a tuple: not registered a second time
+
+    def online_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        if self.encoders is None:
+            raise RuntimeError("MomentumEncoderHead: attach_encoders was not called (build the model with "
+                               "models.build_model)")
+        net_frame, net_sound = self.encoders
+        return [*super().online_pairs(), (net_frame, self.target["frame"]), (net_sound, self.target["sound"])]
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        """The EMA step; the first one of a training copies every online module into its target."""
+        momentum = self.synced.float() * self.momentum  # 0 before the first step: an exact copy (no host sync)
+        for online_net, target_net in self.online_pairs():
+            for target, online in zip(target_net.parameters(), online_net.parameters()):
+                target.mul_(momentum).add_(online.detach() * (1 - momentum))
+        self.synced.fill_(True)
+
+    @torch.no_grad()
+    def target_features(self, frames: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
+        """``(feat_a, fmap_v)`` of the momentum encoders on the batch's inputs."""
+        return self.target["sound"](audio), self.target["frame"](frames)[1]

@@ -59,6 +59,10 @@ def test_bad_values_are_one_line_errors(argv, message, capsys):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--attack_type", "aa", "--categories", "a,b,c"], "need at least 4 classes"),
     (["--arch_sound", "mel", "--audLen", "512", "--stft_frame", "1022"], "--audLen 512 is shorter than --stft_frame"),
+    (["--ssl_momentum", "0.9"], "--ssl_momentum 0.9 does not apply to --arch_classifier concat; it applies to "
+                                "ssl_slavc, ssl_slavc_enc"),
+    (["--ssl_temperature", "0.05", "--arch_classifier", "loc"], "--ssl_temperature 0.05 does not apply"),
+    (["--ssl_momentum", "1", "--arch_classifier", "ssl_slavc"], "argument --ssl_momentum: must be in [0, 1)"),
 ])
 def test_flag_combinations_are_checked_against_each_other(argv, message, capsys):
     builder = (ArgParser("test").add_run_arguments(["eval"]).add_data_arguments().add_model_arguments()
@@ -67,3 +71,10 @@ def test_flag_combinations_are_checked_against_each_other(argv, message, capsys)
         builder.parse(["--dataset", "MUSIC", *argv])
     assert message in capsys.readouterr().err
     assert builder.parse(["--dataset", "MUSIC", "--attack_type", "aa"]).attack_type == ["aa"]
+
+
+def test_model_options_of_the_self_supervised_heads_name_the_run() -> None:
+    builder = ArgParser("test").add_run_arguments(["eval"]).add_data_arguments().add_model_arguments()
+    args = builder.parse(["--dataset", "MUSIC", "--arch_classifier", "ssl_slavc_enc", "--ssl_momentum", "0.9",
+                          "--ssl_temperature", "0.05"])
+    assert "-ssl_slavc_enc-t0.05-m0.9-" in f"-{args.id}-"

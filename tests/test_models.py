@@ -14,7 +14,7 @@ from models.registry import Registry
 B, C, IMG, L = 2, 5, 64, 4096
 FRAME_DIM, SOUND_DIM = 32, 64
 BUILTIN_HEADS = ["attention", "audio", "bilinear", "concat", "film", "gated", "late", "loc", "ssl", "ssl_avc",
-                 "ssl_fnac", "ssl_lvs", "ssl_slavc", "sum", "visual"]
+                 "ssl_fnac", "ssl_lvs", "ssl_slavc", "ssl_slavc_enc", "sum", "visual"]
 MODALITIES = {"audio": {"audio"}, "visual": {"visual"}}
 MEAN = torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)

@@ -34,9 +34,10 @@ SINGLE = DistInfo()
 
 
 def test_heads_carry_the_published_temperatures() -> None:
+    heads = ("ssl", "ssl_lvs", "ssl_fnac", "ssl_slavc", "ssl_slavc_enc")
     temperatures = {head: build_model("smallcnn", "anet", head, cls_num=3, frame_dim=8, sound_dim=8)
-                    .net_classifier.temperature for head in ("ssl", "ssl_lvs", "ssl_fnac", "ssl_slavc")}
-    assert temperatures == {"ssl": 0.03, "ssl_lvs": 0.07, "ssl_fnac": 0.03, "ssl_slavc": 0.03}
+                    .net_classifier.temperature for head in heads}
+    assert temperatures == {"ssl": 0.03, "ssl_lvs": 0.07, "ssl_fnac": 0.03, "ssl_slavc": 0.03, "ssl_slavc_enc": 0.03}
     assert build_model("smallcnn", "anet", "ssl_avc", cls_num=3, frame_dim=8, sound_dim=8).net_classifier.ssl_loss \
         == "ezvsl+avc"
 
@@ -137,6 +138,42 @@ def test_slavc_momentum_targets_follow_the_online_projections_and_get_no_gradien
         head.proj_a.weight.add_(1.0)
     head.update_targets()
     torch.testing.assert_close(head.target["proj_a"].weight, before + (1 - head.momentum) * 1.0)
+
+
+def first(net: torch.nn.Module) -> torch.nn.Parameter:
+    return next(net.parameters())
+
+
+def test_slavc_momentum_encoders_give_the_targets_follow_the_online_ones_and_get_no_gradient() -> None:
+    """``ssl_slavc_enc``: frozen copies of both encoders; the first EMA step copies the online encoders exactly (so
+    weights loaded after construction start the targets), later ones move by the momentum rule; the loss's targets
+    come from the copies (equal copies: the same loss as targets from the online features; a changed copy: another
+    loss), and the copies get no gradient."""
+    torch.manual_seed(0)
+    model = build_model("smallcnn", "anet", "ssl_slavc_enc", cls_num=3, frame_dim=8, sound_dim=8, momentum=0.9)
+    head = model.net_classifier
+    assert head.target["frame"] is not model.net_frame
+    assert not any(name.startswith("net_classifier.encoders") for name in model.state_dict())
+    frames, audio = torch.rand(4, 3, 1, 32, 32), torch.rand(4, 1, 2048) * 2 - 1
+    with torch.no_grad():
+        first(model.net_frame).add_(0.5)  # e.g. weights loaded after construction
+    head.update_targets()
+    assert all(torch.equal(t, o) for t, o in zip(head.target["frame"].parameters(), model.net_frame.parameters()))
+    model.eval()  # no dropout, no EMA step inside the objective
+    with torch.no_grad():
+        out = model(frames, audio)
+        own = SSL_OBJECTIVES["slavc"](head, out)[0]
+        torch.testing.assert_close(SSL_OBJECTIVES["slavc"](head, out, inputs=(frames, audio))[0], own)
+        first(head.target["sound"]).mul_(-1)
+        assert not torch.allclose(SSL_OBJECTIVES["slavc"](head, out, inputs=(frames, audio))[0], own)
+    model.train()
+    loss, _ = CrossEntropy()(model, frames, audio, torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    assert all(p.grad is None for p in head.target.parameters())
+    assert first(model.net_frame).grad is not None and first(model.net_sound).grad is not None
+    before, online = first(head.target["frame"]).clone(), first(model.net_frame).detach().clone()
+    head.update_targets()
+    torch.testing.assert_close(first(head.target["frame"]), 0.9 * before + 0.1 * online)
 
 
 def test_dropout_acts_in_training_only() -> None:

@@ -130,7 +130,12 @@ class Correspondence:
         with autocast():
             out = model(frames, audio)
             probe = head.probe_logits(out.feat_v.detach(), out.feat_a.detach())
-            contrastive, sims = (clip_warmup if warming_up else SSL_OBJECTIVES[head.ssl_loss])(head, out)
+            if warming_up:
+                contrastive, sims = clip_warmup(head, out)
+            elif getattr(head, "momentum_encoders", False):  # its targets: the momentum encoders on these inputs
+                contrastive, sims = SSL_OBJECTIVES[head.ssl_loss](head, out, inputs=(frames, audio))
+            else:
+                contrastive, sims = SSL_OBJECTIVES[head.ssl_loss](head, out)
             if self.audio_reg:
                 emb_a = head.embed_audio(out.feat_a)
                 contrastive = contrastive + sum(w * AUDIO_REGULARISERS[name](emb_a)

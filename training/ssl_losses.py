@@ -11,7 +11,8 @@ monitor). The similarity tensors hold clip i's audio against every location of c
 * ``fnac`` (FNAC, Sun et al. 2023): EZ-VSL plus false-negative suppression (the cross-modal score matrix pulled
   towards the audio-audio and image-image similarities) and true-negative enhancement;
 * ``slavc`` (SLAVC, Mo & Morgado 2022): per location, a softmax over the batch (which clip's audio) times a
-  softmax over locations (where in the frame), against momentum targets of the other modality.
+  softmax over locations (where in the frame), against momentum targets of the other modality (from momentum
+  encoders too when the head has them: the objective then also takes the batch's ``inputs``).
 """
 from __future__ import annotations
 
@@ -151,12 +152,15 @@ def _fnac(head: nn.Module, out: ModelOutput) -> tuple[Tensor, Tensor]:
     return loss, sims.detach()
 
 
-def _slavc(head: nn.Module, out: ModelOutput) -> tuple[Tensor, Tensor]:
+def _slavc(head: nn.Module, out: ModelOutput, inputs: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """SLAVC's loss; with ``inputs`` (the batch's frames and audio) the targets' features come from the head's
+    momentum encoders (``ssl_slavc_enc``), else from the online encoders' features, detached."""
     if head.training:
         head.update_targets()
     v1, v2, a1, a2 = head.embeddings(out.feat_a, out.fmap_v)
     with torch.no_grad():
-        tv1, tv2, ta1, ta2 = head.embeddings(out.feat_a, out.fmap_v, target=True)
+        feat_a, fmap_v = (out.feat_a, out.fmap_v) if inputs is None else head.target_features(*inputs)
+        tv1, tv2, ta1, ta2 = head.embeddings(feat_a, fmap_v, target=True)
     # frames trained against target audio, audio trained against target frames (the same pair scores)
     image_side = localization_correspondence_nce((v1, v2), (ta1, ta2), head.temperature)
     audio_side = localization_correspondence_nce((tv1, tv2), (a1, a2), head.temperature)
@@ -225,5 +229,5 @@ def clip_warmup(head: nn.Module, out: ModelOutput) -> tuple[Tensor, Tensor]:
     return clip_correspondence_nce(emb_a, emb_v, head.temperature), sims.detach()
 
 
-SSL_OBJECTIVES: dict[str, Callable[[nn.Module, ModelOutput], tuple[Tensor, Tensor]]] = {
+SSL_OBJECTIVES: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "ezvsl": _ezvsl, "ezvsl+avc": _ezvsl_avc, "lvs": _lvs, "fnac": _fnac, "slavc": _slavc}
