@@ -21,11 +21,12 @@ def build_dataset(args: argparse.Namespace, split: str, train_transforms: bool |
     test split keeps the class-stratified ``--eval_samples`` subset (of the ``--max_samples`` one) where given."""
     index = {"train": args.list_train, "val": args.list_val, "test": args.list_test}[split]
     train = split == "train" if train_transforms is None else train_transforms
-    subset = [n for n in (args.max_samples, getattr(args, "eval_samples", None) if split == "test" else None) if n]
+    counts = [args.max_samples, getattr(args, "eval_samples", None) if split == "test" else None]
+    subset = min((n for n in counts if n), default=None)
     return AVDataset(index, args.audio_path, args.frame_path, args.categories,
                      num_frames=args.num_frames, stride_frames=args.stride_frames, frame_rate=args.frameRate,
                      img_size=args.imgSize, aud_len=args.audLen, aud_rate=args.audRate, train=train,
-                     seed=args.seed, skip_bad=args.skip_bad, max_samples=min(subset, default=None),
+                     seed=args.seed, skip_bad=args.skip_bad, max_samples=subset,
                      defer_decode=args.decode_device == "cuda")
 
 

@@ -155,7 +155,8 @@ def main() -> None:
                    "--workers", "2"]
     study = Study(model_flags)
     samples = args.eval_samples or (None if args.full else EVAL_SAMPLES)
-    attacks = attack_flags(args.full) + (["--eval_samples", str(samples)] if samples else [])
+    subset = ["--eval_samples", str(samples)] if samples else []
+    attacks = attack_flags(args.full) + subset
     severities = ["1", "2", "3", "4", "5"] if args.full else ["1", "3", "5"]
 
     study.step(f"5/9 training {' '.join(HEADS)} on the CPU (ssl: the label-free localizer, no labels reach its "
@@ -185,7 +186,7 @@ def main() -> None:
                    [*study.flags_of(head), "--boxes", args.boxes, "--attack_type", "pgd",
                     "--loc_attack", "class", "map", "corr", "--checkpoint", checkpoint, "--num_vis", "8",
                     "--batch_size_per_gpu", "60", "--epsilons", "0,0.012", "0.006,0.006",
-                    *(["--eval_samples", str(samples)] if samples else [])])
+                    *subset])
 
     study.step("8/9 defending concat: dissimilarity constraint with the memory banks, and PGD adversarial "
                "training; both attacked with PGD and AutoAttack under A and A+V, PGD also at twice the budgets "
