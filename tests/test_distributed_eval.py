@@ -49,6 +49,7 @@ NUM_TEST = sum(TEST_PER_CLASS)
 BATCH = 2
 FLOAT_TOL = {"rtol": 1e-4, "atol": 1e-5}  # float32 rounding and flipped signs of ~0 gradients: see above
 EPSILONS = ["--epsilons", "0.25,0", "0.1,0.05"]
+SUBSET = 5  # --eval_samples: one or two clips per class, an odd count again
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -146,6 +147,16 @@ def attack_eval(concat_run) -> Twins:
 
 
 @pytest.fixture(scope="module")
+def subset_eval(concat_run) -> Twins:
+    """PGD on the class-stratified ``--eval_samples`` subset of the test split (5 of its 7 clips)."""
+    flags, base = concat_run
+    twins = Twins(flags, base / "subset")
+    twins.run_both(main_attack, "main_attack.py", "--mode", "eval", "--attack_type", "pgd", "--attack_steps", "2",
+                   "--eval_samples", str(SUBSET), "--sanity_eps", "0", *EPSILONS)
+    return twins
+
+
+@pytest.fixture(scope="module")
 def defense_eval(concat_run) -> Twins:
     flags, base = concat_run
     twins = Twins(flags, base / "defense")
@@ -194,14 +205,14 @@ def assert_same_json(single, ddp, path: str = "") -> None:
         assert type(single) is type(ddp) and single == ddp, (path, single, ddp)
 
 
-def assert_same_records(single: Path, ddp: Path) -> None:
-    """Two per_sample.npz: the same arrays, each sample once in dataset order; integer, bool and string columns
-    exactly, floats to ``FLOAT_TOL`` (NaN where the other has NaN)."""
+def assert_same_records(single: Path, ddp: Path, num_samples: int = NUM_TEST) -> None:
+    """Two per_sample.npz: the same arrays, each of the ``num_samples`` samples once in dataset order; integer,
+    bool and string columns exactly, floats to ``FLOAT_TOL`` (NaN where the other has NaN)."""
     s_rec, d_rec = load_npz(single), load_npz(ddp)
     assert s_rec.keys() == d_rec.keys()
-    np.testing.assert_array_equal(s_rec["index"], np.arange(NUM_TEST))
+    np.testing.assert_array_equal(s_rec["index"], np.arange(num_samples))
     for name in s_rec:
-        assert s_rec[name].shape == d_rec[name].shape == (NUM_TEST,), name
+        assert s_rec[name].shape == d_rec[name].shape == (num_samples,), name
         if s_rec[name].dtype.kind in "biuU":
             np.testing.assert_array_equal(d_rec[name], s_rec[name], err_msg=name)
         else:
@@ -241,6 +252,19 @@ def test_attack_eval_matches_one_process(attack_eval: Twins) -> None:
                 if key.component is not None and "loss" in records.columns[key]}  # no column: no survivor at all
     one_sided = [key for key, rows in attacked.items() if {int(r) for r in rank_of[rows]} in ({0}, {1})]
     assert one_sided, "no cascade component attacked samples on one rank only: the case this test is about"
+
+
+def test_eval_samples_subset_matches_one_process(subset_eval: Twins) -> None:
+    """``--eval_samples`` picks the same clips in every process: 2 ranks shard the subset, not the whole split,
+    and the records hold each picked clip once, with every class represented."""
+    single, ddp = (evaluation_of(subset_eval.runs[name]) for name in ("single", "ddp"))
+    assert single.name == ddp.name and single.name.endswith(f"_e{SUBSET}")
+    results = read_json(single / "attack_results.json")
+    assert results["num_samples"] == results["clean"]["n"] == SUBSET
+    assert_same_json(results, read_json(ddp / "attack_results.json"))
+    assert_same_records(single / "per_sample.npz", ddp / "per_sample.npz", SUBSET)
+    labels = load_npz(single / "per_sample.npz")["labels"]
+    assert set(labels.tolist()) == set(range(NUM_CLASSES))
 
 
 def test_defense_eval_with_banks_matches_one_process(defense_eval: Twins) -> None:
