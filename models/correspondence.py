@@ -186,12 +186,17 @@ class MomentumCorrespondenceHead(CorrespondenceHead):
         """``(online, target)`` module pairs the EMA step moves."""
         return [(getattr(self, name), self.target[name]) for name in self.ONLINE]
 
+    def ema_momentum(self) -> float | Tensor:
+        """The momentum m of the next EMA step."""
+        return self.momentum
+
     @torch.no_grad()
     def update_targets(self) -> None:
         """One EMA step of every target towards its online module: target = m target + (1 - m) online."""
+        momentum = self.ema_momentum()
         for online_net, target_net in self.online_pairs():
             for target, online in zip(target_net.parameters(), online_net.parameters()):
-                target.mul_(self.momentum).add_(online.detach(), alpha=1 - self.momentum)
+                target.mul_(momentum).add_(online.detach() * (1 - momentum))
 
     def embeddings(self, feat_a: Tensor, fmap_v: Tensor, target: bool = False) -> tuple[Tensor, ...]:
         """``(v1 [B, E, N], v2 [B, E, N], a1 [B, E], a2 [B, E])`` of the online (or target) projections; the
@@ -245,13 +250,14 @@ class MomentumEncoderHead(MomentumCorrespondenceHead):
         net_frame, net_sound = self.encoders
         return [*super().online_pairs(), (net_frame, self.target["frame"]), (net_sound, self.target["sound"])]
 
+    def ema_momentum(self) -> Tensor:
+        """0 before the first step of a training (an exact copy), then m; a tensor, so no host sync."""
+        return self.synced.float() * self.momentum
+
     @torch.no_grad()
     def update_targets(self) -> None:
         """The EMA step; the first one of a training copies every online module into its target."""
-        momentum = self.synced.float() * self.momentum  # 0 before the first step: an exact copy (no host sync)
-        for online_net, target_net in self.online_pairs():
-            for target, online in zip(target_net.parameters(), online_net.parameters()):
-                target.mul_(momentum).add_(online.detach() * (1 - momentum))
+        super().update_targets()
         self.synced.fill_(True)
 
     @torch.no_grad()
