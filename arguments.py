@@ -134,6 +134,11 @@ class ArgParser:
                        help="momentum-target heads (ssl_slavc, ssl_slavc_enc): EMA momentum m of the targets, "
                             "target = m target + (1 - m) online per step (default SLAVC's 0.999, set for about 22k "
                             "steps; a run of a few hundred steps needs less); part of the run id")
+        g.add_argument("--ssl_audio_bn", action="store_true", default=None,
+                       help="self-supervised heads ssl / ssl_lvs / ssl_avc / ssl_fnac: batch-normalise the audio "
+                            "projection (no affine) before the L2 normalisation, which removes the component every "
+                            "clip's audio embedding shares (the collapse that leaves the map a function of the frame "
+                            "alone); part of the run id")
         g.add_argument("--frame_dim", type=_positive_int, default=None,
                        help="visual feature width of encoders that take one (smallcnn)")
         g.add_argument("--sound_dim", type=_positive_int, default=None,
@@ -413,12 +418,17 @@ def _check_architecture(args: argparse.Namespace, parser: argparse.ArgumentParse
             parser.error(f"--{flag} {getattr(args, flag)} does not apply to --{arch} {getattr(args, arch)} (its width "
                          f"is fixed); it sets the width of {', '.join(takes)}")
     head = FUSION_HEADS.get(args.arch_classifier)
-    for flag, param in (("ssl_temperature", "temperature"), ("ssl_momentum", "momentum")):
+    for flag, param in (("ssl_temperature", "temperature"), ("ssl_momentum", "momentum"),
+                        ("ssl_audio_bn", "audio_bn")):
         if getattr(args, flag, None) is not None and param not in inspect.signature(head.__init__).parameters:
             takes = [n for n in FUSION_HEADS.names()
                      if param in inspect.signature(FUSION_HEADS.get(n).__init__).parameters]
-            parser.error(f"--{flag} {getattr(args, flag)} does not apply to --arch_classifier "
+            given = f"--{flag}" if getattr(args, flag) is True else f"--{flag} {getattr(args, flag)}"
+            parser.error(f"{given} does not apply to --arch_classifier "
                          f"{args.arch_classifier}; it applies to {', '.join(takes)}")
+    if getattr(args, "ssl_audio_bn", None) and getattr(args, "freeze_bn", False):
+        parser.error("--ssl_audio_bn centres the audio projection with the batch's statistics, which --freeze_bn "
+                     "keeps at their initial values (no centring); drop one of them")
 
 
 def _check_precision_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -500,6 +510,8 @@ def run_id(args: argparse.Namespace) -> str:
         parts.append(f"t{args.ssl_temperature:g}")
     if getattr(args, "ssl_momentum", None) is not None:
         parts.append(f"m{args.ssl_momentum:g}")
+    if getattr(args, "ssl_audio_bn", None):
+        parts.append("audiobn")
     if args.arch_classifier != "audio":
         padding = "-reflect" if getattr(args, "frame_padding", None) == "reflect" else ""
         parts.append(f"{args.arch_frame}{args.frame_dim or ''}{padding}-{args.img_pool}")

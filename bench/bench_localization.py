@@ -140,6 +140,8 @@ def train_and_localize(root: Path, boxes: Path, head: str, seed: int,
             flags += ["--ssl_temperature", str(args.ssl_temperature)]
         if args.ssl_momentum is not None:
             flags += ["--ssl_momentum", str(args.ssl_momentum)]
+        if args.ssl_audio_bn:
+            flags.append("--ssl_audio_bn")
     start = time.time()
     main_attack.main(["--mode", "train", "--overwrite", *flags, *init])  # a rerun measures again from scratch
     evaluation = [*flags, "--boxes", str(boxes), "--attack_type", "none", "--num_vis", "0", "--checkpoint", "latest"]
@@ -230,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="self-supervised heads: their contrastive temperature (default: the head's published one)")
     parser.add_argument("--ssl_momentum", type=float, default=None,
                         help="momentum-target heads (ssl_slavc, ssl_slavc_enc): --ssl_momentum of their model")
+    parser.add_argument("--ssl_audio_bn", action="store_true",
+                        help="self-supervised heads: --ssl_audio_bn of their model (batch-normalised audio projection)")
     parser.add_argument("--ssl_warmup_epochs", type=int, default=0,
                         help="self-supervised heads: --ssl_warmup_epochs of their training (clip-level warm-up)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated datasets")

@@ -51,6 +51,13 @@ class CorrespondenceHead(FusionHead):
     the similarity divided by ``temperature``, the distribution the contrastive objective sharpens. It ranks the
     locations as the similarity does, so the pointing game and cIoU equal those of the raw similarity map, and
     it is non-negative and sums to 1 like the ``loc`` head's, so the map attack's mass objective applies.
+
+    ``audio_bn`` batch-normalises the audio projection (per dimension, no affine; running statistics at
+    evaluation) before the L2 normalisation. Trained from scratch, every clip's audio embedding tends to share one
+    large component (the collapse monitor's audio spread near 1), so the map is the same function of the frame
+    whatever is heard, and the seed decides whether that function favours the objects or the background; removing
+    the batch mean leaves only what tells the clips apart (the centring of DINO, the batch-normalised projectors
+    of SimCLR and BYOL). Its statistics are per process under DDP, as the encoders' BatchNorm are.
     """
 
     needs_fmap: ClassVar[bool] = True
@@ -60,7 +67,8 @@ class CorrespondenceHead(FusionHead):
     default_dropout_v: ClassVar[float] = 0.0
 
     def __init__(self, dim_v: int, dim_a: int, num_classes: int, embed_dim: int = 128,
-                 temperature: float | None = None, dropout_v: float | None = None) -> None:
+                 temperature: float | None = None, dropout_v: float | None = None,
+                 audio_bn: bool | None = None) -> None:
         super().__init__(dim_v, dim_a, num_classes)
         temperature = self.default_temperature if temperature is None else temperature
         dropout_v = self.default_dropout_v if dropout_v is None else dropout_v
@@ -72,6 +80,8 @@ class CorrespondenceHead(FusionHead):
         self.proj_a = nn.Linear(dim_a, embed_dim)
         self.probe = nn.Linear(dim_v + dim_a, num_classes)
         self.drop_v = nn.Dropout(dropout_v)  # on the feature map before projection; off in eval mode
+        # --ssl_audio_bn: the audio projection batch-normalised (no affine) before the L2 normalisation
+        self.audio_norm = nn.BatchNorm1d(embed_dim, affine=False) if audio_bn else nn.Identity()
         self.temperature = temperature
         self.last_map: Tensor | None = None
 
@@ -80,8 +90,8 @@ class CorrespondenceHead(FusionHead):
         return F.normalize(self.proj_v(self.drop_v(fmap_v)).flatten(2), dim=1)
 
     def embed_audio(self, feat_a: Tensor) -> Tensor:
-        """``[B, E]``: the projected, L2-normalised audio embedding."""
-        return F.normalize(self.proj_a(feat_a), dim=1)
+        """``[B, E]``: the projected (batch-normalised with ``audio_bn``), L2-normalised audio embedding."""
+        return F.normalize(self.audio_norm(self.proj_a(feat_a)), dim=1)
 
     def similarity(self, feat_a: Tensor, fmap_v: Tensor) -> Tensor:
         """Cosine similarity ``[B, h, w]`` of each clip's audio with each location of its own frame."""
@@ -127,8 +137,9 @@ class GlobalCorrespondenceHead(CorrespondenceHead):
     ssl_loss: ClassVar[str] = "ezvsl+avc"
 
     def __init__(self, dim_v: int, dim_a: int, num_classes: int, embed_dim: int = 128,
-                 temperature: float | None = None, dropout_v: float | None = None, avc_weight: float = 1.0) -> None:
-        super().__init__(dim_v, dim_a, num_classes, embed_dim, temperature, dropout_v)
+                 temperature: float | None = None, dropout_v: float | None = None, avc_weight: float = 1.0,
+                 audio_bn: bool | None = None) -> None:
+        super().__init__(dim_v, dim_a, num_classes, embed_dim, temperature, dropout_v, audio_bn)
         if avc_weight < 0:
             raise ValueError(f"avc_weight must be >= 0, got {avc_weight}")
         self.avc_weight = avc_weight
@@ -145,8 +156,8 @@ class FalseNegativeAwareHead(CorrespondenceHead):
 
     def __init__(self, dim_v: int, dim_a: int, num_classes: int, embed_dim: int = 128,
                  temperature: float | None = None, dropout_v: float | None = None,
-                 fnac_weight: float = 100.0) -> None:
-        super().__init__(dim_v, dim_a, num_classes, embed_dim, temperature, dropout_v)
+                 fnac_weight: float = 100.0, audio_bn: bool | None = None) -> None:
+        super().__init__(dim_v, dim_a, num_classes, embed_dim, temperature, dropout_v, audio_bn)
         if fnac_weight < 0:
             raise ValueError(f"fnac_weight must be >= 0, got {fnac_weight}")
         self.fnac_weight = fnac_weight

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+import main_attack
 from arguments import ArgParser
 from dataset.presets import AVE_CATEGORIES, KINETICS_SOUNDS_CATEGORIES, MUSIC_CATEGORIES
 
@@ -63,6 +64,8 @@ def test_bad_values_are_one_line_errors(argv, message, capsys):
                                 "ssl_slavc, ssl_slavc_enc"),
     (["--ssl_temperature", "0.05", "--arch_classifier", "loc"], "--ssl_temperature 0.05 does not apply"),
     (["--ssl_momentum", "1", "--arch_classifier", "ssl_slavc"], "argument --ssl_momentum: must be in [0, 1)"),
+    (["--ssl_audio_bn", "--arch_classifier", "ssl_slavc"], "--ssl_audio_bn does not apply to --arch_classifier "
+                                                           "ssl_slavc; it applies to ssl, ssl_avc, ssl_fnac, ssl_lvs"),
 ])
 def test_flag_combinations_are_checked_against_each_other(argv, message, capsys):
     builder = (ArgParser("test").add_run_arguments(["eval"]).add_data_arguments().add_model_arguments()
@@ -78,3 +81,13 @@ def test_model_options_of_the_self_supervised_heads_name_the_run() -> None:
     args = builder.parse(["--dataset", "MUSIC", "--arch_classifier", "ssl_slavc_enc", "--ssl_momentum", "0.9",
                           "--ssl_temperature", "0.05"])
     assert "-ssl_slavc_enc-t0.05-m0.9-" in f"-{args.id}-"
+    args = builder.parse(["--dataset", "MUSIC", "--arch_classifier", "ssl", "--ssl_temperature", "0.1",
+                          "--ssl_audio_bn"])
+    assert "-ssl-t0.1-audiobn-" in f"-{args.id}-"
+
+
+def test_audio_bn_refuses_frozen_batchnorm(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main_attack.parse_args(["--mode", "train", "--dataset", "MUSIC", "--arch_classifier", "ssl",
+                                "--ssl_audio_bn", "--freeze_bn"])
+    assert "--ssl_audio_bn centres the audio projection" in capsys.readouterr().err

@@ -186,6 +186,47 @@ def test_dropout_acts_in_training_only() -> None:
     assert torch.equal(head.embed_visual(fmap), head.embed_visual(fmap))
 
 
+def test_audio_bn_removes_the_component_every_clips_audio_shares() -> None:
+    """Audio features that are one large shared vector plus a small part of their own: the plain head's unit audio
+    embeddings all point one way (the collapse), the ``audio_bn`` head's spread out in training and, through the
+    running statistics, in evaluation, and follow each clip's own part."""
+    torch.manual_seed(0)
+    shared = 10 * torch.randn(1, 32)
+
+    def features() -> torch.Tensor:
+        return shared + torch.randn(64, 32)
+
+    def spread(emb: torch.Tensor) -> float:
+        return emb.mean(dim=0).norm().item()
+
+    plain = build_model("smallcnn", "mel", "ssl", cls_num=3, frame_dim=8, sound_dim=32).net_classifier
+    centred = build_model("smallcnn", "mel", "ssl", cls_num=3, frame_dim=8, sound_dim=32,
+                          audio_bn=True).net_classifier
+    centred.proj_a.load_state_dict(plain.proj_a.state_dict())
+    feat_a = features()
+    assert spread(plain.embed_audio(feat_a)) > 0.95
+    centred.train()
+    assert spread(centred.embed_audio(feat_a)) < 0.25
+    with torch.no_grad():
+        for _ in range(60):
+            centred.embed_audio(features())
+    centred.eval()
+    emb = centred.embed_audio(feat_a)
+    assert spread(emb) < 0.25
+    own = F.normalize(centred.proj_a(feat_a - shared) - centred.proj_a.bias, dim=1)
+    assert (emb * own).sum(dim=1).mean() > 0.8  # each clip's embedding: the direction of its own part
+
+
+def test_the_collapse_monitor_leaves_audio_bn_in_its_training_mode() -> None:
+    torch.manual_seed(0)
+    model = build_model("smallcnn", "anet", "ssl", cls_num=3, frame_dim=8, sound_dim=8, audio_bn=True).train()
+    frames, audio, labels = torch.rand(4, 3, 1, 32, 32), torch.rand(4, 1, 4096) - 0.5, torch.tensor([0, 1, 2, 0])
+    Correspondence()(model, frames, audio, labels)[0].backward()
+    norm = model.net_classifier.audio_norm
+    assert norm.training and norm.running_mean.abs().sum() > 0
+    assert all(p.grad is not None for p in model.net_sound.parameters() if p.requires_grad)
+
+
 # ---------------------------------------------------------------- the collapse detector
 
 

@@ -72,7 +72,8 @@ def create_model(args: argparse.Namespace, info: DistInfo, init_weights: bool = 
                         weights_frame, args.audRate, args.stft_frame, args.stft_hop, args.frame_dim, args.sound_dim,
                         frame_padding=getattr(args, "frame_padding", None), map_activation=args.map_activation,
                         temperature=getattr(args, "ssl_temperature", None),
-                        momentum=getattr(args, "ssl_momentum", None))
+                        momentum=getattr(args, "ssl_momentum", None),
+                        audio_bn=getattr(args, "ssl_audio_bn", None))
     meta = model_meta(args)
     for module, path in (("frame", args.weights_frame), ("sound", args.weights_sound),
                          ("classifier", args.weights_classifier)):

@@ -140,10 +140,13 @@ class Correspondence:
                 emb_a = head.embed_audio(out.feat_a)
                 contrastive = contrastive + sum(w * AUDIO_REGULARISERS[name](emb_a)
                                                 for name, w in self.audio_reg.items())
-        with torch.no_grad():
-            head.drop_v.eval()  # the spread of the embeddings the map uses
+        with torch.no_grad():  # the spread of the embeddings the map uses: no dropout, audio_norm's running statistics
+            modes = [(module, module.training) for module in (head.drop_v, head.audio_norm)]
+            for module, _ in modes:
+                module.eval()
             self.monitor.update(sims, head.embed_audio(out.feat_a), head.embed_visual(out.fmap_v))
-            head.drop_v.train(head.training)
+            for module, training in modes:
+                module.train(training)
         return contrastive.float() + F.cross_entropy(probe.float(), labels), out
 
 

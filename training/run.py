@@ -31,7 +31,8 @@ IDENTITY_FILE = "run.json"
 MODEL_FLAGS = ("dataset", "arch_frame", "arch_sound", "arch_classifier", "img_pool", "map_activation", "frame_dim",
                "sound_dim", "stft_frame", "stft_hop", "cls_num", "num_frames", "stride_frames", "frameRate", "imgSize",
                "audLen", "audRate", "num_epoch", "train_mode", "lambda_cos", "train_eps", "train_attack_steps",
-               "trades_beta", "frame_padding", "ssl_temperature", "ssl_momentum")
+               "trades_beta", "frame_padding", "ssl_temperature", "ssl_momentum",
+               "ssl_audio_bn")
 # Flags that change the weights training produces, beyond the model flags: a resumed run must keep them. The
 # precision does (--amp, --amp_dtype); how fast the same arithmetic runs does not (--cudnn_benchmark,
 # --channels_last, --compile, --deterministic). A configuration saved before a flag existed is not compared on it:
