@@ -140,13 +140,9 @@ class Correspondence:
                 emb_a = head.embed_audio(out.feat_a)
                 contrastive = contrastive + sum(w * AUDIO_REGULARISERS[name](emb_a)
                                                 for name, w in self.audio_reg.items())
-        with torch.no_grad():  # the spread of the embeddings the map uses: no dropout, audio_norm's running statistics
-            modes = [(module, module.training) for module in (head.drop_v, head.audio_norm)]
-            for module, _ in modes:
-                module.eval()
+        # the spread of the embeddings the map uses: no dropout, audio_norm's running statistics
+        with torch.no_grad(), _eval_mode(head):
             self.monitor.update(sims, head.embed_audio(out.feat_a), head.embed_visual(out.fmap_v))
-            for module, training in modes:
-                module.train(training)
         return contrastive.float() + F.cross_entropy(probe.float(), labels), out
 
 
