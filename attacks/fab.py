@@ -28,6 +28,9 @@ from attacks.registry import ATTACKS
 from attacks.threat import IMAGENET_STD, ThreatModel
 from models.av_model import ModelOutput
 
+NEWTON_STEPS = 32
+"""Newton steps ``hyperplane_step`` takes before it sorts the breakpoints of the rows still unsettled."""
+
 
 def hyperplane_step(w: Tensor, c: Tensor, lo: Tensor, hi: Tensor, norm: str) -> Tensor:
     """Per row, the smallest ``delta`` in the L∞ (``norm='linf'``) or L2 norm with ``w . delta = c`` and
@@ -36,8 +39,8 @@ def hyperplane_step(w: Tensor, c: Tensor, lo: Tensor, hi: Tensor, norm: str) -> 
 
     Moving coordinate ``i`` in the direction that helps (``sign(c w_i)``) by ``min(lam, b_i)`` (L∞) or
     ``min(lam |w_i|, b_i)`` (L2), ``b_i`` the room the box leaves in that direction, gives ``w . delta`` a
-    continuous, non-decreasing, piecewise linear function of ``lam``; its kinks sorted, the ``lam`` that reaches
-    ``|c|`` is found exactly (the sums in float64)."""
+    continuous, non-decreasing, concave, piecewise linear function of ``lam``; the ``lam`` where it reaches
+    ``|c|`` is found exactly (``crossing``)."""
     s = torch.sign(c)[:, None]
     ws = w * s
     size = ws.abs()
@@ -47,22 +50,55 @@ def hyperplane_step(w: Tensor, c: Tensor, lo: Tensor, hi: Tensor, norm: str) -> 
         rate, kink = size, room
     else:
         rate, kink = size.square(), torch.where(active, room / torch.where(active, size, 1.0), 0.0)
+    lam = crossing(kink, rate, size * room, c.double().abs()).to(w.dtype)[:, None]
+    move = torch.minimum(lam if norm == "linf" else lam * size, room)
+    return torch.where(active, torch.sign(ws) * move, 0.0)
+
+
+def crossing(kink: Tensor, rate: Tensor, cap: Tensor, target: Tensor) -> Tensor:
+    """``[B]`` (float64): per row the ``lam`` where ``g(lam) = sum_i min(lam * rate_i, cap_i)`` reaches
+    ``target``, with ``cap_i = rate_i * kink_i``; ``inf`` where ``target`` exceeds ``sum_i cap_i``.
+
+    ``g`` is concave, so Newton's method from ``lam = 0`` rises monotonically to the root without passing it,
+    and, ``g`` being linear between breakpoints, lands on it exactly once no breakpoint lies between two
+    iterates: usually a few steps of a few passes over the row, where sorting the row's ``n`` breakpoints
+    costs ``n log n``. The rows not settled after ``NEWTON_STEPS`` steps are solved by the sort
+    (``crossing_sorted``). Sums are in float64."""
+    kink, rate, cap = kink.double(), rate.double(), cap.double()
+    lam = torch.zeros_like(target)
+    saturated = torch.full_like(target, -1, dtype=torch.long)
+    settled = torch.zeros_like(target, dtype=torch.bool)
+    for _ in range(NEWTON_STEPS):
+        below = kink <= lam[:, None]  # the coordinates at their cap for any lam above this one
+        count = below.sum(1)
+        settled = count == saturated
+        if bool(settled.all()):
+            return lam
+        slope = torch.where(below, 0.0, rate).sum(1)
+        reached = torch.where(below, cap, 0.0).sum(1)
+        step = torch.where(slope > 0, (target - reached) / slope.clamp_min(torch.finfo(torch.float64).tiny), math.inf)
+        lam = torch.where(settled, lam, step)
+        saturated = count
+    rest = (~(kink <= lam[:, None]).sum(1).eq(saturated)).nonzero().squeeze(1)
+    lam[rest] = crossing_sorted(kink[rest], rate[rest], cap[rest], target[rest])
+    return lam
+
+
+def crossing_sorted(kink: Tensor, rate: Tensor, cap: Tensor, target: Tensor) -> Tensor:
+    """``crossing`` by sorting each row's breakpoints: ``g`` at every breakpoint from the cumulative sums, the
+    root on the segment where ``g`` passes ``target``."""
     order = kink.argsort(dim=1)
     kink = kink.gather(1, order)
-    cum_cap = (size * room).gather(1, order).cumsum(1, dtype=torch.float64)  # the most coordinates can add
+    cum_cap = cap.gather(1, order).cumsum(1, dtype=torch.float64)
     cum_rate = rate.gather(1, order).cumsum(1, dtype=torch.float64)
-    del order
     total_rate = cum_rate[:, -1:]
-    target = c.double().abs()[:, None]
-    j = ((cum_cap + kink * (total_rate - cum_rate)) < target).sum(dim=1, keepdim=True)  # w . delta at each kink
+    target = target.double()[:, None]
+    j = ((cum_cap + kink * (total_rate - cum_rate)) < target).sum(dim=1, keepdim=True)  # g at each breakpoint
     before = (j - 1).clamp_min(0)
     prev_cap = torch.where(j > 0, cum_cap.gather(1, before), 0.0)
     prev_rate = torch.where(j > 0, cum_rate.gather(1, before), 0.0)
-    del cum_cap, cum_rate, kink
     remaining = (total_rate - prev_rate).clamp_min(torch.finfo(torch.float64).tiny)
-    lam = torch.where(j < w.shape[1], (target - prev_cap) / remaining, math.inf).to(w.dtype)
-    move = torch.minimum(lam if norm == "linf" else lam * size, room)
-    return torch.where(active, torch.sign(ws) * move, 0.0)
+    return torch.where(j < kink.shape[1], (target - prev_cap) / remaining, math.inf).squeeze(1)
 
 
 def _norms(delta: Tensor, norm: str) -> Tensor:

@@ -42,6 +42,7 @@ from attacks.threat import ThreatModel
 from dataset.loaders import build_dataset, build_loader, to_device
 from evaluation.robustness.engine import AttackEngine
 from evaluation.robustness.protocol import PAPER_PROTOCOL, Budget
+from evaluation.robustness.records import RecordKey
 from models import ModelOutput, build_model
 from training.engine import load_best, run_dir_of
 from utils.distributed import DistInfo
@@ -95,6 +96,9 @@ def bench_protocol(run_flags: list[str], with_standard: bool) -> None:
         baseline = baseline or total
         print(f"(c) {name} on {run.records.num_samples} test clips of {run_dir.name}: {total:.1f} s end to end, "
               f"{total / baseline:.2f} x the paper's protocol (target AA <= 1.5 x); worst case {', '.join(robust)}")
+        print("    attack seconds: " + ", ".join(
+            f"{key.attack}{'/' + key.component if key.component else ''} {key.budget} {seconds:.1f}"
+            for key, seconds in run.seconds.items() if isinstance(key, RecordKey)))
 
 
 def parse_args() -> argparse.Namespace:

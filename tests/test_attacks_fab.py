@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from attacks import CASCADES, FABTargeted, build_attack, describe, hyperplane_step
+from attacks import CASCADES, FABTargeted, build_attack, describe, fab, hyperplane_step
+from attacks.fab import crossing_sorted
 from attacks.threat import ThreatModel
 from models import ModelOutput
 from tests.test_attacks_aa import accuracy, train
@@ -74,6 +75,40 @@ def test_hyperplane_step_matches_torchattacks_projection(norm: str) -> None:
     reached = ((w * (points + reference)).sum(1) - b).abs() < 1e-4
     assert reached.float().mean() > 0.9
     torch.testing.assert_close(ours[reached], reference[reached], atol=1e-4, rtol=1e-3)
+
+
+def test_newton_crossing_equals_the_sorted_one_and_falls_back_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Newton root of the piecewise linear ``g`` is the sorted breakpoints' one: on rows with saturated
+    coordinates (kink 0), zero rates, repeated kinks, a target beyond the capacity (inf) and a target of 0; and
+    with too few Newton steps the unsettled rows are handed to the sort."""
+    gen = torch.Generator().manual_seed(4)
+    b, n = 40, 300
+    kink = torch.rand(b, n, generator=gen) * 5
+    kink[:, :30] = 0  # at the box's edge already
+    kink[:, 30:60] = 1.25  # ties
+    rate = torch.rand(b, n, generator=gen)
+    rate[:, 60:90] = 0  # ignored by the plane
+    cap = rate * kink
+    target = cap.sum(1) * torch.rand(b, generator=gen)
+    target[0], target[1] = cap[1].sum() * 2, 0.0
+    target[2] = cap[2].sum() * 2
+    sorted_lam = fab.crossing_sorted(kink, rate, cap, target.double())
+    lam = fab.crossing(kink, rate, cap, target.double())
+    assert torch.isinf(sorted_lam[2]) and sorted_lam[1] == 0
+    torch.testing.assert_close(lam, sorted_lam, rtol=1e-12, atol=0)
+    g = torch.minimum(lam[:, None] * rate.double(), cap.double()).sum(1)
+    finite = torch.isfinite(lam)
+    torch.testing.assert_close(g[finite], target.double()[finite], rtol=1e-9, atol=1e-9)
+    calls = []
+
+    def recorded(*rows: Tensor) -> Tensor:
+        calls.append(rows[0].shape[0])
+        return crossing_sorted(*rows)
+
+    monkeypatch.setattr(fab, "NEWTON_STEPS", 1)
+    monkeypatch.setattr(fab, "crossing_sorted", recorded)
+    torch.testing.assert_close(fab.crossing(kink, rate, cap, target.double()), sorted_lam, rtol=1e-12, atol=0)
+    assert calls and calls[-1] > 0
 
 
 # ------------------------------------------------------------------ minimum norm on a linear model
