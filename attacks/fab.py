@@ -66,8 +66,7 @@ def crossing(kink: Tensor, rate: Tensor, cap: Tensor, target: Tensor) -> Tensor:
     (``crossing_sorted``). Sums are in float64."""
     kink, rate, cap = kink.double(), rate.double(), cap.double()
     lam = torch.zeros_like(target)
-    saturated = torch.full_like(target, -1, dtype=torch.long)
-    settled = torch.zeros_like(target, dtype=torch.bool)
+    saturated = torch.full_like(target, -1, dtype=torch.long)  # per row, the count of capped coordinates at lam
     for _ in range(NEWTON_STEPS):
         below = kink <= lam[:, None]  # the coordinates at their cap for any lam above this one
         count = below.sum(1)
