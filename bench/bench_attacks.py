@@ -87,9 +87,10 @@ def bench_protocol(run_flags: list[str], with_standard: bool) -> None:
     baseline = None
     for name, flags, attacks in contenders:
         engine = AttackEngine(model, flags, info, list(PAPER_PROTOCOL), attacks)
-        start = time.perf_counter()
-        run = engine.run(loader)
-        total = time.perf_counter() - start
+        with EncoderPasses(model) as passes:
+            start = time.perf_counter()
+            run = engine.run(loader)
+            total = time.perf_counter() - start
         keys = run.records.keys()
         robust = [f"{b.name} {100 * run.records.robust([k for k in keys if k.budget == b.key]).mean():.1f}%"
                   for b in PAPER_PROTOCOL]
@@ -99,6 +100,35 @@ def bench_protocol(run_flags: list[str], with_standard: bool) -> None:
         print("    attack seconds: " + ", ".join(
             f"{key.attack}{'/' + key.component if key.component else ''} {key.budget} {seconds:.1f}"
             for key, seconds in run.seconds.items() if isinstance(key, RecordKey)))
+        print(f"    encoder passes per clip (every attack, the clean pass and the gradient probe): "
+              f"{passes.summary(run.records.num_samples)}")
+
+
+class EncoderPasses:
+    """Counts the clips each of a model's encoders (``net_frame``, ``net_sound``) processes, in passes with autograd
+    on (an attack's gradient passes, which a backward pass follows) and off (forward passes): where a cascade's time
+    goes, as work rather than seconds."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.encoders = {name: getattr(model, attr) for name, attr in (("visual", "net_frame"), ("audio", "net_sound"))
+                         if getattr(model, attr, None) is not None}
+        self.rows = {(name, grad): 0 for name in self.encoders for grad in (True, False)}
+        self.handles: list = []
+
+    def __enter__(self) -> EncoderPasses:
+        for name, encoder in self.encoders.items():
+            def count(module: nn.Module, inputs: tuple, output: object, name: str = name) -> None:
+                self.rows[name, torch.is_grad_enabled()] += inputs[0].shape[0]
+            self.handles.append(encoder.register_forward_hook(count))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def summary(self, clips: int) -> str:
+        return "; ".join(f"{name} {self.rows[name, True] / clips:.1f} gradient + {self.rows[name, False] / clips:.1f} "
+                         f"forward" for name in self.encoders)
 
 
 def parse_args() -> argparse.Namespace:
