@@ -36,7 +36,8 @@ RECIPE = ["--optimizer", "adamw", "--lr_frame", "1e-3", "--lr_sound", "1e-2", "-
 # frame's edge alike, which the maps lock onto) with its audio projection batch-normalised (--ssl_audio_bn: without
 # it the audio embeddings share one direction and the map ignores the sound), temperature 0.1, batches of 8 and
 # 30 epochs (about 800 optimiser steps), AdamW at 2e-3: above the centre prior for every one of training seeds 0-9
-# on the demo's data (not on the benchmark's shapes-centred set: a recipe for this data, not a general one). Its
+# on the demo's data on an AVX2 CPU, but for only 1 of seeds 0-3 on an AVX-512 one, where rounding decides the state
+# training ends in (not reliable), and not on the benchmark's shapes-centred set. Its
 # model flags (the epochs among them) are part of its run id; its training prints the collapse detector's figures
 # after each epoch.
 SSL_MODEL = ["--frame_padding", "reflect", "--ssl_temperature", "0.1", "--ssl_audio_bn", "--num_epoch", "30"]
